@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "numpy>=1.26",
+        "absl-py>=2.1",
     ],
     extras_require={
         # torch is only used by tests that compare against the Hugging Face PyTorch models.

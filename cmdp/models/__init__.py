@@ -2,3 +2,6 @@
 from cmdp.models.config import ModelConfig
 from cmdp.models.transformer import (KVCache, forward, forward_with_cache, init_cache,
                                      init_params)
+from cmdp.models.loading import CheckpointError, load_pretrained
+from cmdp.models.saving import save_pretrained
+from cmdp.models.tokenizer import tokenizer_from_gguf

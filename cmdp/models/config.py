@@ -31,6 +31,10 @@ class ModelConfig:
   attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
   qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
   max_position_embeddings: int = 4096  # longest sequence the model was trained for
+  # Logits keep only the first `output_vocab` rows (0 = all). Families pad their embedding
+  # tables differently (Qwen2.5-7B: 152,064 rows, 1.5B: 151,936, same tokenizer), so a
+  # teacher and student compare distributions over the shared rows.
+  output_vocab: int = 0
   architecture: str = "LlamaForCausalLM"  # Hugging Face architecture name, kept for saving
   dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"; params stay float32
   remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)

@@ -199,6 +199,8 @@ class Decoder(nn.Module):
       logits = embed.attend(x)
     else:
       logits = _dense(c.vocab_size, "lm_head", dtype)(x)
+    if c.output_vocab:
+      logits = logits[..., :c.output_vocab]
     return logits.astype(jnp.float32), new_kv
 
 

@@ -1,0 +1,200 @@
+"""Per-token costs, the constraint, and the Sauté constraint-augmented reward (method.md).
+
+Shapes: `B` sequences of `T` positions; `mask [B, T]` is 1 on response tokens (it may have
+leading prompt zeros and trailing pad zeros) and every per-token quantity is 0 off the mask.
+Costs are per token; "sequence cost" is the constraint's per-sequence value.
+
+The reward is Sauté RL without state augmentation: the remaining budget is a function of
+the prefix, so it is tracked only inside this reward. It is one `lax.scan` over the tokens
+of one sequence, `vmap`ped over the batch; masked tokens leave the scan state unchanged.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmdp import divergences
+
+COST_KINDS = ("reverse_kl", "logratio", "teacher_nll")
+CONSTRAINTS = ("sum", "mean", "prefix_mean")
+PENALTIES = ("constant", "scaled", "constant_plus_scaled")
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+  if value not in valid:
+    raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(valid)}.")
+
+
+def token_costs(kind: str, student_logits: jax.Array, teacher_logits: jax.Array,
+                targets: jax.Array, *, chunk_size: int | None = None) -> jax.Array:
+  """Per-token cost `c_t` of the student's response, float32 `[B, T]`.
+
+  `logits[:, t]` (`[B, T, V]`, both models run on the student's own prefix) predicts
+  `targets[:, t]` (`[B, T]` int). The teacher is under `stop_gradient`; gradients flow to
+  the student logits.
+
+  * `reverse_kl`: exact `kl(student||teacher)` over the vocabulary at each position.
+  * `logratio`: `log pi_student(y_t) - log pi_teacher(y_t)` (one sample, can be negative).
+  * `teacher_nll`: `-log pi_teacher(y_t)`.
+  """
+  _check_choice("cost kind", kind, COST_KINDS)
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  if kind == "reverse_kl":
+    return divergences.kl(student_logits, teacher_logits, chunk_size=chunk_size)
+  teacher_lp = divergences.token_logprobs(teacher_logits, targets, chunk_size=chunk_size)
+  if kind == "teacher_nll":
+    return -teacher_lp
+  student_lp = divergences.token_logprobs(student_logits, targets, chunk_size=chunk_size)
+  return divergences.logratio(student_lp, teacher_lp)
+
+
+def _check_budget(budget) -> None:
+  """Raises if `budget` is concrete and not positive; traced budgets pass unchecked."""
+  try:
+    value = float(budget)
+  except TypeError:  # includes jax.errors.ConcretizationTypeError under jit
+    return
+  if not value > 0:
+    raise ValueError(f"budget must be > 0 (the constraint threshold d), got {value}.")
+
+
+def _violations(spend: jax.Array, mask: jax.Array, z0: jax.Array, gamma: float) -> jax.Array:
+  """Absorbing Sauté violation flags `v_t` for one sequence, bool `[T]` (off-mask False).
+
+  The budget state is `z_{t+1} = (z_t - spend_t) / gamma`, `v_t = v_{t-1} or z_{t+1} < 0`.
+  We carry `w_t = gamma^t z_t` and `gamma^t` instead of `z_t`: same sign, but no overflow
+  of `gamma^-t` on long responses when `gamma < 1`. `t` counts response tokens only.
+  """
+  def step(carry, x):
+    w, discount, violated = carry
+    s, m = x
+    new_w = w - discount * s
+    new_violated = violated | (new_w < 0)
+    carry = (jnp.where(m, new_w, w), jnp.where(m, discount * gamma, discount),
+             jnp.where(m, new_violated, violated))
+    return carry, new_violated & m
+  init = (z0.astype(jnp.float32), jnp.ones((), jnp.float32), jnp.zeros((), bool))
+  _, flags = jax.lax.scan(step, init, (spend, mask))
+  return flags
+
+
+def augmented_rewards(task_reward: jax.Array, costs: jax.Array, mask: jax.Array, *,
+                      budget, constraint: str = "sum", penalty: str = "scaled",
+                      penalty_scale: float = 1.0, cost_discount: float = 1.0,
+                      pay_reward_if_violated: bool = False) -> tuple[jax.Array, jax.Array]:
+  """The constraint-augmented (Sauté) per-token reward `r~_t = (1 - v_t) r_t + v_t p_t`.
+
+  `r_t` is `task_reward` at the last response token (last position where `mask` is 1) and
+  0 before it. The budget state is `z_0 = 1`, `z_{t+1} = (z_t - c_t / d) / gamma_c`, and
+  `v_t = 1[z_{t+1} < 0]` is absorbing (once violated, violated for the rest of the
+  response). By constraint (`d = budget`, `gamma_c = cost_discount`, `t` from 0 at the first
+  response token; with `gamma_c = 1` these are exactly the constraints of method.md):
+
+  * `sum`: the test above, i.e. `sum_{k<=t} gamma_c^k c_k > d`.
+  * `mean`: `(1/T) sum c <= d` with `T` the response length, known after the rollout, so
+    the test above with budget `d * T` (`sum_{k<=t} gamma_c^k c_k > d T`).
+  * `prefix_mean`: violated from the first `t` where the running mean exceeds `d`. The
+    state starts at `z_0 = 0` and spends `c_t / d - 1` per token, i.e. violated when
+    `sum_{k<=t} gamma_c^k c_k > d sum_{k<=t} gamma_c^k` (a discounted running mean).
+
+  Penalty `p_t` with `n = penalty_scale`: `constant` `-n`; `scaled` `-n * c_t`;
+  `constant_plus_scaled` `-n - c_t`. With `pay_reward_if_violated`, `r_t` is paid at the
+  last token even when violated (on top of `p_t`).
+
+  Args:
+    task_reward: `[B]` sequence reward `R(x, y)`.
+    costs: `[B, T]` per-token costs `c_t`; values off the mask are ignored.
+    mask: `[B, T]` 1 (or True) on response tokens.
+    budget: the threshold `d > 0`; a Python number or a (possibly traced) scalar.
+    constraint, penalty: static switches, see above.
+    penalty_scale: `n`.
+    cost_discount: `gamma_c` in (0, 1].
+    pay_reward_if_violated: static bool.
+
+  Returns:
+    rewards: float32 `[B, T]`, 0 off the mask.
+    violated: bool `[B, T]`, the absorbing flag `v_t`, False off the mask.
+  """
+  _check_choice("constraint", constraint, CONSTRAINTS)
+  _check_choice("penalty", penalty, PENALTIES)
+  _check_budget(budget)
+  if not 0 < cost_discount <= 1:
+    raise ValueError(f"cost_discount (gamma_c) must be in (0, 1], got {cost_discount}.")
+  costs = costs.astype(jnp.float32)
+  mask = mask.astype(bool)
+  budget = jnp.asarray(budget, jnp.float32)
+  n = jnp.asarray(penalty_scale, jnp.float32)
+
+  positions = jnp.arange(mask.shape[-1])
+  last = jnp.max(jnp.where(mask, positions, -1), axis=-1, keepdims=True)
+  task = jnp.where(positions == last, task_reward.astype(jnp.float32)[:, None], 0.0)
+
+  if constraint == "prefix_mean":
+    spend, z0 = costs / budget - 1.0, jnp.zeros(mask.shape[:1])
+  else:
+    limit = budget * jnp.sum(mask, axis=-1) if constraint == "mean" else jnp.full(
+        mask.shape[:1], budget)
+    spend, z0 = costs / limit[:, None], jnp.ones(mask.shape[:1])
+  violated = jax.vmap(_violations, in_axes=(0, 0, 0, None))(spend, mask, z0, cost_discount)
+
+  pen = {"constant": -n * jnp.ones_like(costs), "scaled": -n * costs,
+         "constant_plus_scaled": -n - costs}[penalty]
+  kept = task if pay_reward_if_violated else jnp.where(violated, 0.0, task)
+  rewards = jnp.where(mask, kept + jnp.where(violated, pen, 0.0), 0.0)
+  return rewards, violated
+
+
+def sequence_cost(costs: jax.Array, mask: jax.Array, constraint: str = "sum") -> jax.Array:
+  """The constraint's per-sequence value, float32 `[B]` (0 for an empty response).
+
+  `sum`: `sum_t c_t`; `mean`: `(1/T) sum_t c_t`; `prefix_mean`: `max_t (1/t) sum_{k<=t} c_k`,
+  with `t` counting response tokens. Undiscounted.
+  """
+  _check_choice("constraint", constraint, CONSTRAINTS)
+  mask = mask.astype(bool)
+  costs = jnp.where(mask, costs.astype(jnp.float32), 0.0)
+  length = jnp.sum(mask, axis=-1)
+  if constraint == "sum":
+    return jnp.sum(costs, axis=-1)
+  if constraint == "mean":
+    return jnp.sum(costs, axis=-1) / jnp.maximum(length, 1)
+  prefix_mean = jnp.cumsum(costs, axis=-1) / jnp.maximum(jnp.cumsum(mask, axis=-1), 1)
+  return jnp.where(length > 0, jnp.max(jnp.where(mask, prefix_mean, -jnp.inf), axis=-1), 0.0)
+
+
+def constraint_satisfied(costs: jax.Array, mask: jax.Array, budget,
+                         constraint: str = "sum") -> jax.Array:
+  """bool `[B]`: `sequence_cost(costs, mask, constraint) <= budget` per sequence."""
+  return sequence_cost(costs, mask, constraint) <= budget
+
+
+def discounted_returns(rewards: jax.Array, mask: jax.Array, gamma: float) -> jax.Array:
+  """Returns `G_t = sum_{k>=t} gamma^(k-t) r_k` over response tokens, float32 `[B, T]`.
+
+  A reverse `lax.scan` per sequence, `vmap`ped over the batch. Exponents count response
+  tokens only: masked positions contribute nothing, get `G = 0`, and pass the running
+  return through unchanged, so pad inside a response does not break the discount chain.
+  """
+  def one(r, m):
+    def step(g, x):
+      r_t, m_t = x
+      new_g = r_t + gamma * g
+      return jnp.where(m_t, new_g, g), jnp.where(m_t, new_g, 0.0)
+    _, out = jax.lax.scan(step, jnp.zeros((), jnp.float32), (r, m), reverse=True)
+    return out
+  return jax.vmap(one)(rewards.astype(jnp.float32), mask.astype(bool))
+
+
+def calibrate_budget(sequence_costs, quantile: float) -> float:
+  """Budget `d` as the `quantile` of the initial student's sequence costs `[N]`.
+
+  With `quantile = q`, a fraction of about `1 - q` of those samples violates `d` (e.g.
+  0.5: half). Linear interpolation between order statistics (`numpy.quantile`).
+  """
+  if not 0 < quantile < 1:
+    raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
+  costs = np.asarray(sequence_costs, np.float64).reshape(-1)
+  if costs.size == 0 or not np.all(np.isfinite(costs)):
+    raise ValueError("sequence_costs must be a non-empty array of finite per-sequence costs.")
+  return float(np.quantile(costs, quantile))

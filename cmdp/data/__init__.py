@@ -1,0 +1,98 @@
+"""Data: task examples (GSM8K, reasoning-gym), chat prompts, and a resumable batch iterator.
+
+Every task is turned into a list of `Example`s; `load_task` picks the loader from a config
+string or dict; `PromptIterator` yields deterministic, resumable batches of them;
+`cmdp.data.prompts` turns their questions into left-padded token arrays.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One problem: what the model is asked and what counts as a right answer.
+
+  Defined before the submodule imports below, which use it.
+  """
+  uid: str  # unique and stable, e.g. "gsm8k/test/17" or "reasoning_gym/chain_sum/0/5"
+  question: str  # the problem text shown to the model
+  answer: str  # gold final answer as a string, e.g. "18" (commas removed for GSM8K)
+  solution: str | None = None  # reference worked solution ending in "#### <answer>", or None
+  source: str = "gsm8k"  # "gsm8k" or "reasoning_gym/<task name>": picks the reward
+  entry: Mapping[str, Any] | None = None  # raw reasoning-gym entry, passed to its verifier
+  task_kwargs: Mapping[str, Any] | None = None  # reasoning-gym config kwargs of the entry
+
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from cmdp.data.gsm8k import load_gsm8k
+from cmdp.data.iterator import PromptIterator, split_examples
+from cmdp.data.prompts import (DEFAULT_SYSTEM_PROMPT, build_prompt, encode_prompts, encode_sft,
+                               encode_sft_batch)
+from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
+
+DEFAULT_REASONING_GYM_SIZE = 1_000  # examples per split when a spec gives no `size`
+
+
+def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
+              **options: Any) -> list[Example]:
+  """Loads the examples a config names.
+
+  Args:
+    spec: `"gsm8k:<dir, file or hub id>"`, e.g. `"gsm8k:/work/shared/data/gsm8k"` or
+      `"gsm8k:openai/gsm8k"`; or `"reasoning_gym:<task>"`, e.g.
+      `"reasoning_gym:basic_arithmetic"`; or a dict (or ConfigDict) with that string under
+      `"task"` plus options: `split`, `limit` (keep the first N), for GSM8K
+      `strip_calculator`, for reasoning-gym `size` (default 1,000), `seed` (default 0) and
+      any task config field (e.g. `max_terms=2`).
+    split: "train" or "test"; overrides the spec's `split` (default "train"). reasoning-gym
+      splits use disjoint seed ranges (`split_seed`).
+    **options: more options, merged over the spec's (e.g. `size=`, `seed=`, task fields).
+      `size` and `seed` are ignored by GSM8K, which has fixed files (use `limit`).
+
+  Returns:
+    The examples, in file / generation order.
+
+  Raises:
+    ValueError: an unknown task kind, a missing location, or an option the task does not take.
+  """
+  if hasattr(spec, "to_dict"):
+    spec = spec.to_dict()
+  options = {**(dict(spec) if isinstance(spec, Mapping) else {"task": spec}), **options}
+  task = options.pop("task", None)
+  if not isinstance(task, str) or ":" not in task:
+    raise ValueError(f"load_task: task={task!r}; write 'gsm8k:<path or hub id>' or "
+                     "'reasoning_gym:<task name>'.")
+  kind, target = (part.strip() for part in task.split(":", 1))
+  split = split or options.pop("split", "train")
+  options.pop("split", None)
+  limit = options.pop("limit", None)
+  if kind == "gsm8k":
+    options.pop("size", None)
+    options.pop("seed", None)
+    unknown = sorted(set(options) - {"strip_calculator"})
+    if unknown:
+      raise ValueError(f"load_task({task!r}): unknown option(s) {unknown}; gsm8k takes "
+                       "'split', 'limit' and 'strip_calculator' ('size' and 'seed' are "
+                       "ignored).")
+    examples = load_gsm8k(target, split, **options)
+  elif kind == "reasoning_gym":
+    size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
+    seed = options.pop("seed", 0)
+    examples = load_reasoning_gym(target, size, split_seed(seed, split), **options)
+  else:
+    raise ValueError(f"load_task: unknown task kind {kind!r} in {task!r}; use 'gsm8k' or "
+                     "'reasoning_gym'.")
+  if limit is not None:
+    if not isinstance(limit, int) or limit <= 0:
+      raise ValueError(f"load_task({task!r}): limit={limit!r} must be a positive int.")
+    examples = examples[:limit]
+  return examples
+
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT", "Example", "PromptIterator", "TEST_SEED_OFFSET", "build_prompt",
+    "encode_prompts", "encode_sft", "encode_sft_batch", "load_gsm8k", "load_reasoning_gym",
+    "load_task", "split_examples", "split_seed",
+]

@@ -1,0 +1,155 @@
+"""GSM8K loader: local jsonl / parquet files, or the `openai/gsm8k` hub dataset.
+
+Each record is `{"question": str, "answer": str}` where the answer is a worked solution with
+`<<expr=value>>` calculator annotations and a final line `#### <number>`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any, Iterator, Mapping
+
+from cmdp.data import Example
+
+HUB_ID = "openai/gsm8k"
+_CALCULATOR_RE = re.compile(r"<<[^<>\n]*>>")
+_GOLD_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_SHOW_CHARS = 120  # how much of an offending record an error message quotes
+
+
+def _shorten(text: Any) -> str:
+  text = repr(text)
+  return text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS] + "...'"
+
+
+def strip_calculator_annotations(solution: str) -> str:
+  """Removes GSM8K's `<<48/2=24>>` annotations: `"48/2 = $<<48/2=24>>24"` -> `"48/2 = $24"`."""
+  return _CALCULATOR_RE.sub("", solution)
+
+
+def parse_gsm8k_record(record: Any, where: str, *, strip_calculator: bool = True,
+                       uid: str = "") -> Example:
+  """Turns one `{"question", "answer"}` record into an `Example`.
+
+  Args:
+    record: the decoded record.
+    where: "file:line" used in error messages.
+    strip_calculator: remove `<<...>>` annotations from the solution text.
+    uid: the example's uid.
+
+  Raises:
+    ValueError: naming `where` and quoting the record, when a field is missing or not a
+      string, or the answer has no `#### <number>` line.
+  """
+  if not isinstance(record, Mapping):
+    raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got "
+                     f"{_shorten(record)}.")
+  for field in ("question", "answer"):
+    value = record.get(field)
+    if not isinstance(value, str) or not value.strip():
+      raise ValueError(f"{where}: field '{field}' is missing or not a non-empty string in "
+                       f"{_shorten(record)}.")
+  solution = record["answer"]
+  if "####" not in solution:
+    raise ValueError(f"{where}: field 'answer' has no final '#### <number>' line: "
+                     f"{_shorten(solution)}.")
+  gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
+  if not _GOLD_RE.fullmatch(gold):
+    raise ValueError(f"{where}: the '####' line of field 'answer' is not a number: "
+                     f"{_shorten(gold)}.")
+  if strip_calculator:
+    solution = strip_calculator_annotations(solution)
+  return Example(uid=uid, question=record["question"].strip(), answer=gold,
+                 solution=solution.strip(), source="gsm8k")
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        yield where, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg}): {_shorten(line.rstrip())}.") from e
+
+
+def _parquet_records(path: str) -> Iterator[tuple[str, Any]]:
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  for row, record in enumerate(pq.read_table(path).to_pylist()):
+    yield f"{path}: row {row}", record
+
+
+def _resolve_files(path: str, split: str) -> list[str]:
+  if os.path.isfile(path):
+    return [path]
+  jsonl = os.path.join(path, f"{split}.jsonl")
+  if os.path.isfile(jsonl):
+    return [jsonl]
+  parquet = sorted(glob.glob(os.path.join(glob.escape(path), f"{split}*.parquet")))
+  if parquet:
+    return parquet
+  listing = sorted(os.listdir(path))[:20]
+  raise FileNotFoundError(
+      f"load_gsm8k: no '{split}.jsonl' or '{split}*.parquet' in directory {path!r} "
+      f"(it holds {listing}); pass the directory holding the split files, or a file path.")
+
+
+def _load_hub(hub_id: str, split: str) -> list[dict[str, Any]]:
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+    rows = datasets.load_dataset(hub_id, "main", split=split)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(
+        f"load_gsm8k: could not load {hub_id!r} split {split!r} from the Hugging Face hub "
+        f"({type(e).__name__}: {str(e)[:300]}); no local path of that name exists either. "
+        "Without network access, pass a local directory holding train.jsonl / test.jsonl "
+        "(or *.parquet) instead.") from e
+  return list(rows)
+
+
+def load_gsm8k(path_or_id: str, split: str = "train", *,
+               strip_calculator: bool = True) -> list[Example]:
+  """Loads one GSM8K split.
+
+  Args:
+    path_or_id: a directory holding `{split}.jsonl` or `{split}*.parquet` (e.g.
+      `/work/shared/data/gsm8k/`), a single .jsonl / .parquet file, or the hub id
+      `openai/gsm8k` (needs network; read through `datasets.load_dataset`).
+    split: "train" or "test" (any name for which a file exists).
+    strip_calculator: drop the `<<...>>` calculator annotations from `Example.solution`.
+
+  Returns:
+    Examples with `answer` = the number after `####` (commas removed), `solution` = the
+    worked solution including its `#### <number>` line, uid `"gsm8k/{split}/{index}"`.
+
+  Raises:
+    ValueError: a malformed record (the message names file and line, and quotes it) or an
+      empty split.
+    FileNotFoundError: no such path, or no file for `split` in the directory.
+    RuntimeError: the hub id could not be loaded (e.g. no network).
+  """
+  if os.path.exists(path_or_id):
+    records: list[tuple[str, Any]] = []
+    for path in _resolve_files(path_or_id, split):
+      reader = _parquet_records if path.endswith(".parquet") else _jsonl_records
+      records.extend(reader(path))
+    source = path_or_id
+  elif path_or_id == HUB_ID or (path_or_id.count("/") == 1 and not path_or_id.startswith(
+      (".", "/", "~"))):
+    rows = _load_hub(path_or_id, split)
+    records = [(f"{path_or_id}[{split}] row {i}", r) for i, r in enumerate(rows)]
+    source = f"{path_or_id} ({split})"
+  else:
+    raise FileNotFoundError(
+        f"load_gsm8k: {path_or_id!r} is neither an existing file or directory nor a hub id "
+        f"like {HUB_ID!r}.")
+  if not records:
+    raise ValueError(f"load_gsm8k: split {split!r} of {source} holds no records; check the "
+                     "path and that the file is not empty.")
+  return [parse_gsm8k_record(record, where, strip_calculator=strip_calculator,
+                             uid=f"gsm8k/{split}/{i}")
+          for i, (where, record) in enumerate(records)]

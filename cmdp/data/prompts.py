@@ -1,0 +1,171 @@
+"""Chat prompts and their token arrays.
+
+Prompts are rendered with the tokenizer's own chat template and then tokenised with
+`add_special_tokens=False`: the template already writes any BOS / turn tokens, so the
+tokenizer must not add a second BOS.
+
+Shapes are static so jitted rollouts compile once: prompts are LEFT padded (generation
+continues at the right edge of every row), supervised sequences RIGHT padded.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful math tutor. Solve the problem step by step, showing your reasoning. "
+    "End your reply with a final line of the form '#### <number>' giving only the final "
+    "numeric answer.")
+
+
+def _pair(shot: Any) -> tuple[str, str]:
+  """A few-shot item as (question, worked solution)."""
+  if isinstance(shot, (tuple, list)) and len(shot) == 2:
+    return str(shot[0]), str(shot[1])
+  question, solution = getattr(shot, "question", None), getattr(shot, "solution", None)
+  if question is None:
+    raise ValueError(f"few_shot item {shot!r}: pass (question, solution) pairs or Examples.")
+  if solution is None:
+    solution = f"#### {shot.answer}"
+  return question, solution
+
+
+def build_prompt(tokenizer, question: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                 few_shot: Sequence[Any] = ()) -> str:
+  """The chat-formatted prompt text for one question, ending where the assistant replies.
+
+  Args:
+    tokenizer: a Hugging Face tokenizer with a `chat_template`.
+    question: the problem text.
+    system_prompt: system message (default asks for step-by-step reasoning and a final
+      `#### <number>` line); None or "" sends no system message.
+    few_shot: worked examples shown first as earlier user / assistant turns: `(question,
+      solution)` pairs or `Example`s (an Example without a solution shows `#### <answer>`).
+
+  Returns:
+    `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
+  """
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError("build_prompt: the tokenizer has no chat_template; set "
+                     "`tokenizer.chat_template` to a jinja template (e.g. ChatML).")
+  if not isinstance(question, str) or not question.strip():
+    raise ValueError(f"build_prompt: question={question!r} must be a non-empty string.")
+  messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+  for shot in few_shot:
+    shot_question, shot_solution = _pair(shot)
+    messages += [{"role": "user", "content": shot_question},
+                 {"role": "assistant", "content": shot_solution}]
+  messages.append({"role": "user", "content": question})
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _pad_id(tokenizer) -> int:
+  pad = tokenizer.pad_token_id
+  if pad is None:
+    pad = tokenizer.eos_token_id
+  if pad is None:
+    raise ValueError("The tokenizer has neither pad_token_id nor eos_token_id; set "
+                     "`tokenizer.pad_token`.")
+  return int(pad)
+
+
+def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+  return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str],
+                   max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Tokenises prompts into a left-padded batch of fixed width.
+
+  Prompts longer than `max_prompt_len` keep their last `max_prompt_len` tokens (the end,
+  where the question and the assistant header are); a warning says how many were cut.
+
+  Args:
+    tokenizer: a Hugging Face tokenizer.
+    prompts: B prompt texts (e.g. from `build_prompt`).
+    max_prompt_len: P, the fixed width.
+
+  Returns:
+    tokens: int32 [B, P], pad id (pad, else EOS) on the left.
+    mask: int32 [B, P], 1 on real tokens, 0 on padding.
+  """
+  if max_prompt_len <= 0:
+    raise ValueError(f"encode_prompts: max_prompt_len={max_prompt_len} must be positive.")
+  pad = _pad_id(tokenizer)
+  rows = _ids(tokenizer, prompts) if len(prompts) else []
+  tokens = np.full((len(rows), max_prompt_len), pad, np.int32)
+  mask = np.zeros((len(rows), max_prompt_len), np.int32)
+  truncated = 0
+  for i, row in enumerate(rows):
+    if not row:
+      raise ValueError(f"encode_prompts: prompt {i} tokenises to nothing: {prompts[i]!r}.")
+    if len(row) > max_prompt_len:
+      truncated += 1
+      row = row[-max_prompt_len:]
+    tokens[i, max_prompt_len - len(row):] = row
+    mask[i, max_prompt_len - len(row):] = 1
+  if truncated:
+    logger.warning("encode_prompts: %d of %d prompts were longer than max_prompt_len=%d and "
+                   "lost their first tokens; raise max_prompt_len.", truncated, len(rows),
+                   max_prompt_len)
+  return tokens, mask
+
+
+def encode_sft(tokenizer, prompt: str, solution: str,
+               max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One supervised sequence `prompt + solution + EOS`, right padded to `max_len`.
+
+  The prompt and the solution are tokenised separately, so the prompt tokens are exactly
+  those a rollout starts from. EOS is the tokenizer's `eos_token_id` (for chat models the
+  end-of-turn token, e.g. `<|im_end|>`). A sequence longer than `max_len` loses its end
+  (EOS first), with a warning.
+
+  Args:
+    tokenizer: a Hugging Face tokenizer.
+    prompt: prompt text (e.g. from `build_prompt`).
+    solution: target text (e.g. `Example.solution`).
+    max_len: L, the fixed length.
+
+  Returns:
+    tokens: int32 [L], pad id after the sequence.
+    mask: int32 [L], 1 on real tokens (prompt, solution, EOS).
+    loss_mask: int32 [L], 1 where the token is a supervised target (solution and EOS). The
+      objective predicts `tokens[t]` from the logits at `t - 1`, i.e. uses `loss_mask[1:]`.
+  """
+  eos = tokenizer.eos_token_id
+  if eos is None:
+    raise ValueError("encode_sft: the tokenizer has no eos_token_id; set `tokenizer.eos_token`.")
+  prompt_ids, solution_ids = _ids(tokenizer, [prompt, solution])
+  if len(prompt_ids) >= max_len:
+    raise ValueError(f"encode_sft: the prompt has {len(prompt_ids)} tokens, leaving no room "
+                     f"for the solution in max_len={max_len}; raise max_len.")
+  target = list(solution_ids) + [int(eos)]
+  if len(prompt_ids) + len(target) > max_len:
+    logger.warning("encode_sft: %d prompt + %d solution tokens exceed max_len=%d; the "
+                   "solution is cut.", len(prompt_ids), len(target), max_len)
+    target = target[:max_len - len(prompt_ids)]
+  n = len(prompt_ids) + len(target)
+  tokens = np.full((max_len,), _pad_id(tokenizer), np.int32)
+  tokens[:n] = list(prompt_ids) + target
+  mask = np.zeros((max_len,), np.int32)
+  mask[:n] = 1
+  loss_mask = np.zeros((max_len,), np.int32)
+  loss_mask[len(prompt_ids):n] = 1
+  return tokens, mask, loss_mask
+
+
+def encode_sft_batch(tokenizer, prompts: Sequence[str], solutions: Sequence[str],
+                     max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`encode_sft` for B pairs, stacked: three int32 arrays [B, max_len]."""
+  if len(prompts) != len(solutions):
+    raise ValueError(f"encode_sft_batch: {len(prompts)} prompts but {len(solutions)} "
+                     "solutions; pass one solution per prompt.")
+  if not len(prompts):
+    raise ValueError("encode_sft_batch: no sequences given.")
+  rows = [encode_sft(tokenizer, p, s, max_len) for p, s in zip(prompts, solutions)]
+  tokens, mask, loss_mask = (np.stack(x) for x in zip(*rows))
+  return tokens, mask, loss_mask

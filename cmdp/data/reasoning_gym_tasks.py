@@ -1,0 +1,65 @@
+"""reasoning-gym tasks as `Example`s.
+
+reasoning-gym generates item `i` of a dataset created with seed `s` from `Random(s + i)`, so
+a dataset of `size` items uses the RNG seeds `[s, s + size)`. Train and test sets are kept
+apart by using disjoint seed ranges: the test split of seed `s` starts at
+`s + TEST_SEED_OFFSET` (`split_seed`). Disjoint seeds do not make the *questions* disjoint
+when a task's problem space is small (e.g. 2-term 1-digit sums, about 200 distinct
+questions): then the same question can appear in both splits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cmdp.data import Example
+
+TEST_SEED_OFFSET = 1_000_000_000  # test seeds start here above the train seed
+
+
+def split_seed(seed: int, split: str) -> int:
+  """The generator seed for `split` ("train" -> seed, "test" -> seed + TEST_SEED_OFFSET)."""
+  if split == "train":
+    return seed
+  if split == "test":
+    return seed + TEST_SEED_OFFSET
+  raise ValueError(f"split={split!r}: reasoning-gym tasks have splits 'train' and 'test'.")
+
+
+def load_reasoning_gym(name: str, size: int, seed: int, **task_kwargs: Any) -> list[Example]:
+  """Generates `size` examples of the reasoning-gym task `name`.
+
+  Args:
+    name: a registered task, e.g. "basic_arithmetic", "chain_sum", "gsm_symbolic".
+    size: number of examples.
+    seed: generator seed (use `split_seed` for train / test sets).
+    **task_kwargs: the task's config fields, e.g. for basic_arithmetic `min_terms=2,
+      max_terms=2, min_digits=1, max_digits=1, operators=("+", "-")`.
+
+  Returns:
+    Examples with `source="reasoning_gym/<name>"`, `entry` the raw entry (for the verifier),
+    `task_kwargs` the kwargs, `solution` the entry's `metadata["answer_cot"]` when the task
+    provides one (gsm_symbolic), else None.
+
+  Raises:
+    ValueError: unknown task name, bad size, or kwargs the task's config rejects.
+  """
+  import reasoning_gym  # pylint: disable=g-import-not-at-top
+  if not isinstance(size, int) or size <= 0:
+    raise ValueError(f"load_reasoning_gym({name!r}): size={size!r} must be a positive int.")
+  for reserved in ("size", "seed"):
+    task_kwargs.pop(reserved, None)
+  try:
+    dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
+  except (ValueError, TypeError, AssertionError) as e:
+    raise ValueError(
+        f"load_reasoning_gym: cannot create task {name!r} with kwargs {task_kwargs}: {e}. "
+        "Check the task name (reasoning_gym.factory.DATASETS) and its config fields.") from e
+  examples = []
+  for i, entry in enumerate(dataset):
+    metadata = entry.get("metadata") or {}
+    solution = metadata.get("answer_cot")
+    examples.append(Example(
+        uid=f"reasoning_gym/{name}/{seed}/{i}", question=str(entry["question"]),
+        answer=str(entry["answer"]), solution=solution if isinstance(solution, str) else None,
+        source=f"reasoning_gym/{name}", entry=entry, task_kwargs=dict(task_kwargs)))
+  return examples

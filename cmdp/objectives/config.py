@@ -1,0 +1,122 @@
+"""Hyper-parameters of every objective: one frozen, hashable dataclass (static under jit).
+
+Defaults follow docs/method.md. Each objective reads only the fields it needs; the
+others are ignored. `ObjectiveConfig.from_dict` builds one from a plain dict (e.g. an
+`ml_collections` config's `loss` field) and names any unknown key or bad value, with the
+fix, in a ValueError. Direct construction validates the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+COSTS = ("reverse_kl", "logratio", "teacher_nll")
+CONSTRAINTS = ("sum", "mean", "prefix_mean")
+PENALTIES = ("constant", "scaled", "constant_plus_scaled")
+ADVANTAGES = ("grpo", "loo", "none")
+AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """Objective hyper-parameters. Units: costs in nats; "per token" / "per sequence" as named."""
+
+  # --- The constraint (method.md "The problem") ---
+  budget: float = 20.0  # d: threshold of the constraint, in nats (per sequence for "sum")
+  cost: str = "reverse_kl"  # per-token cost c_t: reverse_kl | logratio | teacher_nll
+  constraint: str = "sum"  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
+  # --- The Sauté reward (method.md "The proposed reward") ---
+  penalty: str = "scaled"  # p_t on violated tokens: constant (-n) | scaled (-n c_t) | constant_plus_scaled (-n - c_t)
+  penalty_scale: float = 1.0  # n in the penalty
+  cost_discount: float = 1.0  # gamma_c in the budget update z_{t+1} = (z_t - c_t / d) / gamma_c
+  pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
+  # --- Policy gradient ---
+  gamma: float = 1.0  # return discount: G_t = sum_{k>=t} gamma^(k-t) r_k
+  group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
+  advantage: str = "grpo"  # baseline: grpo (group mean) | loo (leave-one-out mean) | none
+  normalize_std: bool = True  # divide advantages by the group std of the sequence return (grpo, loo)
+  clip_eps: float = 0.2  # PPO ratio clip: ratio kept in [1 - eps, 1 + eps]
+  aggregation: str = "token_mean"  # token_mean | sequence_mean | sequence_mean_token_mean
+  entropy_coef: float = 0.0  # entropy bonus weight (policy-gradient objectives)
+  ref_kl_coef: float = 0.0  # grpo: weight of the k3 estimate of KL(student||reference)
+  # --- Distillation baselines ---
+  gkd_beta: float = 0.5  # gkd: 0 = KL(teacher||student), 1 = KL(student||teacher), JSD(beta) between
+  # --- Lagrangian baselines ---
+  soft_lambda: float = 0.1  # soft_lagrangian: fixed weight of the per-token KL(student||teacher)
+  lambda_init: float = 0.1  # dual_lagrangian: initial multiplier
+  lambda_lr: float = 0.05  # dual_lagrangian: step on log(lambda) per unit of violation / budget
+  lambda_max: float = 10.0  # dual_lagrangian: cap of the multiplier
+  lambda_warmup_steps: int = 0  # dual_lagrangian: updates before which lambda stays at lambda_init
+  lambda_floor: float = 1e-4  # dual_lagrangian: a multiplier at or below this is projected to 0
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      kind = _KIND[f.name]
+      if kind is bool:
+        if not isinstance(value, bool):
+          _fail(f.name, value, "must be true or false")
+      elif kind is int:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not float(value).is_integer()):
+          _fail(f.name, value, "must be an integer")
+        object.__setattr__(self, f.name, int(value))
+      elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+          _fail(f.name, value, "must be a number")
+        object.__setattr__(self, f.name, float(value))
+      elif value not in kind:
+        _fail(f.name, value, f"use one of {kind}")
+    checks = (
+        ("budget", self.budget > 0, "must be > 0 (nats); set it or calibrate it"),
+        ("penalty_scale", self.penalty_scale > 0, "must be > 0"),
+        ("cost_discount", 0 < self.cost_discount <= 1, "must be in (0, 1]"),
+        ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+        ("group_size", self.group_size >= 1, "must be >= 1"),
+        ("clip_eps", self.clip_eps > 0, "must be > 0 (e.g. 0.2)"),
+        ("entropy_coef", self.entropy_coef >= 0, "must be >= 0"),
+        ("ref_kl_coef", self.ref_kl_coef >= 0, "must be >= 0 (0 = off)"),
+        ("gkd_beta", 0 <= self.gkd_beta <= 1, "must be in [0, 1]"),
+        ("soft_lambda", self.soft_lambda >= 0, "must be >= 0"),
+        ("lambda_lr", self.lambda_lr > 0, "must be > 0"),
+        ("lambda_max", self.lambda_max > 0, "must be > 0"),
+        ("lambda_init", 0 <= self.lambda_init <= self.lambda_max,
+         f"must be in [0, lambda_max={self.lambda_max}]"),
+        ("lambda_warmup_steps", self.lambda_warmup_steps >= 0, "must be >= 0"),
+        ("lambda_floor", 0 < self.lambda_floor < self.lambda_max,
+         f"must be in (0, lambda_max={self.lambda_max})"),
+    )
+    for name, ok, fix in checks:
+      if not ok:
+        _fail(name, getattr(self, name), fix)
+
+  def replace(self, **kw) -> "ObjectiveConfig":
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ObjectiveConfig":
+    """Builds a config from a dict; unknown keys and bad values raise ValueError."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+      hints = []
+      for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+      raise ValueError(f"ObjectiveConfig: unknown key(s) {', '.join(hints)}; "
+                       f"valid keys: {valid}.")
+    return cls(**dict(d))
+
+
+def _fail(name, value, fix):
+  raise ValueError(f"ObjectiveConfig.{name}={value!r}: {fix}.")
+
+
+_KIND = dict(
+    budget=float, cost=COSTS, constraint=CONSTRAINTS, penalty=PENALTIES, penalty_scale=float,
+    cost_discount=float, pay_reward_if_violated=bool, gamma=float, group_size=int,
+    advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
+    entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,
+    lambda_init=float, lambda_lr=float, lambda_max=float, lambda_warmup_steps=int,
+    lambda_floor=float)

@@ -1,0 +1,296 @@
+"""Final-answer extraction and checking for GSM8K-style math problems.
+
+The checker is a task reward inside the training loop, so it must be total and cheap: every
+public function here returns (never raises) in bounded time on any string, including
+hostile model output (100k characters, deep braces, huge numbers, unicode junk).
+
+How time is bounded, in every thread (math-verify's own timeouts use `signal.alarm`, which
+only works in the main thread):
+
+* Completions are cut to their last `MAX_COMPLETION_CHARS` characters before extraction;
+  the extracted answer is rejected beyond `MAX_ANSWER_CHARS`, a number beyond
+  `MAX_NUMBER_CHARS` digits.
+* All regexes here are linear (no ambiguous quantifiers); brace matching is a single scan.
+* Numbers are parsed by our own grammar into exact `fractions.Fraction`s. math-verify (sympy)
+  is only a fallback for answers our grammar cannot read (e.g. `\\sqrt{2}`), and only for
+  short strings whose LaTeX commands are on a whitelist, with no words and only single-digit
+  exponents, so sympy cannot be asked for anything expensive. In the main thread
+  math-verify's signal timeouts are armed as a second guard; elsewhere they are off (they
+  cannot work there).
+* Any exception gives "no match"; the reason is returned by `check_answer` for logging.
+"""
+from __future__ import annotations
+
+import fractions
+import logging
+import re
+import threading
+from typing import NamedTuple
+
+logger = logging.getLogger(__name__)
+
+MAX_COMPLETION_CHARS = 20_000  # only the tail of a completion is searched for its answer
+MAX_ANSWER_CHARS = 256  # longer extracted answers are not parsed (reward 0)
+MAX_NUMBER_CHARS = 64  # longer digit strings are not parsed (reward 0)
+MAX_SYMPY_CHARS = 96  # longest answer handed to math-verify
+MAX_BRACE_DEPTH = 16  # deeper \boxed{...} nesting is rejected
+REL_TOL = 1e-6  # numbers match when |p - g| <= REL_TOL * max(1, |g|) (exact when rational)
+
+# An unsigned decimal: plain digits or correctly grouped thousands, optional fraction part.
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_SIGN = r"[-+\u2212]?"
+# sign, currency, sign (either "-$5" or "$-5"), then the numeric core. Every `\s*` is followed
+# by a mandatory token of its group, so whitespace can be split only one way (no backtracking).
+_HEAD = rf"(?P<s1>{_SIGN})(?:\s*\\?\$)?(?:\s*(?P<s2>[-+\u2212]))?\s*"
+_FRAC_RE = re.compile(
+    _HEAD + rf"\\[dt]?frac\s*\{{\s*(?P<n>{_SIGN}\s*(?:{_NUM}))\s*\}}\s*"
+    rf"\{{\s*(?P<d>{_SIGN}\s*(?:{_NUM}))\s*\}}")
+_MIXED_RE = re.compile(_HEAD + r"(?P<w>\d+)\s+(?P<n>\d+)\s*/\s*(?P<d>\d+)")
+_RATIO_RE = re.compile(_HEAD + rf"(?P<n>{_NUM})\s*/\s*(?P<d>{_NUM})")
+_DECIMAL_RE = re.compile(_HEAD + rf"(?P<n>{_NUM})")
+_ANY_NUMBER_RE = re.compile(rf"(?<![\d.])-?\$?(?:{_NUM})(?!\d)")
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}")
+_SPACING_RE = re.compile(r"\\(?:left|right|displaystyle|[!,;: ])")
+_PERCENT_RE = re.compile(r"^(?:\\?%|percent\b)")
+_UNIT_RE = re.compile(r"^(?:\s+[^\W\d_]|[^\W\d_]{2})")  # " word..." or an attached word
+_TRAILING_JUNK = " \t\n.,;:!)]$"
+
+# math-verify fallback: the LaTeX commands we let sympy see.
+_SAFE_COMMANDS = frozenset(
+    "frac dfrac tfrac sqrt pi cdot times div left right text mathrm circ degree pm".split())
+_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+_WORD_RE = re.compile(r"[A-Za-z]{2}")  # two letters in a row outside a LaTeX command
+_POWER_RE = re.compile(r"\^\s*(?:\{\s*-?\d\s*\}|-?\d(?!\d))")
+
+
+class Check(NamedTuple):
+  """Outcome of comparing one predicted answer with one gold answer."""
+  correct: bool
+  reason: str  # how the decision was made, or why it failed (for logging)
+
+
+def extract_answer(text: str) -> str | None:
+  """The final answer written in a completion, as a raw string, or None.
+
+  Order: the content of the last `#### ...` line; else the content of the last
+  `\\boxed{...}` (or `\\fbox{...}`); else the last number in the text. Only the last
+  `MAX_COMPLETION_CHARS` characters are searched.
+
+  Args:
+    text: a model completion (or a reference solution).
+
+  Returns:
+    The answer text, stripped (e.g. `"1,234.50"`, `"\\frac{3}{4}"`, `"18 dollars"`), or None
+    when nothing answer-like is present.
+  """
+  if not isinstance(text, str):
+    return None
+  tail = text[-MAX_COMPLETION_CHARS:]
+  pos = tail.rfind("####")
+  if pos >= 0:
+    line = tail[pos + 4:].lstrip(" \t#").split("\n", 1)[0].strip()
+    if line:
+      return line
+  boxed = _last_boxed(tail)
+  if boxed:
+    return boxed
+  last = None
+  for last in _ANY_NUMBER_RE.finditer(tail[-4_000:]):
+    pass
+  return last.group(0) if last else None
+
+
+def _last_boxed(text: str) -> str | None:
+  """Content of the last `\\boxed{...}` / `\\fbox{...}`, None if unbalanced or too deep."""
+  start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+  if start < 0:
+    return None
+  open_at = text.find("{", start)
+  if open_at < 0 or text[start:open_at].strip() not in ("\\boxed", "\\fbox"):
+    return None
+  depth = 0
+  for i in range(open_at, min(len(text), open_at + MAX_ANSWER_CHARS + 2)):
+    ch = text[i]
+    if ch == "{":
+      depth += 1
+      if depth > MAX_BRACE_DEPTH:
+        return None
+    elif ch == "}":
+      depth -= 1
+      if depth == 0:
+        return text[open_at + 1:i].strip() or None
+  return None
+
+
+def _clean(s: str) -> str:
+  s = _TEXT_CMD_RE.sub(r" \1", s)
+  s = _SPACING_RE.sub("", s).replace("{,}", ",").replace("\u00a0", " ")
+  s = s.strip()
+  for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
+    if s.startswith(opener) and s.endswith(closer):
+      s = s[2:-2].strip()
+  return s.lstrip("=: \t")
+
+
+def _to_fraction(num: str, sign: str = "") -> fractions.Fraction:
+  num = num.replace(",", "").replace(" ", "").replace("\u2212", "-")
+  if len(num) > MAX_NUMBER_CHARS:
+    raise ValueError(f"number longer than {MAX_NUMBER_CHARS} characters")
+  value = fractions.Fraction(num)
+  return -value if sign in ("-", "\u2212") else value
+
+
+def parse_number(s: str) -> tuple[fractions.Fraction, bool] | None:
+  """Reads a numeric answer written by a person or a model.
+
+  Accepts thousands separators (`1,234`), currency (`$5`, `-$5`, `\\$5`), decimals (`5.0`),
+  fractions (`3/4`, `\\frac{3}{4}`, `2 1/2`), signs (`-`, unicode minus), a trailing period,
+  percent (`50%`, `50\\%`, `50 percent`) and unit words after the number (`18 dollars`).
+  Rejects anything else after the number (e.g. `3\\sqrt{2}`, `2^3`), so such answers go to
+  the symbolic checker instead of being misread.
+
+  Args:
+    s: the answer text.
+
+  Returns:
+    `(value, is_percent)` with an exact rational value, or None if `s` is not a number.
+  """
+  if not isinstance(s, str) or len(s) > MAX_ANSWER_CHARS:
+    return None
+  s = _clean(s)
+  try:
+    for regex in (_FRAC_RE, _MIXED_RE, _RATIO_RE, _DECIMAL_RE):
+      m = regex.match(s)
+      if not m:
+        continue
+      if regex is _DECIMAL_RE and s[m.end():m.end() + 1].isdigit():
+        return None  # "12 34": two numbers, not one
+      sign = "-" if (m["s1"] in ("-", "\u2212")) != (m["s2"] in ("-", "\u2212")) else ""
+      g = m.groupdict()
+      value = _to_fraction(g["n"])
+      if g.get("d") is not None:
+        value /= _to_fraction(g["d"])
+      if g.get("w") is not None:
+        value += _to_fraction(g["w"])
+      value = -value if sign else value
+      rest = s[m.end():].rstrip(_TRAILING_JUNK)
+      if _PERCENT_RE.match(rest.lstrip()):
+        return value, True
+      if not rest or _UNIT_RE.match(rest):
+        return value, False
+      return None
+  except (ValueError, ZeroDivisionError, ArithmeticError):
+    return None
+  return None
+
+
+def _numbers_match(pred: tuple[fractions.Fraction, bool], gold: tuple[fractions.Fraction, bool],
+                   rel_tol: float) -> bool:
+  """Numeric equality; a percent on either side may also be read as a fraction of 100."""
+  preds = {pred[0], pred[0] / 100} if pred[1] else {pred[0]}
+  golds = {gold[0], gold[0] / 100} if gold[1] else {gold[0]}
+  for p in preds:
+    for g in golds:
+      if p == g or abs(p - g) <= rel_tol * max(1, abs(g)):
+        return True
+  return False
+
+
+def _sympy_safe(s: str) -> bool:
+  """Whether `s` is small and tame enough to hand to sympy without a timeout."""
+  if len(s) > MAX_SYMPY_CHARS or not s.isascii() or "!" in s.replace("\\!", ""):
+    return False
+  if "**" in s:
+    return False
+  if not all(cmd in _SAFE_COMMANDS for cmd in _COMMAND_RE.findall(s)):
+    return False
+  if _WORD_RE.search(_COMMAND_RE.sub(" ", s)):
+    return False  # prose ("the answer is five") is slow to parse and never a math answer
+  if s.count("^") != len(_POWER_RE.findall(s)):
+    return False  # only single-digit exponents
+  if max((len(m) for m in re.findall(r"\d+", s)), default=0) > 24:
+    return False
+  depth = 0
+  for ch in s:
+    depth += ch == "{"
+    depth -= ch == "}"
+    if depth > 6 or depth < 0:
+      return False
+  return depth == 0
+
+
+def _math_verify_match(pred: str, gold: str) -> Check:
+  """Symbolic comparison with math-verify, for answers our number grammar cannot read."""
+  pred, gold = _clean(pred).strip("$ "), _clean(gold).strip("$ ")
+  if not (_sympy_safe(pred) and _sympy_safe(gold)):
+    return Check(False, "not a number, nor a short expression the symbolic checker accepts")
+  from math_verify import parse, verify  # pylint: disable=g-import-not-at-top
+  _quiet_math_verify_timeout_warning()
+  # Signal-based timeouts only work in the main thread; elsewhere `_sympy_safe` bounds time.
+  seconds = 2 if threading.current_thread() is threading.main_thread() else None
+  gold_expr = parse(f"${gold}$", parsing_timeout=seconds)
+  pred_expr = parse(f"${pred}$", parsing_timeout=seconds)
+  if not gold_expr or not pred_expr:
+    return Check(False, "symbolic checker could not parse the answer")
+  ok = bool(verify(gold_expr, pred_expr, timeout_seconds=seconds))
+  return Check(ok, "math_verify")
+
+
+class _DropTimeoutWarning(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Timeout is disabled" not in record.getMessage()
+
+
+_FILTER_INSTALLED = []
+
+
+def _quiet_math_verify_timeout_warning():
+  """math-verify warns when its timeout is off; here time is bounded by `_sympy_safe`."""
+  if not _FILTER_INSTALLED:
+    for name in ("math_verify.parser", "math_verify.grader"):
+      logging.getLogger(name).addFilter(_DropTimeoutWarning())
+    _FILTER_INSTALLED.append(True)
+
+
+def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Check:
+  """Compares a predicted final answer with the gold one; never raises.
+
+  Numbers are compared exactly as rationals, with a relative tolerance `rel_tol` for
+  decimals that were rounded; otherwise math-verify decides (bounded, see module doc).
+
+  Args:
+    pred: the extracted predicted answer (e.g. from `extract_answer`), or None.
+    gold: the gold answer (e.g. `"18"`).
+    rel_tol: relative tolerance for numeric equality.
+
+  Returns:
+    `Check(correct, reason)`.
+  """
+  try:
+    if pred is None:
+      return Check(False, "no answer found")
+    if not isinstance(pred, str) or not isinstance(gold, str):
+      return Check(False, f"answers must be strings, got {type(pred).__name__}, "
+                          f"{type(gold).__name__}")
+    if len(pred) > MAX_ANSWER_CHARS:
+      return Check(False, f"answer longer than {MAX_ANSWER_CHARS} characters")
+    gold_num = parse_number(gold)
+    pred_num = parse_number(pred)
+    if pred_num is None and "=" in pred:  # "x = 5", "3 + 4 = 7"
+      pred_num = parse_number(pred.rsplit("=", 1)[1])
+    if gold_num is not None and pred_num is not None:
+      return Check(_numbers_match(pred_num, gold_num, rel_tol), "numeric")
+    return _math_verify_match(pred, gold)
+  except Exception as e:  # pylint: disable=broad-except
+    return Check(False, f"checker error: {type(e).__name__}: {str(e)[:200]}")
+
+
+def answers_match(pred: str | None, gold: str) -> bool:
+  """True when `pred` states the same final answer as `gold` (see `check_answer`)."""
+  return check_answer(pred, gold).correct
+
+
+def math_reward(completion: str, gold_answer: str) -> float:
+  """1.0 if the completion's final answer (see `extract_answer`) equals `gold_answer`, else 0.0."""
+  return 1.0 if check_answer(extract_answer(completion), gold_answer).correct else 0.0

@@ -1,0 +1,262 @@
+"""Batched autoregressive sampling with a KV cache, compiled once per shape and setting.
+
+Usage (the trainer's pattern: build once, call every step with same-shaped batches):
+
+    sampler = make_sampler(config, max_new_tokens=128, temperature=0.7, top_k=50,
+                           eos_ids=(eos_id,), pad_id=pad_id)          # mesh=... to shard
+    rollout = sampler(params, prompt_tokens, prompt_mask, rng)        # one compile per [B, P]
+
+`sample(config, params, ...)` is the one-shot form; it caches samplers by their settings.
+Everything static (config, `max_new_tokens`, the sampling settings, stop ids, pad id, mesh)
+is bound by `make_sampler`; `B` and `P` are fixed by the first call's shapes, so pad prompts to
+a fixed `P` to avoid recompiling. `Sampler.jitted._cache_size()` counts the compilations.
+
+Algorithm: one prefill pass over the left-padded prompt (`forward_with_cache`, a cache of
+`P + max_new_tokens` slots), then a `lax.while_loop` of single-token steps that stops as soon
+as every row has emitted a stop token (or after `max_new_tokens`). The cache lives in the
+loop carry, so XLA updates it in place; nothing goes to the host until the loop ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmdp import sharding
+from cmdp.models import ModelConfig, forward, forward_with_cache, init_cache, init_params
+from cmdp.rollout.processors import check_settings, process_logits, sample_token, token_logprobs
+
+
+class Rollout(NamedTuple):
+  """A batch of prompts and their sampled continuations; all arrays `[B, P + N]` or `[B]`.
+
+  tokens:          int32 `[B, P+N]`: the (left-padded) prompt, then the response; `pad_id`
+                   after a row's stop token.
+  attention_mask:  bool `[B, P+N]`: real tokens (prompt non-pad, response incl. the stop token).
+  response_mask:   bool `[B, P+N]`: generated tokens incl. the stop token.
+  logprobs:        float32 `[B, P+N]`: natural-log probability of each generated token under
+                   the sampling distribution (after temperature / top-k / top-p); 0 elsewhere.
+  lengths:         int32 `[B]`: generated tokens per row, incl. the stop token.
+  finished:        bool `[B]`: the row emitted a stop token (else it hit `max_new_tokens`).
+  """
+  tokens: jax.Array
+  attention_mask: jax.Array
+  response_mask: jax.Array
+  logprobs: jax.Array
+  lengths: jax.Array
+  finished: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  """Static sampling settings (hashable: part of the compile signature)."""
+  max_new_tokens: int  # N, generated slots per row
+  temperature: float = 1.0  # divides the logits (> 0)
+  top_k: int = 0  # keep the k most likely tokens (0: off)
+  top_p: float = 1.0  # keep the nucleus of this mass (1: off)
+  greedy: bool = False  # argmax instead of sampling
+  eos_ids: tuple[int, ...] = ()  # stop tokens (EOS and extra stops); () never stops early
+  pad_id: int = 0  # emitted after a row stops
+
+  def __post_init__(self):
+    if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an int >= 1.")
+    check_settings(self.temperature, self.top_k, self.top_p)
+    if not isinstance(self.eos_ids, tuple) or not all(isinstance(i, int) for i in self.eos_ids):
+      raise ValueError(f"eos_ids={self.eos_ids!r} must be a tuple of ints, e.g. (eos_id,).")
+
+
+def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, prompt_tokens,
+            prompt_mask, rng) -> Rollout:
+  """The traced sampler body (see the module docstring)."""
+  s = settings
+  b, p = prompt_tokens.shape
+  n = s.max_new_tokens
+  prompt_mask = prompt_mask.astype(bool)
+  eos = jnp.asarray(s.eos_ids, jnp.int32)
+
+  def constrain(x, spec):
+    if mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+  def pick(step, logits, done):
+    tok, lp = sample_token(jax.random.fold_in(rng, step), logits, temperature=s.temperature,
+                           top_k=s.top_k, top_p=s.top_p, greedy=s.greedy)
+    tok = jnp.where(done, s.pad_id, tok)
+    lp = jnp.where(done, 0.0, lp)
+    if s.eos_ids:
+      done = done | jnp.isin(tok, eos)
+    return tok, lp, done
+
+  cache = init_cache(config, b, p + n)
+  if mesh is not None:
+    cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
+  logits, cache = forward_with_cache(config, params, prompt_tokens, cache, prompt_mask)
+  live = jnp.zeros((b,), bool)
+  tok, lp, done = pick(0, logits[:, -1], live)
+  out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
+  out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)
+  out_mask = jnp.zeros((b, n), bool).at[:, 0].set(True)
+
+  def cond(state):
+    step, _, done, *_ = state
+    return (step < n) & ~jnp.all(done)
+
+  def body(state):
+    step, tok, done, cache, out_tok, out_lp, out_mask = state
+    logits, cache = forward_with_cache(config, params, tok[:, None], cache, ~done[:, None])
+    new_tok, new_lp, new_done = pick(step, logits[:, 0], done)
+    out_tok = jax.lax.dynamic_update_slice_in_dim(out_tok, new_tok[:, None], step, axis=1)
+    out_lp = jax.lax.dynamic_update_slice_in_dim(out_lp, new_lp[:, None], step, axis=1)
+    out_mask = jax.lax.dynamic_update_slice_in_dim(out_mask, ~done[:, None], step, axis=1)
+    return step + 1, new_tok, new_done, cache, out_tok, out_lp, out_mask
+
+  state = (jnp.int32(1), tok, done, cache, out_tok, out_lp, out_mask)
+  _, _, done, _, out_tok, out_lp, out_mask = jax.lax.while_loop(cond, body, state)
+  return Rollout(
+      tokens=jnp.concatenate([prompt_tokens.astype(jnp.int32), out_tok], axis=1),
+      attention_mask=jnp.concatenate([prompt_mask, out_mask], axis=1),
+      response_mask=jnp.concatenate([jnp.zeros((b, p), bool), out_mask], axis=1),
+      logprobs=jnp.concatenate([jnp.zeros((b, p), jnp.float32), out_lp], axis=1),
+      lengths=out_mask.sum(axis=1, dtype=jnp.int32),
+      finished=done)
+
+
+def check_prompts(prompt_tokens, prompt_mask) -> None:
+  """Raises ValueError unless prompts are `[B, P]`, left padded, with >= 1 real token per row.
+
+  Skipped for traced arrays (inside an outer jit).
+  """
+  if isinstance(prompt_tokens, jax.core.Tracer) or isinstance(prompt_mask, jax.core.Tracer):
+    return
+  if np.ndim(prompt_tokens) != 2 or np.shape(prompt_tokens) != np.shape(prompt_mask):
+    raise ValueError(
+        f"prompt_tokens {np.shape(prompt_tokens)} and prompt_mask {np.shape(prompt_mask)} must "
+        "both be [B, P].")
+  mask = np.asarray(prompt_mask).astype(bool)
+  if not mask[:, -1].all():
+    rows = np.flatnonzero(~mask[:, -1]).tolist()
+    raise ValueError(
+        f"prompt_mask rows {rows} end with padding: prompts must be LEFT padded with at least "
+        "one real token (move the padding to the front).")
+  if (np.diff(mask.astype(np.int8), axis=1) < 0).any():
+    raise ValueError("prompt_mask has a real token before a pad: prompts must be LEFT padded.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """`sampler(params, prompt_tokens [B, P], prompt_mask [B, P], rng) -> Rollout`.
+
+  `jitted` is the compiled function itself (`jitted._cache_size()` counts compilations).
+  """
+  config: ModelConfig
+  settings: SamplingSettings
+  mesh: jax.sharding.Mesh | None
+  jitted: Callable
+
+  def __call__(self, params, prompt_tokens, prompt_mask, rng) -> Rollout:
+    check_prompts(prompt_tokens, prompt_mask)
+    if self.mesh is not None:
+      shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+      if np.shape(prompt_tokens)[0] % shards:
+        raise ValueError(
+            f"batch size {np.shape(prompt_tokens)[0]} must be a multiple of data*fsdp={shards} "
+            "of the mesh; pad the batch or change the mesh.")
+    return self.jitted(params, prompt_tokens, prompt_mask, rng)
+
+
+def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+                 eos_ids: tuple[int, ...] = (), pad_id: int = 0,
+                 mesh: jax.sharding.Mesh | None = None) -> Sampler:
+  """Builds the compiled sampler for one config and one set of sampling settings.
+
+  Args:
+    config: the model's config.
+    max_new_tokens: N, tokens generated per row (the loop stops early once all rows stopped).
+    temperature, top_k, top_p: the sampling distribution (see `cmdp.rollout.processors`).
+    greedy: argmax decoding (log-probs are still those of the processed distribution).
+    eos_ids: stop token ids (EOS plus any extra stop tokens).
+    pad_id: token emitted after a row stops.
+    mesh: optional `cmdp.sharding.make_mesh` mesh; params are then expected sharded by
+      `sharding.param_specs`, prompts by `sharding.batch_spec()`, and B must be a multiple of
+      `data * fsdp`. Outputs come back batch-sharded.
+
+  Returns:
+    A `Sampler`; the same one serves every call with same-shaped `[B, P]` prompts.
+  """
+  settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=float(temperature),
+                              top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
+                              eos_ids=tuple(int(i) for i in eos_ids), pad_id=int(pad_id))
+  fn = functools.partial(_decode, config, settings, mesh)
+  if mesh is None:
+    jitted = jax.jit(fn)
+  else:
+    abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+    batch = sharding.batch_spec()
+    jitted = sharding.jit_sharded(
+        fn, mesh,
+        in_specs=(sharding.param_specs(abstract, mesh, config), batch, batch,
+                  jax.sharding.PartitionSpec()),
+        out_specs=Rollout(*([batch] * 6)))
+  return Sampler(config, settings, mesh, jitted)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_sampler(config, mesh, **settings) -> Sampler:
+  return make_sampler(config, mesh=mesh, **settings)
+
+
+def sample(config: ModelConfig, params, prompt_tokens, prompt_mask, rng, *, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+           eos_ids: tuple[int, ...] = (), pad_id: int = 0,
+           mesh: jax.sharding.Mesh | None = None) -> Rollout:
+  """Samples continuations of left-padded prompts (one-shot form of `make_sampler`).
+
+  Args:
+    config: the model's config.
+    params: the model's parameter tree.
+    prompt_tokens: int32 `[B, P]`, LEFT padded.
+    prompt_mask: `[B, P]`, 1 for real tokens; every row needs at least one.
+    rng: a PRNG key; the same key gives the same rollout.
+    max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id, mesh: see
+      `make_sampler`. All are static: a new value compiles a new sampler (cached).
+
+  Returns:
+    A `Rollout` with `[B, P + max_new_tokens]` arrays.
+  """
+  sampler = _cached_sampler(config, mesh, max_new_tokens=max_new_tokens,
+                            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                            greedy=bool(greedy), eos_ids=tuple(eos_ids), pad_id=int(pad_id))
+  return sampler(params, prompt_tokens, prompt_mask, rng)
+
+
+def rollout_logprobs(config: ModelConfig, params, tokens: jax.Array, attention_mask: jax.Array,
+                     response_mask: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0) -> jax.Array:
+  """Recomputes `Rollout.logprobs` with one full `forward` pass (no cache).
+
+  Args:
+    config, params: the model.
+    tokens: int32 `[B, T]` (a rollout's `tokens`).
+    attention_mask: `[B, T]` real tokens.
+    response_mask: `[B, T]` tokens whose log-prob is wanted (each needs a real token before it).
+    temperature, top_k, top_p: the sampling distribution used (greedy rollouts: the same
+      settings they were made with).
+
+  Returns:
+    float32 `[B, T]`: `log p(tokens[t] | tokens[<t])` under the processed distribution where
+    `response_mask`, else 0. Jittable (settings static).
+  """
+  logits = forward(config, params, tokens, attention_mask)[:, :-1]
+  logp = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  picked = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+  picked = jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)
+  return jnp.where(response_mask, picked, 0.0)
+
+

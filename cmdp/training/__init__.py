@@ -1,0 +1,1 @@
+"""Training: config, train state and step, the loop, checkpoints and logging."""

@@ -1,0 +1,110 @@
+"""Checkpoints with orbax: the train state plus a JSON record of everything else.
+
+A checkpoint holds the student's params, the optimiser state, lambda, the step and the
+PRNG key (`TrainState`), and as JSON the data position, the calibrated budget and the
+student's architecture. Restoring into a run whose student has another shape is refused
+with a message naming both shapes, before orbax touches any array.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from cmdp import models
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was written by a run with a different model."""
+
+
+class Checkpointer:
+  """Periodic and final saves under `DIR/checkpoints`, keeping the last `keep`."""
+
+  def __init__(self, workdir: str, keep: int = 3):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, *, wait: bool = False) -> None:
+    """Saves `state` and `meta` as `step` (a step already saved is kept as it is)."""
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    if wait:
+      self.manager.wait_until_finished()
+
+  def read_meta(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint under {self.directory}.")
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, abstract_state: Any, model_config: models.ModelConfig,
+              step: int | None = None) -> tuple[Any, dict]:
+    """Restores `(state, meta)` at `step` (default: latest) into `abstract_state`'s shardings."""
+    step = self.latest_step() if step is None else step
+    meta = self.read_meta(step)
+    check_model_matches(meta.get("student_model", {}), model_config, self.directory, step)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+    return restored["state"], meta
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "tie_word_embeddings", "attention_bias", "qk_norm")
+
+
+def model_record(config: models.ModelConfig) -> dict:
+  """The architecture fields that fix parameter shapes, stored with every checkpoint."""
+  return {k: getattr(config, k) for k in _SHAPE_FIELDS}
+
+
+def check_model_matches(saved: dict, config: models.ModelConfig, where: str, step) -> None:
+  current = model_record(config)
+  diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+  if diff:
+    detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+    raise CheckpointMismatchError(
+        f"Checkpoint {where} step {step} was written for another student model ({detail}). "
+        "Use a fresh --workdir for this config, or restore with the config that wrote it.")
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False

@@ -1,0 +1,188 @@
+"""The experiment config: every field the trainer reads, with its default and meaning.
+
+Experiment files in `configs/` start from `base_config()` and override fields; the result
+is locked, so a misspelt key (in a file or a `--config.x=...` override) fails at once.
+`validate(config)` checks values that cannot work, naming the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from cmdp.objectives import ObjectiveConfig, available_objectives
+
+
+def model_fields(**overrides) -> ml_collections.ConfigDict:
+  """Fields of a randomly initialised model (`cmdp.models.ModelConfig`)."""
+  fields = dict(
+      vocab_size=0,  # 0: take the tokenizer's size
+      hidden_size=64,  # residual width
+      intermediate_size=128,  # SwiGLU width
+      num_layers=2,  # decoder blocks
+      num_heads=4,  # query heads
+      num_kv_heads=2,  # key/value heads
+      head_dim=16,  # per-head width
+      rope_theta=10_000.0,  # RoPE base
+      tie_word_embeddings=True,  # share embedding and lm head
+      max_position_embeddings=1024,  # longest sequence
+  )
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All trainer fields with defaults; experiment configs override them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # seeds parameters (random init), data order and sampling
+  c.objective = "cmdp"  # registered objective: see cmdp.objectives.available_objectives()
+
+  # The objective's hyper-parameters: exactly the fields of cmdp.objectives.ObjectiveConfig.
+  c.loss = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))
+  # Budget calibration (method.md): if > 0, set loss.budget to this quantile of the initial
+  # student's per-sequence cost against the teacher, measured on `calibration_prompts`.
+  c.calibrate_budget_quantile = 0.0
+  c.calibration_prompts = 16  # prompts (x group_size samples) used for calibration
+  c.format_reward_weight = 0.0  # task reward = correct + this * well-formed '#### n' line
+
+  c.teacher = ml_collections.ConfigDict(dict(
+      path="",  # HF directory, hub id (local cache only) or .gguf file; "" = random init
+      random_init=model_fields(),  # architecture when path is ""
+      dtype="float32",  # compute dtype: float32 | bfloat16
+  ))
+  c.student = ml_collections.ConfigDict(dict(
+      path="",  # as teacher.path; "" = cut from the teacher or random init
+      # Teacher layers kept by a student cut from the teacher (e.g. (0, 2, 4)); () = no cut.
+      cut_layers=(),
+      random_init=model_fields(num_layers=1),  # architecture when neither path nor cut
+      init_workdir="",  # start from the final checkpoint of another run (e.g. an sft heal)
+      dtype="float32",  # compute dtype
+      remat=False,  # rematerialise blocks in the backward pass
+  ))
+  c.tokenizer = ""  # "" = the teacher's; "char" = the built-in character tokenizer
+
+  c.data = ml_collections.ConfigDict(dict(
+      train="reasoning_gym:basic_arithmetic",  # see cmdp.data.load_task
+      test="reasoning_gym:basic_arithmetic",  # evaluation task (disjoint seed / split)
+      train_size=1_000,  # procedural tasks: examples generated (ignored for files)
+      test_size=64,  # examples evaluated
+      task_kwargs=ml_collections.ConfigDict(),  # extra reasoning-gym task arguments
+      system_prompt="",  # "" = cmdp.data default (step by step, final line '#### <n>')
+      max_prompt_len=128,  # prompts are left padded/truncated to this many tokens
+      sft_max_len=256,  # supervised sequences (sft / gkd off-policy) are padded to this
+  ))
+
+  c.rollout = ml_collections.ConfigDict(dict(
+      max_new_tokens=128,  # response length cap
+      temperature=1.0,  # sampling temperature for training rollouts
+      top_k=0,  # 0 = off
+      top_p=1.0,  # 1.0 = off
+      on_policy_fraction=1.0,  # gkd: fraction of steps on student samples (else references)
+      sft_source="reference",  # off-policy sequences: reference solutions | teacher samples
+      teacher_logits_dtype="float32",  # teacher logits passed to the loss: float32 | bfloat16
+  ))
+
+  c.batch_size = 8  # sequences per step (prompts x loss.group_size)
+  c.grad_accum_steps = 1  # microbatches per step; batch_size / grad_accum_steps whole groups
+  c.num_steps = 100  # optimiser steps
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw",  # adamw | adam | sgd
+      learning_rate=1e-5,  # peak learning rate
+      warmup_steps=0,  # linear warm-up
+      schedule="constant",  # constant | cosine | linear (decay after warm-up)
+      weight_decay=0.0,  # decoupled weight decay (adamw)
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      grad_clip_norm=1.0,  # global-norm clipping; 0 = off
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      num_devices=0,  # devices used (0 = all); the first ones are taken
+      data=-1,  # data-parallel axis size (-1 = the rest of the devices)
+      fsdp=1,  # parameter-sharded data-parallel axis
+      tensor=1,  # tensor-parallel axis
+      teacher_tensor=0,  # >0: the teacher gets its own mesh of this tensor size
+      teacher_disjoint=False,  # teacher on the devices the student mesh does not use
+  ))
+
+  c.log_every = 1  # steps between metrics.jsonl / TensorBoard rows
+  c.eval_every = 0  # steps between evaluations (0 = only at the end when eval_at_end)
+  c.eval_at_end = True  # evaluate the final student
+  c.checkpoint_every = 50  # steps between checkpoints (0 = only final)
+  c.keep_checkpoints = 3  # how many recent checkpoints to keep
+  c.progress_bar = True  # tqdm bar with steps/s and tokens/s
+
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=16,  # prompts per generation batch
+      max_new_tokens=128,  # response cap at evaluation
+      pass_k=1,  # sampled pass@k (k samples per prompt at eval_temperature; 1 = off)
+      temperature=1.0,  # sampling temperature for pass@k
+      include_teacher=False,  # also evaluate the teacher
+      include_initial_student=False,  # also evaluate the student before training
+  ))
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when a value cannot work."""
+  def fail(field, msg):
+    raise ValueError(f"config.{field}: {msg}")
+
+  if config.objective not in available_objectives():
+    fail("objective", f"{config.objective!r} is not registered; use one of "
+         f"{sorted(available_objectives())}.")
+  ObjectiveConfig.from_dict(config.loss.to_dict())  # names any bad loss field
+  g = config.loss.group_size
+  if config.batch_size <= 0:
+    fail("batch_size", f"must be positive, got {config.batch_size}.")
+  if config.batch_size % g:
+    fail("batch_size", f"{config.batch_size} is not a multiple of loss.group_size={g}: "
+         "each prompt is sampled group_size times.")
+  if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * g):
+    fail("grad_accum_steps", f"{config.grad_accum_steps} must split batch_size="
+         f"{config.batch_size} into microbatches of whole groups of {g}.")
+  if config.num_steps < 0:
+    fail("num_steps", "must be >= 0.")
+  if not 0.0 <= config.calibrate_budget_quantile < 1.0:
+    fail("calibrate_budget_quantile", "must be in [0, 1); 0 turns calibration off.")
+  if config.rollout.max_new_tokens < 1:
+    fail("rollout.max_new_tokens", "must be >= 1.")
+  if config.rollout.temperature <= 0:
+    fail("rollout.temperature", "must be > 0 for training rollouts.")
+  if not 0.0 <= config.rollout.on_policy_fraction <= 1.0:
+    fail("rollout.on_policy_fraction", "must be in [0, 1].")
+  if config.rollout.sft_source not in ("reference", "teacher"):
+    fail("rollout.sft_source", "use 'reference' or 'teacher'.")
+  if config.rollout.teacher_logits_dtype not in ("float32", "bfloat16"):
+    fail("rollout.teacher_logits_dtype", "use 'float32' or 'bfloat16'.")
+  if config.optimizer.name not in ("adamw", "adam", "sgd"):
+    fail("optimizer.name", f"{config.optimizer.name!r}; use adamw, adam or sgd.")
+  if config.optimizer.schedule not in ("constant", "cosine", "linear"):
+    fail("optimizer.schedule", f"{config.optimizer.schedule!r}; use constant, cosine or linear.")
+  if config.optimizer.learning_rate < 0:
+    fail("optimizer.learning_rate", "must be >= 0.")
+  if config.data.max_prompt_len < 1:
+    fail("data.max_prompt_len", "must be >= 1.")
+  if config.eval.pass_k < 1:
+    fail("eval.pass_k", "must be >= 1.")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config file's argument `"key=value,flag,..."` (as in `file.py:objective=grpo,small`).
+
+  Each key must be one of `defaults`; values are converted to the default's type; a bare
+  `flag` means `flag=True`.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r} is unknown; valid: {sorted(defaults)}.")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.strip().lower() not in ("0", "false", "no") if value else True
+    else:
+      out[key] = kind(value.strip()) if value else kind()
+  return ml_collections.ConfigDict(out)

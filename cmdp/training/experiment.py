@@ -1,0 +1,212 @@
+"""Everything a run builds from its config once: meshes, models, data and compiled functions.
+
+Shardings are decided here and nowhere else: the student's mesh and param specs, the
+teacher's mesh (the same one, or its own devices), the batch spec, and the jitted
+functions with their in/out shardings and donated buffers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cmdp import constraint, data, divergences, models, sharding
+from cmdp.objectives import ObjectiveConfig, get_objective
+from cmdp.rollout import make_sampler
+from cmdp.training import batch as batch_lib
+from cmdp.training import config as config_lib
+from cmdp.training import models as model_lib
+from cmdp.training import optimizer as optimizer_lib
+from cmdp.training import step as step_lib
+
+
+def build_meshes(mesh_cfg: ml_collections.ConfigDict):
+  """Returns `(student_mesh, teacher_mesh)`; they are one mesh unless configured apart."""
+  devices = jax.devices()
+  if mesh_cfg.num_devices:
+    if mesh_cfg.num_devices > len(devices):
+      raise ValueError(f"config.mesh.num_devices={mesh_cfg.num_devices} but only "
+                       f"{len(devices)} devices are visible.")
+    devices = devices[:mesh_cfg.num_devices]
+  if not mesh_cfg.teacher_disjoint and mesh_cfg.teacher_tensor <= 0:
+    mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
+    return mesh, mesh
+  if mesh_cfg.teacher_disjoint:
+    if len(devices) < 2:
+      raise ValueError("config.mesh.teacher_disjoint needs at least 2 devices.")
+    half = len(devices) // 2
+    s_dev, t_dev = devices[:half], devices[half:2 * half]
+  else:
+    s_dev = t_dev = devices
+  student = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, s_dev)
+  t_tensor = mesh_cfg.teacher_tensor if mesh_cfg.teacher_tensor > 0 else mesh_cfg.tensor
+  teacher = sharding.make_mesh(-1, 1, t_tensor, t_dev)
+  return student, teacher
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The built run (not a pytree: host-side handles to models, data and compiled steps)."""
+  config: ml_collections.ConfigDict
+  student_mesh: Any
+  teacher_mesh: Any
+  teacher: model_lib.LoadedModel
+  student: model_lib.LoadedModel
+  tokenizer: Any
+  train_examples: list
+  test_examples: list
+  hp: ObjectiveConfig
+  workdir: str = ""  # where eval.json / eval.md go
+
+  @property
+  def objective(self):
+    return get_objective(self.config.objective)
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    ids = {self.tokenizer.eos_token_id}
+    im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+      ids.add(im_end)
+    return tuple(sorted(i for i in ids if i is not None))
+
+  @property
+  def pad_id(self) -> int:
+    pad = self.tokenizer.pad_token_id
+    return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+  def batch_sharding(self, mesh=None) -> NamedSharding:
+    return NamedSharding(mesh or self.student_mesh, sharding.batch_spec())
+
+  def put_batch(self, tree, mesh=None):
+    """Places host arrays `[B, ...]` on the mesh, rows split over the batch axes."""
+    s = self.batch_sharding(mesh)
+    rep = NamedSharding(mesh or self.student_mesh, P())
+    return jax.tree.map(lambda x: jax.device_put(x, s if np.ndim(x) else rep), tree)
+
+  # ---- compiled functions (built once per run) ----
+
+  @functools.cached_property
+  def optimizer(self):
+    return optimizer_lib.make_optimizer(self.config.optimizer, self.config.num_steps)
+
+  def make_train_step(self, hp: ObjectiveConfig, state_shardings):
+    """The jitted update: state donated, state shardings preserved, batch rows split."""
+    fn = step_lib.make_train_step(self.objective, hp, self.student.config, self.optimizer,
+                                  self.config.grad_accum_steps)
+    return jax.jit(fn, in_shardings=(state_shardings, self.batch_sharding()),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  @functools.cached_property
+  def teacher_logits_fn(self):
+    """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh."""
+    cfg = self.teacher.config
+    dtype = jnp.dtype(self.config.rollout.teacher_logits_dtype)
+    mesh = self.teacher_mesh
+    fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(dtype)
+    specs = sharding.param_specs(self.teacher.params, mesh, cfg)
+    b = sharding.batch_spec()
+    return sharding.jit_sharded(fn, mesh, (specs, b, b), b)
+
+  def teacher_logits(self, inputs, input_mask):
+    """Teacher logits for student-side arrays, moved back to the student's mesh."""
+    if self.teacher_mesh is not self.student_mesh:
+      inputs, input_mask = self.put_batch((inputs, input_mask), self.teacher_mesh)
+    out = self.teacher_logits_fn(self.teacher.params, inputs, input_mask)
+    if self.teacher_mesh is not self.student_mesh:
+      out = jax.device_put(out, self.batch_sharding())
+    return out
+
+  def sampler(self, model: str = "student", *, greedy: bool = False,
+              max_new_tokens: int | None = None, temperature: float | None = None):
+    """A compiled sampler for the student (or teacher) with the rollout settings."""
+    r = self.config.rollout
+    m = self.student if model == "student" else self.teacher
+    mesh = self.student_mesh if model == "student" else self.teacher_mesh
+    return _sampler(m.config, mesh, max_new_tokens or r.max_new_tokens,
+                    r.temperature if temperature is None else temperature, r.top_k, r.top_p,
+                    greedy, self.eos_ids, self.pad_id)
+
+  @functools.cached_property
+  def sequence_scores_fn(self):
+    """`(student_params, batch) -> per-sequence cost, KL(student||teacher) sum, length`.
+
+    Used to calibrate the budget and by evaluation; `batch` holds `teacher_logits`.
+    """
+    cfg = self.student.config
+    hp = self.hp
+
+    def fn(params, batch):
+      logits = models.forward(cfg, params, batch["inputs"], batch["input_mask"])
+      t_logits = batch["teacher_logits"].astype(jnp.float32)
+      mask = batch["mask"]
+      costs = constraint.token_costs(hp.cost, logits, t_logits, batch["targets"])
+      kl = divergences.kl(logits, t_logits)
+      return {
+          "sequence_cost": constraint.sequence_cost(costs, mask, hp.constraint),
+          "kl_seq": (kl * mask).sum(-1),
+          "length": mask.sum(-1),
+      }
+    return jax.jit(fn)
+
+  def score_sequences(self, params, batch: dict) -> dict:
+    """Host numpy per-sequence scores of a batch from `batch_lib.from_rollout`."""
+    batch = dict(batch)
+    batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
+    return jax.tree.map(np.asarray, self.sequence_scores_fn(params, batch))
+
+  # ---- prompts ----
+
+  def encode_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
+    cfg = self.config.data
+    kw = {"system_prompt": cfg.system_prompt} if cfg.system_prompt else {}
+    prompts = [data.build_prompt(self.tokenizer, ex.question, **kw) for ex in examples]
+    return data.encode_prompts(self.tokenizer, prompts, cfg.max_prompt_len)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(cfg, mesh, max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id):
+  return make_sampler(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                      top_p=top_p, greedy=greedy, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+
+
+def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
+  d = config.data
+  spec = d.train if which == "train" else d.test
+  size = d.train_size if which == "train" else d.test_size
+  # Procedural tasks draw train and test from disjoint seed ranges; files have their splits.
+  examples = data.load_task(spec, split=which, size=size, seed=config.seed,
+                            **d.task_kwargs.to_dict())
+  if which == "test":
+    examples = examples[:d.test_size]
+  if not examples:
+    raise ValueError(f"config.data.{which}: the {which} split of {spec!r} is empty.")
+  return examples
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates the config and builds the experiment (models placed on their meshes)."""
+  config_lib.validate(config)
+  hp = ObjectiveConfig.from_dict(config.loss.to_dict())
+  student_mesh, teacher_mesh = build_meshes(config.mesh)
+  teacher, student, tokenizer = model_lib.load_teacher_and_student(
+      config, jax.random.key(config.seed))
+  teacher = model_lib.LoadedModel(
+      teacher.config, sharding.shard_params(teacher.params, teacher_mesh, teacher.config))
+  student = model_lib.LoadedModel(
+      student.config, sharding.shard_params(student.params, student_mesh, student.config))
+  shards = student_mesh.shape["data"] * student_mesh.shape["fsdp"]
+  if config.batch_size % shards:
+    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the mesh's "
+                     f"data*fsdp={shards} (each device holds whole rows).")
+  return Experiment(config=config, student_mesh=student_mesh, teacher_mesh=teacher_mesh,
+                    teacher=teacher, student=student, tokenizer=tokenizer,
+                    train_examples=_load_split(config, "train"),
+                    test_examples=_load_split(config, "test"), hp=hp)

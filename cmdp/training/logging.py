@@ -1,0 +1,82 @@
+"""Metric writers: `DIR/metrics.jsonl`, TensorBoard event files and a progress bar.
+
+Only process 0 writes (multi-host pods run one process per host); other processes get
+writers that do nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+import tqdm
+
+
+def _to_float(v) -> float:
+  v = float(np.asarray(v))
+  return v if math.isfinite(v) else float("nan")
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: _to_float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of `DIR/metrics.jsonl`, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A tqdm bar showing steps/s and generated tokens/s (process 0 only)."""
+
+  def __init__(self, total: int, initial: int, enabled: bool = True):
+    self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                         disable=not enabled or jax.process_index() != 0)
+    self._t0 = time.perf_counter()
+    self._tokens = 0
+
+  def update(self, tokens: int, postfix: Mapping[str, float]) -> float:
+    """Advances one step; returns tokens/s since the start."""
+    self._tokens += tokens
+    rate = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
+    self.bar.set_postfix({"tok/s": f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in postfix.items()}})
+    self.bar.update(1)
+    return rate
+
+  def close(self) -> None:
+    self.bar.close()

@@ -1,0 +1,106 @@
+"""Builds the frozen teacher and the trainable student described by a config.
+
+The teacher comes from a checkpoint (`teacher.path`) or a random init; the student from its
+own checkpoint, from a subset of the teacher's layers (`student.cut_layers`, the usual way
+to make a small student from a big model), from another run's final checkpoint
+(`student.init_workdir`, e.g. after a supervised "healing" stage) or a random init.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cmdp import models
+from cmdp.models.char_tokenizer import char_tokenizer
+
+
+class LoadedModel(NamedTuple):
+  config: models.ModelConfig
+  params: Any
+
+
+def _random_model(fields: ml_collections.ConfigDict, vocab_size: int, dtype: str,
+                  rng: jax.Array, remat: bool = False) -> LoadedModel:
+  kw = fields.to_dict()
+  kw["vocab_size"] = kw["vocab_size"] or vocab_size
+  cfg = models.ModelConfig(dtype=dtype, remat=remat, **kw)
+  return LoadedModel(cfg, models.init_params(cfg, rng))
+
+
+def cut_layers(model: LoadedModel, keep: tuple[int, ...]) -> LoadedModel:
+  """A student made of the teacher's layers `keep` (in order), embeddings and head shared."""
+  n = model.config.num_layers
+  bad = [i for i in keep if not 0 <= i < n]
+  if bad or len(set(keep)) != len(keep):
+    raise ValueError(f"config.student.cut_layers={tuple(keep)}: layer indices must be distinct "
+                     f"and in [0, {n}) for a {n}-layer teacher.")
+  idx = jnp.asarray(keep)
+  # Fresh arrays (never aliases of the teacher's): the train step donates the student.
+  params = {k: jax.tree.map(jnp.array, v) for k, v in model.params.items() if k != "layers"}
+  params["layers"] = jax.tree.map(lambda w: w[idx], model.params["layers"])
+  return LoadedModel(model.config.replace(num_layers=len(keep)), params)
+
+
+def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
+  """Returns `(teacher: LoadedModel, student: LoadedModel, tokenizer)`.
+
+  Raises ValueError when the two models do not share a vocabulary.
+  """
+  t_rng, s_rng = jax.random.split(rng)
+  tokenizer = char_tokenizer() if config.tokenizer == "char" else None
+  if config.teacher.path:
+    t_cfg, t_params, t_tok = models.load_pretrained(config.teacher.path)
+    teacher = LoadedModel(t_cfg.replace(dtype=config.teacher.dtype), t_params)
+    tokenizer = tokenizer or t_tok
+  else:
+    if tokenizer is None:
+      raise ValueError("config.tokenizer: a randomly initialised teacher (teacher.path='') "
+                       "needs a tokenizer; set config.tokenizer='char'.")
+    teacher = _random_model(config.teacher.random_init, len(tokenizer), config.teacher.dtype,
+                            t_rng)
+
+  s = config.student
+  if s.path:
+    s_cfg, s_params, s_tok = models.load_pretrained(s.path)
+    student = LoadedModel(s_cfg, s_params)
+    _check_same_tokenizer(tokenizer, s_tok)
+  elif s.cut_layers:
+    student = cut_layers(teacher, tuple(s.cut_layers))
+  else:
+    student = _random_model(s.random_init, teacher.config.vocab_size, s.dtype, s_rng)
+  student = LoadedModel(student.config.replace(dtype=s.dtype, remat=s.remat), student.params)
+
+  return (*share_vocabulary(teacher, student, len(tokenizer) if tokenizer else 0), tokenizer)
+
+
+def share_vocabulary(teacher: LoadedModel, student: LoadedModel, tokenizer_size: int):
+  """Makes both models emit logits over the same rows, or raises.
+
+  Embedding tables padded to different sizes (same tokenizer) are fine: both models then
+  keep the first min(V_teacher, V_student) logits, which cover every tokenizer id.
+  """
+  vt, vs = teacher.config.vocab_size, student.config.vocab_size
+  if vt == vs:
+    return teacher, student
+  shared = min(vt, vs)
+  if shared < tokenizer_size:
+    raise ValueError(
+        f"config.student: the student's vocabulary ({vs} tokens) differs from the teacher's "
+        f"({vt}) and does not cover the tokenizer's {tokenizer_size} ids. Distillation compares "
+        "per-token distributions, so both must share one tokenizer: pick a student of the "
+        "teacher's family.")
+  return (LoadedModel(teacher.config.replace(output_vocab=shared), teacher.params),
+          LoadedModel(student.config.replace(output_vocab=shared), student.params))
+
+
+def _check_same_tokenizer(teacher_tok, student_tok) -> None:
+  if teacher_tok is None or student_tok is None:
+    return
+  if teacher_tok.get_vocab() != student_tok.get_vocab():
+    raise ValueError(
+        "config.student.path: the student's tokenizer differs from the teacher's "
+        f"({len(student_tok)} vs {len(teacher_tok)} tokens or different ids). Distillation "
+        "needs one shared vocabulary: pick a student of the teacher's family.")

@@ -1,0 +1,205 @@
+"""The training loop: rollouts -> teacher scoring -> rewards -> the registered objective.
+
+One iteration:
+  1. the next prompts (deterministic, resumable order), each repeated `group_size` times;
+  2. student rollouts with the KV-cache sampler (or reference / teacher sequences for
+     off-policy steps of `sft` and `gkd`);
+  3. task rewards from the verifier on the decoded responses (host);
+  4. teacher logits on the student's own prefixes (the teacher's mesh);
+  5. the jitted update `train_step(state, batch) -> (state, metrics)`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from cmdp import data, evaluation, sharding
+from cmdp.training import batch as batch_lib
+from cmdp.training import checkpoint as ckpt_lib
+from cmdp.training import experiment as experiment_lib
+from cmdp.training import logging as log_lib
+from cmdp.training import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+def state_shardings(exp: experiment_lib.Experiment, state: step_lib.TrainState):
+  """NamedShardings of the train state: params and optimiser moments follow the param rules."""
+  mesh = exp.student_mesh
+  specs = step_lib.TrainState(
+      step=P(),
+      params=sharding.param_specs(state.params, mesh, exp.student.config),
+      # Optimiser moments mirror the params; its counters are replicated.
+      opt_state=sharding.param_specs(state.opt_state, mesh, exp.student.config,
+                                     sharding.PARAM_RULES + ((r".*", P()),)),
+      lambda_state=jax.tree.map(lambda _: P(), state.lambda_state),
+      rng=P())
+  return sharding.named(mesh, specs)
+
+
+def create_state(exp: experiment_lib.Experiment, params):
+  """The initial sharded `TrainState` and its shardings."""
+  def init(p):
+    return step_lib.init_state(p, exp.optimizer, exp.hp, jax.random.PRNGKey(exp.config.seed))
+  abstract = jax.eval_shape(init, params)
+  shardings = state_shardings(exp, abstract)
+  return jax.jit(init, out_shardings=shardings)(params), shardings
+
+
+def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool):
+  """Builds one step's batch on the student's mesh; returns `(batch, host_metrics)`."""
+  cfg = exp.config
+  g = exp.hp.group_size
+  group = [ex for ex in examples for _ in range(g)]
+  if on_policy or cfg.rollout.sft_source == "teacher":
+    prompts, prompt_mask = batch_lib.repeat_rows(exp.encode_prompts(examples), g)
+    who = "student" if on_policy else "teacher"
+    model = exp.student if on_policy else exp.teacher
+    mesh = exp.student_mesh if on_policy else exp.teacher_mesh
+    prompts, prompt_mask = exp.put_batch((prompts, prompt_mask), mesh)
+    rollout = exp.sampler(who)(model.params, prompts, prompt_mask, rng)
+    if not on_policy:
+      rollout = exp.put_batch(rollout)
+    batch = batch_lib.from_rollout(rollout)
+    if not on_policy:  # teacher samples are supervised targets: no sampler log-probs
+      batch["old_logprobs"] = jnp.zeros_like(batch["old_logprobs"])
+    completions = batch_lib.decode_responses(exp.tokenizer, rollout)
+    new_tokens = int(np.asarray(rollout.lengths).sum())
+  else:
+    kw = {"system_prompt": cfg.data.system_prompt} if cfg.data.system_prompt else {}
+    seqs = [data.encode_sft(exp.tokenizer, data.build_prompt(exp.tokenizer, ex.question, **kw),
+                            ex.solution or f"#### {ex.answer}", cfg.data.sft_max_len)
+            for ex in group]
+    tokens, attn, loss_mask = (np.stack(x) for x in zip(*seqs))
+    batch = exp.put_batch(batch_lib.shift(tokens, attn, loss_mask))
+    completions = [ex.solution or f"#### {ex.answer}" for ex in group]
+    new_tokens = int(loss_mask.sum())
+  task_reward, correct = batch_lib.task_rewards(completions, group, cfg.format_reward_weight)
+  batch["task_reward"] = exp.put_batch(task_reward)
+  batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
+  return batch, {"accuracy": float(correct.mean()), "new_tokens": new_tokens}
+
+
+def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
+  """`calibrate_budget_quantile` of the initial student's per-sequence cost (method.md)."""
+  cfg = exp.config
+  n = max(cfg.calibration_prompts, 1)
+  costs = []
+  it = data.PromptIterator(exp.train_examples, cfg.batch_size // exp.hp.group_size,
+                           seed=cfg.seed + 7)
+  while len(costs) < n * exp.hp.group_size:
+    batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
+    costs.extend(exp.score_sequences(params, batch)["sequence_cost"].tolist())
+  from cmdp.constraint import calibrate_budget as quantile_budget  # pylint: disable=g-import-not-at-top
+  return float(quantile_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
+
+
+def _meta(exp, it, hp) -> dict:
+  return {"data": it.state(), "budget": float(hp.budget),
+          "student_model": ckpt_lib.model_record(exp.student.config),
+          "objective": exp.config.objective}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) -> dict:
+  """Runs (or resumes) the experiment in `workdir`; returns the last logged metrics.
+
+  `evaluate_fn(exp, params, step, hp) -> dict` runs at `eval_every` and at the end
+  (default `cmdp.evaluation.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
+  """
+  evaluate_fn = evaluate_fn or evaluation.evaluate_and_write
+  os.makedirs(workdir, exist_ok=True)
+  exp = experiment_lib.build(config)
+  hp = exp.hp
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+  state, shardings = create_state(exp, exp.student.params)
+  it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
+                           seed=config.seed)
+  start_fresh = checkpointer.latest_step() is None
+  if not start_fresh:
+    state, meta = checkpointer.restore(state, exp.student.config)
+    it.restore(meta["data"])
+    hp = hp.replace(budget=meta["budget"])
+    log.info("Resumed from step %d of %s.", int(state.step), workdir)
+  else:
+    if config.student.init_workdir:
+      state = state.replace(params=_params_from_run(exp, config.student.init_workdir, state))
+    if config.calibrate_budget_quantile > 0:
+      budget = calibrate_budget(exp, state.params, jax.random.PRNGKey(config.seed + 1))
+      hp = hp.replace(budget=budget)
+      log.info("Calibrated budget: %.4f", budget)
+  exp.hp, exp.workdir = hp, workdir
+  if start_fresh and (config.eval.include_teacher or config.eval.include_initial_student):
+    evaluation.write_results(workdir, 0, evaluation.evaluate_baselines(exp, state.params, hp))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  train_step = exp.make_train_step(hp, shardings)
+  writer = log_lib.MetricWriter(workdir)
+  start = int(state.step)
+  progress = log_lib.Progress(config.num_steps, start, config.progress_bar)
+  objective = exp.objective
+  last = {}
+  try:
+    with ckpt_lib.PreemptionGuard() as guard:
+      for step in range(start, config.num_steps):
+        t0 = time.perf_counter()
+        on_policy = objective.on_policy and (
+            np.random.default_rng((config.seed, step)).random()
+            < config.rollout.on_policy_fraction)
+        rng = jax.random.fold_in(state.rng, step)
+        batch, host = make_batch(exp, state.params, it.next_batch(), rng, on_policy)
+        t1 = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        t2 = time.perf_counter()
+        if metrics["nonfinite"]:
+          checkpointer.save(step, state, _meta(exp, it, hp), wait=True)
+          bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+          raise FloatingPointError(
+              f"Step {step}: non-finite {bad}; the update was skipped and the last good state "
+              f"saved in {checkpointer.directory}. Lower optimizer.learning_rate, tighten "
+              "optimizer.grad_clip_norm, or check the data of this batch.")
+        tokens_per_s = progress.update(host["new_tokens"], {"reward": metrics["task_reward"]})
+        row = {f"train/{k}": v for k, v in metrics.items()}
+        row.update({"train/accuracy": host["accuracy"], "train/budget": hp.budget,
+                    "perf/rollout_and_scoring_s": t1 - t0, "perf/update_s": t2 - t1,
+                    "perf/step_s": t2 - t0, "perf/tokens_per_s": tokens_per_s,
+                    "train/on_policy": float(on_policy)})
+        last = row
+        done = step + 1
+        if config.log_every and (done % config.log_every == 0 or done == config.num_steps):
+          writer.write(done, row)
+        if config.eval_every and done % config.eval_every == 0 and done < config.num_steps:
+          writer.write(done, evaluate_fn(exp, state.params, done, hp))
+        if guard.requested:
+          checkpointer.save(done, state, _meta(exp, it, hp), wait=True)
+          log.warning("SIGTERM: saved step %d and stopped.", done)
+          return last
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+          checkpointer.save(done, state, _meta(exp, it, hp))
+    checkpointer.save(int(state.step), state, _meta(exp, it, hp), wait=True)
+    if config.eval_at_end:
+      writer.write(int(state.step), evaluate_fn(exp, state.params, int(state.step), hp))
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+  return last
+
+
+def _params_from_run(exp, workdir: str, state):
+  """The student params of another run's latest checkpoint (e.g. a supervised heal)."""
+  other = ckpt_lib.Checkpointer(workdir)
+  if other.latest_step() is None:
+    raise FileNotFoundError(f"config.student.init_workdir={workdir!r} holds no checkpoint.")
+  restored, _ = other.restore(state, exp.student.config)
+  other.close()
+  return restored.params
+

@@ -1,0 +1,112 @@
+"""Plain numpy (float64) re-implementations of the objectives, written from method.md with
+loops, as the independent reference of the tests. Nothing here imports cmdp."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(x):
+  x = np.asarray(x, np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def kl(p_logits, q_logits):
+  """kl(p||q) per position."""
+  lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+  return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+def entropy(logits):
+  lp = log_softmax(logits)
+  return -(np.exp(lp) * lp).sum(-1)
+
+
+def token_logprobs(logits, targets):
+  lp = log_softmax(logits)
+  return np.take_along_axis(lp, np.asarray(targets)[..., None], -1)[..., 0]
+
+
+def last_token_rewards(task_reward, mask):
+  out = np.zeros(mask.shape)
+  for b in range(mask.shape[0]):
+    idx = np.nonzero(mask[b])[0]
+    if len(idx):
+      out[b, idx[-1]] = task_reward[b]
+  return out
+
+
+def saute_rewards(task_reward, costs, mask, budget, penalty, n, pay_reward_if_violated=False,
+                  constraint="sum"):
+  """Sauté reward with gamma_c = 1: returns (rewards, violated).
+
+  constraint 'sum': violated once the running sum of costs exceeds the budget;
+  'prefix_mean': once the running mean of costs exceeds it.
+  """
+  rewards, violated = np.zeros(mask.shape), np.zeros(mask.shape)
+  task = last_token_rewards(task_reward, mask)
+  for b in range(mask.shape[0]):
+    total, count, v = 0.0, 0, False
+    for t in range(mask.shape[1]):
+      if not mask[b, t]:
+        continue
+      total, count = total + costs[b, t], count + 1
+      v = v or (total > budget if constraint == "sum" else total / count > budget)
+      p = {"constant": -n, "scaled": -n * costs[b, t],
+           "constant_plus_scaled": -n - costs[b, t]}[penalty]
+      keep = task[b, t] if (pay_reward_if_violated or not v) else 0.0
+      rewards[b, t] = keep + (p if v else 0.0)
+      violated[b, t] = v
+  return rewards, violated
+
+
+def returns(rewards, mask, gamma):
+  out = np.zeros(mask.shape)
+  for b in range(mask.shape[0]):
+    g = 0.0
+    for t in reversed(range(mask.shape[1])):
+      if mask[b, t]:
+        g = rewards[b, t] + gamma * g
+        out[b, t] = g
+  return out
+
+
+def first_token_values(x, mask):
+  return np.array([x[b, np.nonzero(mask[b])[0][0]] for b in range(mask.shape[0])])
+
+
+def group_baseline(values, group_size, mode, normalize_std, eps=1e-6):
+  """Baseline and scale per row; std with ddof=1 (as in TRL / tunix)."""
+  baseline, scale = np.zeros(len(values)), np.ones(len(values))
+  for start in range(0, len(values), group_size):
+    g = np.asarray(values[start:start + group_size], np.float64)
+    for i in range(group_size):
+      if mode == "grpo":
+        baseline[start + i] = g.mean()
+      elif mode == "loo":
+        baseline[start + i] = (g.sum() - g[i]) / (group_size - 1)
+      if mode != "none" and normalize_std:
+        scale[start + i] = g.std(ddof=1) + eps
+  return baseline, scale
+
+
+def aggregate(x, mask, aggregation, num_tokens, num_sequences):
+  if aggregation == "token_mean":
+    return (x * mask).sum() / num_tokens
+  if aggregation == "sequence_mean":
+    return (x * mask).sum() / num_sequences
+  return sum((x[b] * mask[b]).sum() / mask[b].sum() for b in range(len(x))) / num_sequences
+
+
+def ppo_per_token(logp, old, adv, clip_eps):
+  ratio = np.exp(logp - old)
+  return -np.minimum(ratio * adv, np.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+
+
+def pg_loss(logp, old, mask, sf_returns, seq_returns, group_size, mode, normalize_std,
+            clip_eps, aggregation, num_tokens, num_sequences):
+  """(loss, scale): the group-baselined PPO-clip surrogate."""
+  baseline, scale = group_baseline(seq_returns, group_size, mode, normalize_std)
+  adv = (sf_returns - baseline[:, None]) / scale[:, None]
+  per_token = ppo_per_token(logp, old, adv, clip_eps)
+  return aggregate(per_token, mask, aggregation, num_tokens, num_sequences), scale

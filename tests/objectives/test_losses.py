@@ -1,0 +1,251 @@
+"""Each loss against the numpy reference on a tiny batch, plus the identities between them.
+
+The student "model" returns fixed logits held in the params (`apply_fn = p["logits"]`), so
+every value is computable by hand / numpy (each row's first input names its row of the
+table, so a microbatch of rows reads its own logits). B=4 rows in 2 groups of 2, L=4, V=5.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmdp.objectives import ObjectiveConfig, get_objective
+
+from . import reference as ref
+
+B, L, V, G = 4, 4, 5, 2
+MASK = np.array([[0, 1, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.float64)
+AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
+
+
+def apply_fn(params, inputs, input_mask):
+  """The logits table row named by each row's first input (its row id)."""
+  del input_mask
+  return params["logits"][inputs[:, 0]]
+
+
+def make_batch(seed=0):
+  """(params, batch, numpy arrays): old log-probs within ±0.5 of the current ones."""
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(B, L, V)) * 1.5
+  teacher = rng.normal(size=(B, L, V)) * 1.5
+  targets = rng.integers(0, V, size=(B, L))
+  logp = ref.token_logprobs(logits, targets)
+  old = (logp + rng.uniform(-0.5, 0.5, size=(B, L))) * MASK
+  ref_lp = (logp + rng.uniform(-0.3, 0.3, size=(B, L))) * MASK
+  task_reward = np.array([1.0, 0.0, 0.0, 1.0])
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  inputs = np.concatenate([np.arange(B)[:, None], targets[:, :-1]], axis=1)
+  batch = dict(inputs=jnp.asarray(inputs, jnp.int32), targets=jnp.asarray(targets, jnp.int32),
+               input_mask=jnp.ones((B, L), bool), mask=f32(MASK), old_logprobs=f32(old),
+               teacher_logits=f32(teacher), ref_logprobs=f32(ref_lp), task_reward=f32(task_reward),
+               num_tokens=f32(MASK.sum()), num_sequences=f32(B))
+  np_arrays = dict(logits=logits, teacher=teacher, targets=targets, logp=logp, old=old,
+                   ref_lp=ref_lp, task_reward=task_reward)
+  return {"logits": f32(logits)}, batch, np_arrays
+
+
+def run(name, hp, params, batch, lam=0.0):
+  fn = get_objective(name).loss_fn
+  return fn(params, batch, apply_fn=apply_fn, hp=hp, lam=jnp.float32(lam))
+
+
+def seq_sum(x):
+  return (x * MASK).sum(-1)
+
+
+def check_common_metrics(metrics, a, hp, costs):
+  kl_tok = ref.kl(a["logits"], a["teacher"])
+  np.testing.assert_allclose(metrics["task_reward"], a["task_reward"].mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["response_length"], MASK.sum(-1).mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["entropy"], (ref.entropy(a["logits"]) * MASK).sum() /
+                             MASK.sum(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl_token"], (kl_tok * MASK).sum() / MASK.sum(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl_seq"], seq_sum(kl_tok).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["constraint_value"], seq_sum(costs).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["constraint_satisfaction"],
+                             (seq_sum(costs) <= hp.budget).mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_grpo_matches_reference(aggregation):
+  params, batch, a = make_batch()
+  hp = ObjectiveConfig(group_size=G, aggregation=aggregation, ref_kl_coef=0.3, budget=4.0)
+  loss, metrics = run("grpo", hp, params, batch)
+  rewards = ref.last_token_rewards(a["task_reward"], MASK)
+  ret = ref.returns(rewards, MASK, 1.0)
+  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
+                        "grpo", True, 0.2, aggregation, MASK.sum(), B)
+  d = a["ref_lp"] - a["logp"]  # k3 of kl(student||ref): e^d - 1 - d
+  want += 0.3 * ref.aggregate(np.exp(d) - 1 - d, MASK, aggregation, MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  kl_tok = ref.kl(a["logits"], a["teacher"])
+  check_common_metrics(metrics, a, hp, kl_tok)
+  ratio = np.exp(a["logp"] - a["old"])
+  np.testing.assert_allclose(metrics["ratio_mean"], (ratio * MASK).sum() / MASK.sum(), rtol=1e-5)
+
+
+def test_grpo_advantages_are_group_normalised_rewards():
+  # Rewards [1, 0 | 0, 1]: group means 0.5, std (ddof=1) 1/sqrt(2): advantages +-1/sqrt(2).
+  params, batch, a = make_batch()
+  hp = ObjectiveConfig(group_size=G)
+  _, metrics = run("grpo", hp, params, batch)
+  adv = np.array([1, -1, -1, 1])[:, None] / np.sqrt(2) * np.ones((B, L))
+  np.testing.assert_allclose(metrics["advantage_mean"], (adv * MASK).sum() / MASK.sum(),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("penalty,kappa", [("scaled", 1.5), ("constant_plus_scaled", 1.0),
+                                           ("constant", 0.0)])
+def test_cmdp_matches_reference(aggregation, penalty, kappa):
+  params, batch, a = make_batch()
+  costs = ref.kl(a["logits"], a["teacher"])
+  budget = float(np.median(seq_sum(costs)))  # half the rows violate
+  hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget, penalty=penalty,
+                       penalty_scale=1.5)
+  loss, metrics = run("cmdp", hp, params, batch)
+  rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, budget, penalty, 1.5)
+  assert 0 < violated.sum() < MASK.sum()
+  ret = ref.returns(rewards, MASK, 1.0)
+  sf = ret + kappa * violated * costs
+  want, scale = ref.pg_loss(a["logp"], a["old"], MASK, sf, ref.first_token_values(ret, MASK),
+                            G, "grpo", True, 0.2, aggregation, MASK.sum(), B)
+  want += ref.aggregate(kappa * violated * costs / scale[:, None], MASK, aggregation,
+                        MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["violation_fraction"], violated.sum() / MASK.sum(),
+                             rtol=1e-6)
+  check_common_metrics(metrics, a, hp, costs)
+
+
+def test_cmdp_logratio_cost_has_no_exact_term():
+  params, batch, a = make_batch(1)
+  costs = a["logp"] - ref.token_logprobs(a["teacher"], a["targets"])
+  budget = float(np.median(seq_sum(costs)))
+  hp = ObjectiveConfig(group_size=G, budget=budget, cost="logratio", gamma=0.9,
+                       advantage="loo", pay_reward_if_violated=True)
+  loss, _ = run("cmdp", hp, params, batch)
+  rewards, _ = ref.saute_rewards(a["task_reward"], costs, MASK, budget, "scaled", 1.0,
+                                 pay_reward_if_violated=True)
+  ret = ref.returns(rewards, MASK, 0.9)
+  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
+                        "loo", True, 0.2, "token_mean", MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+def test_worst_case_is_teacher_nll_prefix_mean_constant():
+  params, batch, a = make_batch(2)
+  costs = -ref.token_logprobs(a["teacher"], a["targets"])
+  budget = float(np.median(costs[MASK > 0]))
+  hp = ObjectiveConfig(group_size=G, budget=budget, penalty_scale=2.0)
+  loss, metrics = run("worst_case", hp, params, batch)
+  rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, budget, "constant", 2.0,
+                                        constraint="prefix_mean")
+  assert 0 < violated.sum() < MASK.sum()
+  ret = ref.returns(rewards, MASK, 1.0)
+  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
+                        "grpo", True, 0.2, "token_mean", MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  prefix_max = [max(np.cumsum(costs[b][MASK[b] > 0]) / np.arange(1, MASK[b].sum() + 1))
+                for b in range(B)]
+  np.testing.assert_allclose(metrics["constraint_value"], np.mean(prefix_max), rtol=1e-5)
+
+
+def test_minillm_matches_reference():
+  params, batch, a = make_batch(3)
+  hp = ObjectiveConfig(group_size=G, gamma=0.95, aggregation="sequence_mean")
+  loss, _ = run("minillm", hp, params, batch)
+  r = (ref.token_logprobs(a["teacher"], a["targets"]) - a["logp"]) * MASK
+  ret = ref.returns(r, MASK, 0.95)
+  want, scale = ref.pg_loss(a["logp"], a["old"], MASK, ret - r,
+                            ref.first_token_values(ret, MASK), G, "grpo", True, 0.2,
+                            "sequence_mean", MASK.sum(), B)
+  want += ref.aggregate(ref.kl(a["logits"], a["teacher"]) / scale[:, None], MASK,
+                        "sequence_mean", MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_gkd_endpoints_are_forward_and_reverse_kl(beta):
+  params, batch, a = make_batch(4)
+  loss, _ = run("gkd", ObjectiveConfig(gkd_beta=beta), params, batch)
+  t, s = a["teacher"], a["logits"]
+  if beta == 0.0:
+    div = ref.kl(t, s)  # forward kl(teacher||student)
+  elif beta == 1.0:
+    div = ref.kl(s, t)  # reverse kl(student||teacher)
+  else:  # JSD(0.5) / (0.5 * 0.5), mixture m = (teacher + student) / 2
+    pt, ps = np.exp(ref.log_softmax(t)), np.exp(ref.log_softmax(s))
+    m = 0.5 * pt + 0.5 * ps
+    div = (0.5 * (pt * np.log(pt / m)).sum(-1) + 0.5 * (ps * np.log(ps / m)).sum(-1)) / 0.25
+  np.testing.assert_allclose(loss, (div * MASK).sum() / MASK.sum(), rtol=1e-5)
+
+
+def test_sft_is_masked_cross_entropy():
+  params, batch, a = make_batch(5)
+  batch = {k: v for k, v in batch.items() if k not in ("teacher_logits", "old_logprobs")}
+  hp = ObjectiveConfig(aggregation="sequence_mean_token_mean")
+  loss, metrics = run("sft", hp, params, batch)
+  want = np.mean([-(a["logp"][b] * MASK[b]).sum() / MASK[b].sum() for b in range(B)])
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert "kl_token" not in metrics
+
+
+@pytest.mark.parametrize("name,lam", [("soft_lagrangian", 0.7), ("dual_lagrangian", 1.3)])
+def test_lagrangians_are_grpo_plus_lambda_kl(name, lam):
+  params, batch, a = make_batch(6)
+  hp = ObjectiveConfig(group_size=G, soft_lambda=0.7)
+  loss, metrics = run(name, hp, params, batch, lam=lam)
+  grpo_loss, _ = run("grpo", hp, params, batch)
+  kl_term = (ref.kl(a["logits"], a["teacher"]) * MASK).sum() / MASK.sum()
+  np.testing.assert_allclose(loss, grpo_loss + lam * kl_term, rtol=1e-5)
+  np.testing.assert_allclose(metrics["kl_penalty"], lam * kl_term, rtol=1e-5)
+
+
+def test_soft_lagrangian_at_zero_equals_grpo():
+  params, batch, _ = make_batch(7)
+  hp = ObjectiveConfig(group_size=G, soft_lambda=0.0, entropy_coef=0.01)
+  grad = lambda name: jax.value_and_grad(
+      lambda p: run(name, hp, p, batch)[0])(params)
+  (l_soft, g_soft), (l_grpo, g_grpo) = grad("soft_lagrangian"), grad("grpo")
+  np.testing.assert_allclose(l_soft, l_grpo, rtol=1e-6)
+  np.testing.assert_allclose(g_soft["logits"], g_grpo["logits"], rtol=1e-6, atol=1e-8)
+  assert np.abs(g_grpo["logits"]).max() > 1e-3
+
+
+ACCUM_CASES = [(n, agg) for n in ("grpo", "cmdp", "worst_case", "soft_lagrangian",
+                                  "dual_lagrangian", "gkd", "minillm", "sft")
+               for agg in AGGREGATIONS]
+
+
+@pytest.mark.parametrize("name,aggregation", ACCUM_CASES)
+def test_grad_accumulation_equals_full_batch(name, aggregation):
+  params, batch, a = make_batch(8)
+  budget = float(np.median(seq_sum(ref.kl(a["logits"], a["teacher"]))))
+  hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget,
+                       entropy_coef=0.01, ref_kl_coef=0.1)
+
+  @jax.jit
+  def grads(p, b):
+    return jax.grad(lambda q: run(name, hp, q, b, lam=0.5)[0])(p)["logits"]
+
+  full = grads(params, batch)
+  halves = [{k: (v[s] if np.ndim(v) and k not in ("num_tokens", "num_sequences") else v)
+             for k, v in batch.items()} for s in (slice(0, 2), slice(2, 4))]
+  summed = grads(params, halves[0]) + grads(params, halves[1])
+  np.testing.assert_allclose(summed, full, rtol=1e-5, atol=1e-7)
+  assert np.abs(full).max() > 1e-3
+
+
+def test_missing_batch_field_is_named():
+  params, batch, _ = make_batch()
+  del batch["teacher_logits"]
+  with pytest.raises(ValueError, match=r"'cmdp': batch lacks \['teacher_logits'\]"):
+    run("cmdp", ObjectiveConfig(group_size=G), params, batch)
+  params, batch, _ = make_batch()
+  del batch["ref_logprobs"]
+  with pytest.raises(ValueError, match="ref_kl_coef > 0 needs batch\\['ref_logprobs'\\]"):
+    run("grpo", ObjectiveConfig(group_size=G, ref_kl_coef=0.1), params, batch)
