@@ -162,7 +162,8 @@ def test_chunked_equals_unchunked_values_and_grads():
     np.testing.assert_allclose(values_chunked, values_full, rtol=1e-6, atol=1e-7, err_msg=name)
     for a, b in zip(grads_chunked, grads_full):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
-  # 2-D input [N, V]: chunks along axis 0.
+  # Chunks that divide the length exactly (no remainder), and 2-D input [N, V] (axis 0).
+  np.testing.assert_allclose(dv.kl(P, Q, chunk_size=1), np_kl(P, Q), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(dv.kl(P[0], Q[0], chunk_size=3), np_kl(P[0], Q[0]), rtol=1e-5)
 
 

@@ -18,6 +18,7 @@ Parameter tree (names mirror Hugging Face so loading is a rename and a transpose
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -204,11 +205,16 @@ class Decoder(nn.Module):
     return logits.astype(jnp.float32), new_kv
 
 
+@functools.lru_cache(maxsize=16)
+def _init_fn(config: ModelConfig):
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  init = lambda r: Decoder(config).init(r, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+  return jax.jit(init)  # one compiled program, not one per initialiser op
+
+
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:
   """Random parameters (normal(0.02) weights, unit norms), float32."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  variables = Decoder(config).init(rng, tokens, tokens, jnp.ones((1, 1), bool))
-  return variables["params"]
+  return _init_fn(config)(rng)
 
 
 def _positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:

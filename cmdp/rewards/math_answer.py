@@ -91,7 +91,7 @@ def extract_answer(text: str) -> str | None:
     line = tail[pos + 4:].lstrip(" \t#").split("\n", 1)[0].strip()
     if line:
       return line
-  boxed = _last_boxed(tail)
+  boxed = last_boxed(tail)
   if boxed:
     return boxed
   last = None
@@ -100,17 +100,43 @@ def extract_answer(text: str) -> str | None:
   return last.group(0) if last else None
 
 
-def _last_boxed(text: str) -> str | None:
-  """Content of the last `\\boxed{...}` / `\\fbox{...}`, None if unbalanced or too deep."""
+def last_boxed(text: str, *, max_chars: int | None = MAX_ANSWER_CHARS) -> str | None:
+  """Content of the last `\\boxed{...}` or `\\fbox{...}` in `text`, stripped, or None.
+
+  Nested braces are matched; escaped braces (`\\{`, `\\}`) do not count. The brace-less
+  form `\\boxed 5` (found in a few MATH solutions) gives the text up to the next `$` or
+  line end. Only the last occurrence is read: None when it is unbalanced, nested deeper than
+  `MAX_BRACE_DEPTH`, longer than `max_chars`, or empty.
+
+  Args:
+    text: a completion or a reference solution.
+    max_chars: longest content read (bounds the scan); None reads any length.
+  """
+  if not isinstance(text, str):
+    return None
   start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
   if start < 0:
     return None
-  open_at = text.find("{", start)
-  if open_at < 0 or text[start:open_at].strip() not in ("\\boxed", "\\fbox"):
+  after = start + (6 if text.startswith("\\boxed", start) else 5)
+  open_at = after
+  while open_at < len(text) and text[open_at] in " \t":
+    open_at += 1
+  if open_at >= len(text):
     return None
-  depth = 0
-  for i in range(open_at, min(len(text), open_at + MAX_ANSWER_CHARS + 2)):
+  if text[open_at] != "{":
+    if open_at == after:  # "\boxedx": not the command
+      return None
+    segment = text[open_at:] if max_chars is None else text[open_at:open_at + max_chars + 1]
+    content = segment.split("$", 1)[0].split("\n", 1)[0].strip().rstrip(".")
+    too_long = max_chars is not None and len(content) > max_chars
+    return content if content and not too_long else None
+  stop = len(text) if max_chars is None else min(len(text), open_at + max_chars + 2)
+  depth, i = 0, open_at
+  while i < stop:
     ch = text[i]
+    if ch == "\\":
+      i += 2  # an escaped character, e.g. "\{": never structural
+      continue
     if ch == "{":
       depth += 1
       if depth > MAX_BRACE_DEPTH:
@@ -119,6 +145,7 @@ def _last_boxed(text: str) -> str | None:
       depth -= 1
       if depth == 0:
         return text[open_at + 1:i].strip() or None
+    i += 1
   return None
 
 
@@ -184,9 +211,12 @@ def parse_number(s: str) -> tuple[fractions.Fraction, bool] | None:
   return None
 
 
-def _numbers_match(pred: tuple[fractions.Fraction, bool], gold: tuple[fractions.Fraction, bool],
+def numbers_match(pred: tuple[fractions.Fraction, bool], gold: tuple[fractions.Fraction, bool],
                    rel_tol: float) -> bool:
-  """Numeric equality; a percent on either side may also be read as a fraction of 100."""
+  """Numeric equality of two `parse_number` results, within `rel_tol` relative to the gold.
+
+  A percent on either side may also be read as a fraction of 100 (`50%` matches 50 and 0.5).
+  """
   preds = {pred[0], pred[0] / 100} if pred[1] else {pred[0]}
   golds = {gold[0], gold[0] / 100} if gold[1] else {gold[0]}
   for p in preds:
@@ -280,7 +310,7 @@ def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Ch
     if pred_num is None and "=" in pred:  # "x = 5", "3 + 4 = 7"
       pred_num = parse_number(pred.rsplit("=", 1)[1])
     if gold_num is not None and pred_num is not None:
-      return Check(_numbers_match(pred_num, gold_num, rel_tol), "numeric")
+      return Check(numbers_match(pred_num, gold_num, rel_tol), "numeric")
     return _math_verify_match(pred, gold)
   except Exception as e:  # pylint: disable=broad-except
     return Check(False, f"checker error: {type(e).__name__}: {str(e)[:200]}")

@@ -68,7 +68,7 @@ def extract_final_answer(completion: str) -> str | None:
     line = tail[pos + 4:].lstrip(" \t#").split("\n", 1)[0].strip()
     if line:
       return line[:MAX_ANSWER_CHARS]
-  boxed = math_answer._last_boxed(tail)  # pylint: disable=protected-access
+  boxed = math_answer.last_boxed(tail)
   if boxed:
     return boxed[:MAX_ANSWER_CHARS]
   lines = tail.rstrip().rsplit("\n", 1)

@@ -103,16 +103,11 @@ class Experiment:
     return jax.jit(fn, in_shardings=(state_shardings, self.batch_sharding()),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
-  @functools.cached_property
+  @property
   def teacher_logits_fn(self):
     """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh."""
-    cfg = self.teacher.config
-    dtype = jnp.dtype(self.config.rollout.teacher_logits_dtype)
-    mesh = self.teacher_mesh
-    fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(dtype)
-    specs = sharding.param_specs(self.teacher.params, mesh, cfg)
-    b = sharding.batch_spec()
-    return sharding.jit_sharded(fn, mesh, (specs, b, b), b)
+    return _teacher_logits_fn(self.teacher.config, self.teacher_mesh,
+                              self.config.rollout.teacher_logits_dtype)
 
   def teacher_logits(self, inputs, input_mask):
     """Teacher logits for student-side arrays, moved back to the student's mesh."""
@@ -169,6 +164,14 @@ class Experiment:
     kw = {"system_prompt": cfg.system_prompt} if cfg.system_prompt else {}
     prompts = [data.build_prompt(self.tokenizer, ex.question, **kw) for ex in examples]
     return data.encode_prompts(self.tokenizer, prompts, cfg.max_prompt_len)
+
+
+@functools.lru_cache(maxsize=16)
+def _teacher_logits_fn(cfg, mesh, dtype: str):
+  fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(jnp.dtype(dtype))
+  abstract = jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))
+  b = sharding.batch_spec()
+  return sharding.jit_sharded(fn, mesh, (sharding.param_specs(abstract, mesh, cfg), b, b), b)
 
 
 @functools.lru_cache(maxsize=16)

@@ -216,9 +216,11 @@ def test_soft_lagrangian_at_zero_equals_grpo():
   assert np.abs(g_grpo["logits"]).max() > 1e-3
 
 
-ACCUM_CASES = [(n, agg) for n in ("grpo", "cmdp", "worst_case", "soft_lagrangian",
-                                  "dual_lagrangian", "gkd", "minillm", "sft")
-               for agg in AGGREGATIONS]
+# Every aggregation mode for cmdp; the other objectives each under one mode, in rotation
+# (the aggregation code is shared), which keeps the test within its time budget.
+_OTHERS = ("grpo", "worst_case", "soft_lagrangian", "dual_lagrangian", "gkd", "minillm", "sft")
+ACCUM_CASES = ([("cmdp", agg) for agg in AGGREGATIONS] +
+               [(n, AGGREGATIONS[i % 3]) for i, n in enumerate(_OTHERS)])
 
 
 @pytest.mark.parametrize("name,aggregation", ACCUM_CASES)
@@ -228,7 +230,6 @@ def test_grad_accumulation_equals_full_batch(name, aggregation):
   hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget,
                        entropy_coef=0.01, ref_kl_coef=0.1)
 
-  @jax.jit
   def grads(p, b):
     return jax.grad(lambda q: run(name, hp, q, b, lam=0.5)[0])(p)["logits"]
 

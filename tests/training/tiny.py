@@ -1,0 +1,28 @@
+"""configs/tiny.py with dotted-key overrides, as the command line would apply them."""
+import importlib.util
+import os
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config_file(name: str, arg: str | None = None):
+  path = os.path.join(_ROOT, "configs", name)
+  spec = importlib.util.spec_from_file_location(f"configs_{name[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(objective: str = "cmdp", **overrides):
+  """The tiny config, locked, with `eval_at_end` off and the given `a.b=value` overrides."""
+  config = load_config_file("tiny.py", f"objective={objective}")
+  config.eval_at_end = False
+  config.checkpoint_every = 0
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
