@@ -25,6 +25,7 @@ def model_fields(**overrides) -> ml_collections.ConfigDict:
       head_dim=16,  # per-head width
       rope_theta=10_000.0,  # RoPE base
       tie_word_embeddings=True,  # share embedding and lm head
+      attention_bias=False,  # q/k/v biases (Qwen2)
       max_position_embeddings=1024,  # longest sequence
   )
   fields.update(overrides)
