@@ -1,4 +1,4 @@
-"""Data: task examples (GSM8K, reasoning-gym), chat prompts, and a resumable batch iterator.
+"""Data: task examples (GSM8K, MATH, reasoning-gym), chat prompts, a resumable batch iterator.
 
 Every task is turned into a list of `Example`s; `load_task` picks the loader from a config
 string or dict; `PromptIterator` yields deterministic, resumable batches of them;
@@ -18,16 +18,19 @@ class Example:
   """
   uid: str  # unique and stable, e.g. "gsm8k/test/17" or "reasoning_gym/chain_sum/0/5"
   question: str  # the problem text shown to the model
-  answer: str  # gold final answer as a string, e.g. "18" (commas removed for GSM8K)
-  solution: str | None = None  # reference worked solution ending in "#### <answer>", or None
-  source: str = "gsm8k"  # "gsm8k" or "reasoning_gym/<task name>": picks the reward
-  entry: Mapping[str, Any] | None = None  # raw reasoning-gym entry, passed to its verifier
+  answer: str  # gold final answer, e.g. "18" (GSM8K, commas removed) or "\\frac{\\sqrt3}{2}"
+  solution: str | None = None  # reference worked solution (GSM8K: ends "#### <answer>";
+  # MATH: contains "\\boxed{<answer>}"), or None
+  source: str = "gsm8k"  # "gsm8k", "math" or "reasoning_gym/<task name>": picks the reward
+  entry: Mapping[str, Any] | None = None  # reasoning-gym: raw entry, passed to its verifier;
+  # MATH: {"subject", "level", "unique_id"}
   task_kwargs: Mapping[str, Any] | None = None  # reasoning-gym config kwargs of the entry
 
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cmdp.data.gsm8k import load_gsm8k
 from cmdp.data.iterator import PromptIterator, split_examples
+from cmdp.data.math_dataset import DEFAULT_MATH_SYSTEM_PROMPT, load_math
 from cmdp.data.prompts import (DEFAULT_SYSTEM_PROMPT, build_prompt, encode_prompts, encode_sft,
                                encode_sft_batch)
 from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
@@ -41,15 +44,16 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
 
   Args:
     spec: `"gsm8k:<dir, file or hub id>"`, e.g. `"gsm8k:/work/shared/data/gsm8k"` or
-      `"gsm8k:openai/gsm8k"`; or `"reasoning_gym:<task>"`, e.g.
+      `"gsm8k:openai/gsm8k"`; `"math:<dir, file or hub id>"`, e.g. `"math:/data/MATH"` or
+      `"math:HuggingFaceH4/MATH-500"` (see `load_math`); or `"reasoning_gym:<task>"`, e.g.
       `"reasoning_gym:basic_arithmetic"`; or a dict (or ConfigDict) with that string under
       `"task"` plus options: `split`, `limit` (keep the first N), for GSM8K
-      `strip_calculator`, for reasoning-gym `size` (default 1,000), `seed` (default 0) and
-      any task config field (e.g. `max_terms=2`).
+      `strip_calculator`, for MATH `subjects` and `levels`, for reasoning-gym `size`
+      (default 1,000), `seed` (default 0) and any task config field (e.g. `max_terms=2`).
     split: "train" or "test"; overrides the spec's `split` (default "train"). reasoning-gym
       splits use disjoint seed ranges (`split_seed`).
     **options: more options, merged over the spec's (e.g. `size=`, `seed=`, task fields).
-      `size` and `seed` are ignored by GSM8K, which has fixed files (use `limit`).
+      `size` and `seed` are ignored by GSM8K and MATH, which have fixed files (use `limit`).
 
   Returns:
     The examples, in file / generation order.
@@ -62,8 +66,8 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
   options = {**(dict(spec) if isinstance(spec, Mapping) else {"task": spec}), **options}
   task = options.pop("task", None)
   if not isinstance(task, str) or ":" not in task:
-    raise ValueError(f"load_task: task={task!r}; write 'gsm8k:<path or hub id>' or "
-                     "'reasoning_gym:<task name>'.")
+    raise ValueError(f"load_task: task={task!r}; write 'gsm8k:<path or hub id>', "
+                     "'math:<path or hub id>' or 'reasoning_gym:<task name>'.")
   kind, target = (part.strip() for part in task.split(":", 1))
   split = split or options.pop("split", "train")
   options.pop("split", None)
@@ -77,13 +81,22 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
                        "'split', 'limit' and 'strip_calculator' ('size' and 'seed' are "
                        "ignored).")
     examples = load_gsm8k(target, split, **options)
+  elif kind == "math":
+    options.pop("size", None)
+    options.pop("seed", None)
+    unknown = sorted(set(options) - {"subjects", "levels"})
+    if unknown:
+      raise ValueError(f"load_task({task!r}): unknown option(s) {unknown}; math takes "
+                       "'split', 'limit', 'subjects' and 'levels' ('size' and 'seed' are "
+                       "ignored).")
+    examples = load_math(target, split, **options)
   elif kind == "reasoning_gym":
     size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
     seed = options.pop("seed", 0)
     examples = load_reasoning_gym(target, size, split_seed(seed, split), **options)
   else:
-    raise ValueError(f"load_task: unknown task kind {kind!r} in {task!r}; use 'gsm8k' or "
-                     "'reasoning_gym'.")
+    raise ValueError(f"load_task: unknown task kind {kind!r} in {task!r}; use 'gsm8k', "
+                     "'math' or 'reasoning_gym'.")
   if limit is not None:
     if not isinstance(limit, int) or limit <= 0:
       raise ValueError(f"load_task({task!r}): limit={limit!r} must be a positive int.")
@@ -92,7 +105,8 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
 
 
 __all__ = [
-    "DEFAULT_SYSTEM_PROMPT", "Example", "PromptIterator", "TEST_SEED_OFFSET", "build_prompt",
-    "encode_prompts", "encode_sft", "encode_sft_batch", "load_gsm8k", "load_reasoning_gym",
-    "load_task", "split_examples", "split_seed",
+    "DEFAULT_MATH_SYSTEM_PROMPT", "DEFAULT_SYSTEM_PROMPT", "Example", "PromptIterator",
+    "TEST_SEED_OFFSET", "build_prompt", "encode_prompts", "encode_sft", "encode_sft_batch",
+    "load_gsm8k", "load_math", "load_reasoning_gym", "load_task", "split_examples",
+    "split_seed",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from typing import Any, Mapping
 
 COSTS = ("reverse_kl", "logratio", "teacher_nll")
@@ -58,12 +59,12 @@ class ObjectiveConfig:
         if not isinstance(value, bool):
           _fail(f.name, value, "must be true or false")
       elif kind is int:
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not float(value).is_integer()):
           _fail(f.name, value, "must be an integer")
         object.__setattr__(self, f.name, int(value))
       elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
           _fail(f.name, value, "must be a number")
         object.__setattr__(self, f.name, float(value))
       elif value not in kind:

@@ -1,9 +1,11 @@
-"""Task rewards: final-answer checking for GSM8K-style math and reasoning-gym verifiers.
+"""Task rewards: final-answer checking for GSM8K and MATH, and reasoning-gym verifiers.
 
 `score_completions` is the batch entry point used by rollouts: one float per completion,
-dispatched on `Example.source` ("gsm8k" or any other non-reasoning-gym source -> numeric
-answer check; "reasoning_gym/<name>" -> that task's verifier). Scoring never raises on
-model output; failures score 0 and their reason is kept in `Score.reason`.
+dispatched on `Example.source`: "math" -> last `\\boxed{}` answer, symbolic equality
+(`math_symbolic`); "reasoning_gym/<name>" -> that task's verifier; "gsm8k" or any other
+source -> numeric answer check (`math_answer`). Scoring never raises on model output and
+runs in bounded time in any thread; failures score 0 and their reason is kept in
+`Score.reason`.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from cmdp.rewards.format import format_reward
+from cmdp.rewards.format import boxed_format_reward, format_reward
 from cmdp.rewards.math_answer import (Check, answers_match, check_answer, extract_answer,
-                                      math_reward, parse_number)
+                                      last_boxed, math_reward, parse_number)
+from cmdp.rewards.math_symbolic import (check_math_answer, extract_math_answer,
+                                        math_symbolic_reward, normalize_math_answer)
 from cmdp.rewards.reasoning_gym import (TaskScore, extract_final_answer, get_dataset,
                                         reasoning_gym_score)
 
@@ -21,13 +25,14 @@ if TYPE_CHECKING:
   from cmdp.data import Example
 
 REASONING_GYM_PREFIX = "reasoning_gym/"
+MATH_SOURCE = "math"
 
 
 class Score(NamedTuple):
   """Reward of one completion, with its parts (for logging)."""
   reward: float  # task + format_weight * format
   task: float  # 1.0 / 0.0 (or the verifier's partial credit when asked for)
-  format: float  # `format_reward`, 1.0 / 0.0
+  format: float  # `boxed_format_reward` for MATH, else `format_reward`; 1.0 / 0.0
   extracted: str | None  # the final answer read from the completion
   reason: str  # how the task reward was decided, or why it failed
 
@@ -41,11 +46,16 @@ def score_one(completion: str, example: "Example", *, format_weight: float = 0.0
     result = reasoning_gym_score(completion, example.entry or {}, name, example.task_kwargs,
                                  partial_credit=partial_credit)
     task, extracted, reason = result.score, result.extracted, result.reason
+  elif source == MATH_SOURCE:
+    extracted = extract_math_answer(completion)
+    check = check_math_answer(extracted, example.answer)
+    task, reason = (1.0 if check.correct else 0.0), check.reason
   else:
     extracted = extract_answer(completion)
     check = check_answer(extracted, example.answer)
     task, reason = (1.0 if check.correct else 0.0), check.reason
-  fmt = format_reward(completion) if format_weight else 0.0
+  format_fn = boxed_format_reward if source == MATH_SOURCE else format_reward
+  fmt = format_fn(completion) if format_weight else 0.0
   return Score(task + format_weight * fmt, task, fmt, extracted, reason)
 
 
@@ -67,7 +77,8 @@ def score_completions(completions: Sequence[str], examples: Sequence["Example"],
   Args:
     completions: B decoded completions (special tokens removed).
     examples: B `cmdp.data.Example`s, `examples[i]` being the prompt of `completions[i]`.
-    format_weight: weight of `format_reward` added to the task reward (0 disables it).
+    format_weight: weight of the format reward added to the task reward (0 disables it):
+      `boxed_format_reward` for MATH examples, `format_reward` (`#### <number>`) otherwise.
     partial_credit: for reasoning-gym tasks, keep the verifier's fractional score instead of
       1.0 for a full score and 0.0 otherwise.
 
@@ -80,7 +91,9 @@ def score_completions(completions: Sequence[str], examples: Sequence["Example"],
 
 
 __all__ = [
-    "Check", "Score", "TaskScore", "answers_match", "check_answer", "extract_answer",
-    "extract_final_answer", "format_reward", "get_dataset", "math_reward", "parse_number",
-    "reasoning_gym_score", "score_completions", "score_details", "score_one",
+    "Check", "MATH_SOURCE", "Score", "TaskScore", "answers_match", "boxed_format_reward",
+    "check_answer", "check_math_answer", "extract_answer", "extract_final_answer",
+    "extract_math_answer", "format_reward", "get_dataset", "last_boxed", "math_reward",
+    "math_symbolic_reward", "normalize_math_answer", "parse_number", "reasoning_gym_score",
+    "score_completions", "score_details", "score_one",
 ]

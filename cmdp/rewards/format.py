@@ -1,7 +1,9 @@
-"""Format reward: whether a completion ends with a well-formed `#### <number>` line."""
+"""Format rewards: a well-formed `#### <number>` final line (GSM8K) or `\\boxed{}` (MATH)."""
 from __future__ import annotations
 
 import re
+
+from cmdp.rewards.math_answer import last_boxed
 
 # "#### 42", "#### -3.5", "#### 1,234": a bare number, no units, no currency, no LaTeX.
 _FINAL_LINE_RE = re.compile(r"####[ \t]*[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")
@@ -27,3 +29,24 @@ def format_reward(completion: str) -> float:
   if len(last_line) > _MAX_LINE_CHARS:
     return 0.0
   return 1.0 if _FINAL_LINE_RE.fullmatch(last_line) else 0.0
+
+
+_BOXED_TAIL_CHARS = 2_000  # the boxed answer must lie in the completion's last characters
+
+
+def boxed_format_reward(completion: str) -> float:
+  """1.0 if the completion's last `\\boxed{...}` is balanced, non-empty and near its end.
+
+  The MATH prompt (`cmdp.data.DEFAULT_MATH_SYSTEM_PROMPT`) asks for the final answer in
+  `\\boxed{}`. A shaping bonus only, like `format_reward`.
+
+  Args:
+    completion: decoded model output (special tokens removed).
+
+  Returns:
+    1.0 or 0.0: whether `last_boxed` finds an answer in the last `_BOXED_TAIL_CHARS`
+    characters. Never raises; linear time in that tail.
+  """
+  if not isinstance(completion, str):
+    return 0.0
+  return 1.0 if last_boxed(completion[-_BOXED_TAIL_CHARS:]) else 0.0

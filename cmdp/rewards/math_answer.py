@@ -255,7 +255,7 @@ def _math_verify_match(pred: str, gold: str) -> Check:
   if not (_sympy_safe(pred) and _sympy_safe(gold)):
     return Check(False, "not a number, nor a short expression the symbolic checker accepts")
   from math_verify import parse, verify  # pylint: disable=g-import-not-at-top
-  _quiet_math_verify_timeout_warning()
+  quiet_math_verify_timeout_warning()
   # Signal-based timeouts only work in the main thread; elsewhere `_sympy_safe` bounds time.
   seconds = 2 if threading.current_thread() is threading.main_thread() else None
   gold_expr = parse(f"${gold}$", parsing_timeout=seconds)
@@ -275,7 +275,7 @@ class _DropTimeoutWarning(logging.Filter):
 _FILTER_INSTALLED = []
 
 
-def _quiet_math_verify_timeout_warning():
+def quiet_math_verify_timeout_warning():
   """math-verify warns when its timeout is off; here time is bounded by `_sympy_safe`."""
   if not _FILTER_INSTALLED:
     for name in ("math_verify.parser", "math_verify.grader"):

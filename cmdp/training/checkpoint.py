@@ -57,8 +57,16 @@ class Checkpointer:
     meta = self.read_meta(step)
     check_model_matches(meta.get("student_model", {}), model_config, self.directory, step)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))
+    except ValueError as e:
+      if "do not match" not in str(e):
+        raise
+      raise CheckpointMismatchError(
+          f"Checkpoint {self.directory} step {step} holds a train state of another structure "
+          "(most often another config.optimizer: name, clipping, schedule). Restore with the "
+          f"config that wrote it, or use a fresh --workdir. Details: {e}") from None
     return restored["state"], meta
 
   def wait(self) -> None:

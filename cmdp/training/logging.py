@@ -24,20 +24,27 @@ def _to_float(v) -> float:
 class MetricWriter:
   """Appends one JSON object per logged step and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
+    """Opens the writers; rows logged after `start_step` by an earlier, killed run (steps
+    the checkpoint does not hold) are dropped, so a resumed log has each step once."""
     self.active = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      kept = [r for r in read_metrics(workdir) if r["step"] <= start_step]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    self._jsonl = open(path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
-    if not self.active:
+    if not self.active or not metrics:
       return
     row = {"step": int(step), **{k: _to_float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + "\n")

@@ -141,8 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
     f.write(config.to_json_best_effort(indent=2))
 
   train_step = exp.make_train_step(hp, shardings)
-  writer = log_lib.MetricWriter(workdir)
   start = int(state.step)
+  writer = log_lib.MetricWriter(workdir, start_step=start)
   progress = log_lib.Progress(config.num_steps, start, config.progress_bar)
   objective = exp.objective
   last = {}

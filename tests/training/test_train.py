@@ -8,6 +8,7 @@ import pytest
 
 from cmdp.objectives import available_objectives
 from cmdp.training import checkpoint as ckpt_lib
+from cmdp.training import experiment
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
 from tests.training.tiny import tiny_config
@@ -104,15 +105,19 @@ def test_checkpoint_from_another_model_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_state_saved(tmp_path):
-  with pytest.raises(FloatingPointError, match="non-finite"):
-    _run(tmp_path, "nan", num_steps=3, objective="sft", checkpoint_every=0,
-         **{"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
-            "optimizer.name": "sgd"})
+  overrides = {"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
+               "optimizer.name": "sgd"}
+  with pytest.raises(FloatingPointError, match=r"Step 1: non-finite .*'grad_norm'"):
+    _run(tmp_path, "nan", num_steps=3, objective="sft", **overrides)
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "nan"))
-  step = checkpointer.latest_step()
-  assert step is not None
-  from cmdp.training import experiment  # pylint: disable=g-import-not-at-top
-  exp = experiment.build(tiny_config(objective="sft"))
+  assert checkpointer.latest_step() == 1  # the state after the one good step
+  exp = experiment.build(tiny_config(objective="sft", **overrides))
   state, _ = trainer.create_state(exp, exp.student.params)
   state, _ = checkpointer.restore(state, exp.student.config)
+  assert int(state.step) == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  # A restore under another optimizer is refused with a message, not an orbax trace.
+  other = experiment.build(tiny_config(objective="sft"))
+  fresh, _ = trainer.create_state(other, other.student.params)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="config.optimizer"):
+    checkpointer.restore(fresh, other.student.config)

@@ -1,0 +1,96 @@
+"""Configs fail at start with a message naming the field; every config file builds."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cmdp import models
+from cmdp.models.char_tokenizer import char_tokenizer
+from cmdp.training import config as config_lib
+from cmdp.training import experiment
+from cmdp.training import models as model_lib
+from tests.training.tiny import _ROOT, load_config_file, tiny_config
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"batch_size": 7}, "config.batch_size: 7 is not a multiple of loss.group_size=2"),
+    ({"grad_accum_steps": 3}, "config.grad_accum_steps"),
+    ({"loss.budget": 0.0}, "budget"),
+    ({"loss.budget": -1.0}, "budget"),
+    ({"loss.penalty": "huge"}, "penalty"),
+    ({"rollout.temperature": 0.0}, "config.rollout.temperature"),
+    ({"optimizer.name": "lion"}, "config.optimizer.name"),
+    ({"calibrate_budget_quantile": 1.5}, "config.calibrate_budget_quantile"),
+])
+def test_impossible_values_name_the_field(overrides, field):
+  with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):
+    config_lib.validate(tiny_config(**overrides))
+
+
+def test_unknown_objective_lists_the_registered_ones():
+  with pytest.raises(ValueError, match=r"config\.objective: 'ppo' is not registered.*'cmdp'"):
+    config_lib.validate(tiny_config(objective="ppo"))
+
+
+def test_unknown_keys_fail():
+  config = tiny_config()
+  with pytest.raises(AttributeError, match="budgt"):
+    config.loss.budgt = 1.0
+  with pytest.raises(ValueError, match="unknown config argument|config argument 'objectiv'"):
+    load_config_file("tiny.py", "objectiv=grpo")
+
+
+def test_unknown_override_on_the_command_line_fails():
+  proc = subprocess.run(
+      [sys.executable, "-m", "cmdp.train", "--config", os.path.join(_ROOT, "configs/tiny.py"),
+       "--workdir", "/tmp/never_written", "--config.loss.budgt=2.0"],
+      capture_output=True, text=True, timeout=300, cwd=_ROOT)
+  assert proc.returncode != 0
+  assert "budgt" in proc.stderr
+  assert not os.path.exists("/tmp/never_written")
+
+
+def test_batch_must_split_over_the_mesh():
+  with pytest.raises(ValueError, match=r"config\.batch_size=2 must be a multiple of the mesh"):
+    experiment.build(tiny_config(batch_size=2, **{"mesh.data": 8}))
+
+
+def test_teacher_and_student_with_different_vocabularies(tmp_path):
+  tok = char_tokenizer()
+  cfg = models.ModelConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                           num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+  import jax  # pylint: disable=g-import-not-at-top
+  other = char_tokenizer("0123456789+-= #")
+  small = cfg.replace(vocab_size=len(other))
+  models.save_pretrained(str(tmp_path / "student"), small,
+                         models.init_params(small, jax.random.PRNGKey(0)), other)
+  config = tiny_config(**{"student.path": str(tmp_path / "student")})
+  with pytest.raises(ValueError, match=r"config\.student.*(tokenizer|vocabulary)"):
+    model_lib.load_teacher_and_student(config, jax.random.PRNGKey(0))
+  del cfg
+
+
+def test_padded_vocabularies_share_their_rows():
+  t = model_lib.LoadedModel(models.ModelConfig(
+      vocab_size=120, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+      num_kv_heads=1, head_dim=8), None)
+  s = model_lib.LoadedModel(t.config.replace(vocab_size=112), None)
+  t2, s2 = model_lib.share_vocabulary(t, s, tokenizer_size=104)
+  assert t2.config.output_vocab == s2.config.output_vocab == 112
+  with pytest.raises(ValueError, match="does not cover the tokenizer's 113 ids"):
+    model_lib.share_vocabulary(t, s, tokenizer_size=113)
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("tiny.py", "objective=worst_case"),
+    ("smollm2_gsm8k.py", "objective=grpo,task=gsm8k,keep=half"),
+    ("smollm2_gsm8k.py", "small"),
+    ("qwen_math.py", "task=math"),
+    ("qwen_math.py", "small"),
+])
+def test_config_files_validate(name, arg):
+  config = load_config_file(name, arg)
+  config_lib.validate(config)
+  assert config.objective == (arg.split("objective=")[1].split(",")[0]
+                              if "objective=" in arg else "cmdp")

@@ -1,0 +1,40 @@
+"""Evaluation during training and from the command line (qwen_math.py:small plumbing)."""
+import json
+
+import numpy as np
+import pytest
+
+from cmdp import evaluate
+from cmdp.training import trainer
+from cmdp.training.logging import read_metrics
+from tests.training.tiny import load_config_file
+
+
+def test_train_then_evaluate(tmp_path):
+  config = load_config_file("qwen_math.py", "small")  # grad accumulation 2, pass@2
+  config.eval.include_teacher = True
+  config.eval.include_initial_student = True
+  workdir = str(tmp_path / "run")
+  trainer.train(config, workdir)
+
+  with open(f"{workdir}/eval.json") as f:
+    report = json.load(f)
+  assert report["step"] == 2
+  assert set(report["models"]) == {"student", "teacher", "initial_student"}
+  student = report["models"]["student"]
+  assert student["num_examples"] == 4
+  assert 0.0 <= student["pass@2"] <= 1.0
+  q = [student[f"kl_seq_q{p}"] for p in (10, 50, 90)]
+  assert q == sorted(q) and student["kl_seq_mean"] >= 0
+  assert "constraint_satisfaction" not in report["models"]["teacher"]  # no cost vs itself
+  # The end-of-training evaluation is logged too.
+  last = read_metrics(workdir)[-1]
+  assert last["eval/student/accuracy"] == student["accuracy"]
+  table = open(f"{workdir}/eval.md").read()
+  assert "| initial_student |" in table and "| teacher |" in table
+
+  # The command-line evaluation of the final checkpoint reproduces the student's numbers.
+  results = evaluate.run(config, workdir)
+  for key in ("accuracy", "kl_seq_mean", "constraint_satisfaction", "response_length"):
+    assert results["student"][key] == pytest.approx(student[key], rel=1e-5), key
+  assert np.isclose(results["student"]["budget"], student["budget"])
