@@ -49,6 +49,8 @@ def parse_level(value: Any, where: str) -> int | None:
   """
   if value is None:
     return None
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)  # parquet columns with a missing level turn into floats
   if isinstance(value, int) and not isinstance(value, bool) and value in LEVELS:
     return value
   if isinstance(value, str):
@@ -173,9 +175,9 @@ def _local_records(path: str, split: str) -> list[tuple[str, Any, str | None, st
   """(where, record, subject from the layout, uid suffix or None) for every record."""
   if os.path.isfile(path):
     return [(*r, None) for r in _file_records(path)]
-  jsonl = os.path.join(path, f"{split}.jsonl")
-  if os.path.isfile(jsonl):
-    return [(*r, None) for r in _jsonl_records(jsonl)]
+  for name in (f"{split}.jsonl", f"{split}.json"):
+    if os.path.isfile(os.path.join(path, name)):
+      return [(*r, None) for r in _file_records(os.path.join(path, name))]
   escaped = glob.escape(path)
   parquet = sorted(glob.glob(os.path.join(escaped, f"{split}*.parquet")))
   if not parquet:  # a hub snapshot with one folder per subject
@@ -187,7 +189,8 @@ def _local_records(path: str, split: str) -> list[tuple[str, Any, str | None, st
       return _tree_records(split_dir, split)
   listing = sorted(os.listdir(path))[:20]
   raise FileNotFoundError(
-      f"load_math: no '{split}.jsonl', '{split}*.parquet' or '{split}/<subject>/<n>.json' "
+      f"load_math: no '{split}.jsonl', '{split}.json', '{split}*.parquet' or "
+      f"'{split}/<subject>/<n>.json' "
       f"tree in directory {path!r} (it holds {listing}); pass the directory holding the "
       "split, or a file path.")
 
@@ -244,8 +247,9 @@ def load_math(path_or_id: str, split: str, *, subjects: Sequence[str] | str | No
 
   Args:
     path_or_id: one of
-      * a directory holding `{split}.jsonl` (Hendrycks or MATH-500 records) or
-        `{split}*.parquet` (also one level down, e.g. `<subject>/{split}-*.parquet`);
+      * a directory holding `{split}.jsonl` (Hendrycks or MATH-500 records), `{split}.json`
+        (a list of records) or `{split}*.parquet` (also one level down, e.g.
+        `<subject>/{split}-*.parquet`);
       * the original release's directory holding `{split}/<subject>/<n>.json` (one JSON
         object per file), or its parent holding `MATH/{split}/...`;
       * a single `.jsonl`, `.parquet` or `.json` (one record or a list) file;

@@ -28,7 +28,8 @@ class ObjectiveConfig:
   cost: str = "reverse_kl"  # per-token cost c_t: reverse_kl | logratio | teacher_nll
   constraint: str = "sum"  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
   # --- The Sauté reward (method.md "The proposed reward") ---
-  penalty: str = "scaled"  # p_t on violated tokens: constant (-n) | scaled (-n c_t) | constant_plus_scaled (-n - c_t)
+  # p_t on violated tokens: constant (-n) | scaled (-n c_t) | constant_plus_scaled (-n - c_t)
+  penalty: str = "scaled"
   penalty_scale: float = 1.0  # n in the penalty
   cost_discount: float = 1.0  # gamma_c in the budget update z_{t+1} = (z_t - c_t / d) / gamma_c
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
@@ -36,15 +37,15 @@ class ObjectiveConfig:
   gamma: float = 1.0  # return discount: G_t = sum_{k>=t} gamma^(k-t) r_k
   group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
   advantage: str = "grpo"  # baseline: grpo (group mean) | loo (leave-one-out mean) | none
-  normalize_std: bool = True  # divide advantages by the group std of the sequence return (grpo, loo)
+  normalize_std: bool = True  # divide advantages by the group std of the return G_0
   clip_eps: float = 0.2  # PPO ratio clip: ratio kept in [1 - eps, 1 + eps]
   aggregation: str = "token_mean"  # token_mean | sequence_mean | sequence_mean_token_mean
   entropy_coef: float = 0.0  # entropy bonus weight (policy-gradient objectives)
-  ref_kl_coef: float = 0.0  # grpo: weight of the k3 estimate of KL(student||reference)
+  ref_kl_coef: float = 0.0  # grpo, *_lagrangian: weight of the k3 estimate of kl(student||ref)
   # --- Distillation baselines ---
-  gkd_beta: float = 0.5  # gkd: 0 = KL(teacher||student), 1 = KL(student||teacher), JSD(beta) between
+  gkd_beta: float = 0.5  # gkd: 0 = kl(teacher||student), 1 = kl(student||teacher), JSD between
   # --- Lagrangian baselines ---
-  soft_lambda: float = 0.1  # soft_lagrangian: fixed weight of the per-token KL(student||teacher)
+  soft_lambda: float = 0.1  # soft_lagrangian: fixed weight of per-token kl(student||teacher)
   lambda_init: float = 0.1  # dual_lagrangian: initial multiplier
   lambda_lr: float = 0.05  # dual_lagrangian: step on log(lambda) per unit of violation / budget
   lambda_max: float = 10.0  # dual_lagrangian: cap of the multiplier

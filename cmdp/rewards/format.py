@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from cmdp.rewards.math_answer import last_boxed
+from cmdp.rewards.math_symbolic import MAX_MATH_ANSWER_CHARS
 
 # "#### 42", "#### -3.5", "#### 1,234": a bare number, no units, no currency, no LaTeX.
 _FINAL_LINE_RE = re.compile(r"####[ \t]*[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")
@@ -49,4 +50,5 @@ def boxed_format_reward(completion: str) -> float:
   """
   if not isinstance(completion, str):
     return 0.0
-  return 1.0 if last_boxed(completion[-_BOXED_TAIL_CHARS:]) else 0.0
+  tail = completion[-_BOXED_TAIL_CHARS:]
+  return 1.0 if last_boxed(tail, max_chars=MAX_MATH_ANSWER_CHARS) else 0.0

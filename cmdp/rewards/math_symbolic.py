@@ -5,9 +5,10 @@ matrices, equations, multiple-choice letters, words. A predicted answer is compa
 order of increasing cost, and the first rule that applies decides:
 
 1. the normalised strings (`normalize_math_answer`) are equal -> correct;
-2. either side is a word answer (`\\text{Evelyn}`, `odd`) -> compare letters and digits,
+2. both are plain numbers, unit words allowed (`5 inches`) -> exact rational comparison
+   (`math_answer.parse_number`);
+3. either side is a word answer (`\\text{Evelyn}`, `odd`) -> compare letters and digits,
    case-insensitively (never handed to sympy);
-3. both are plain numbers -> exact rational comparison (`math_answer.parse_number`);
 4. otherwise math-verify (sympy) decides: `\\sqrt{2}/2` vs `\\frac{\\sqrt2}{2}`, `x=3` vs `3`,
    `(-\\infty, 3]`, `\\{1, 2\\}` vs `\\{2, 1\\}`, `(x+1)^2` vs `x^2+2x+1`.
 
@@ -32,6 +33,7 @@ returns (never raises) on any string; failures give `Check(False, reason)`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -82,6 +84,8 @@ _SPACES_RE = re.compile(r"\s+")
 _LOOSE_SPACE_RE = re.compile(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])")
 _WORD_RE = re.compile(r"[A-Za-z]{3}")
 _LONE_LETTER_RE = re.compile(r"(?<![A-Za-z\\])[A-Za-z](?![A-Za-z])")
+_POWER_TAIL_RE = re.compile(r"\^\s*(?:\{\s*[23]\s*\}|[23])$")  # "cm^2"
+_DIGIT_AFTER_WORD_RE = re.compile(r"[A-Za-z]{2}[^0-9]*[0-9]")
 _WHOLE_TEXT_RE = re.compile(
     r"\\(?:text|textbf|textit|textrm|textnormal|textsf|mbox|mathrm|emph)\s*\{[^{}]*[A-Za-z]{2}"
     r"[^{}]*\}")
@@ -178,7 +182,7 @@ def normalize_math_answer(answer: str) -> str:
   s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
   s = _THOUSANDS_SPACE_RE.sub("", s).replace("\\!", "").replace("{,}", ",")
   s = _SPACE_CMD_RE.sub(" ", _LEFT_RIGHT_RE.sub("", s))
-  s = _DEGREE_RE.sub("", s).replace("\\$", "").replace("$", "")
+  s = _DEGREE_RE.sub("", s).replace("\\$", "").replace("$", "").strip().rstrip(".")
   s = re.sub(r"(?<!\\)%", r"\\%", s)
   for _ in range(3):
     s, count = _UNIT_TAIL_RE.subn("", s)
@@ -205,8 +209,12 @@ def _text_key(s: str) -> str:
 
 
 def _plain_number(s: str):
-  """`parse_number(s)` when `s` has no single-letter variable (`3x` is not the number 3)."""
-  if _LONE_LETTER_RE.search(s):
+  """`parse_number(s)` for a number, possibly with unit words (`5 inches`), else None.
+
+  Not numbers here: a single-letter variable (`3x`), or digits after a word (`5 or 6`).
+  """
+  words = _COMMAND_RE.sub(" ", _POWER_TAIL_RE.sub("", s))
+  if _LONE_LETTER_RE.search(s) or _DIGIT_AFTER_WORD_RE.search(words):
     return None
   return parse_number(s)
 
@@ -380,6 +388,7 @@ def expression_cap_violation(gold, pred) -> str | None:
   return None
 
 
+@functools.lru_cache(maxsize=8_192)  # a group of samples often repeats one answer
 def _symbolic_match(pred: str, gold: str) -> Check:
   """math-verify on two normalised answers, within the caps of the module docstring."""
   for name, s in (("gold", gold), ("answer", pred)):
@@ -426,13 +435,13 @@ def check_math_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) 
       return Check(False, "empty answer")
     if p == g:
       return Check(True, "string")
-    if _is_text(g, gold) or _is_text(p, pred):
-      return Check(_text_key(p) == _text_key(g) != "", "text")
     gold_num, pred_num = _plain_number(g), _plain_number(p)
     if pred_num is None and "=" in p:  # "x = 5"
       pred_num = _plain_number(p.rsplit("=", 1)[1])
     if gold_num is not None and pred_num is not None:
       return Check(numbers_match(pred_num, gold_num, rel_tol), "numeric")
+    if _is_text(g, gold) or _is_text(p, pred):
+      return Check(_text_key(p) == _text_key(g) != "", "text")
     return _symbolic_match(p, g)
   except Exception as e:  # pylint: disable=broad-except
     return Check(False, f"checker error: {type(e).__name__}: {str(e)[:200]}")

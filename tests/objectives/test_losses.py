@@ -4,7 +4,6 @@ The student "model" returns fixed logits held in the params (`apply_fn = p["logi
 every value is computable by hand / numpy (each row's first input names its row of the
 table, so a microbatch of rows reads its own logits). B=4 rows in 2 groups of 2, L=4, V=5.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

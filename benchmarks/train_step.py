@@ -1,0 +1,132 @@
+r"""Times one training step by phase and the update's model-FLOPs utilisation.
+
+    python benchmarks/train_step.py --config configs/tiny.py
+    python benchmarks/train_step.py --config configs/smollm2_gsm8k.py --arg keep=half \
+        --set batch_size=8 --set rollout.max_new_tokens=64
+
+Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher
+scoring (teacher forward on the student's sequences), update (the jitted train step).
+Each is timed after a warm-up step that compiles it. The update's MFU is its model FLOPs
+(6 x params x tokens for the matmuls, plus attention) per second over this machine's
+own float32 matmul peak, measured in the same run with a large jitted matmul.
+"""
+import argparse
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmdp.training import batch as batch_lib
+from cmdp.training import experiment, trainer
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of a jitted float32 [n, n] @ [n, n] matmul (best of `repeats`)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+  return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def model_flops_per_token(cfg, seq_len: int) -> float:
+  """Training FLOPs per token: 6 x (matmul params) + 12 x layers x width x context."""
+  d, f, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
+  attn = d * cfg.head_dim * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
+  matmul_params = L * (attn + 3 * d * f) + d * v
+  return 6 * matmul_params + 12 * L * cfg.num_heads * cfg.head_dim * seq_len
+
+
+def load_config(path: str, arg: str | None, sets: list[str]):
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for item in sets:
+    key, value = item.split("=", 1)
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+  config.calibrate_budget_quantile = 0.0
+  return config
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--config", default="configs/tiny.py")
+  p.add_argument("--arg", default=None)
+  p.add_argument("--set", action="append", default=[])
+  p.add_argument("--steps", type=int, default=3)
+  args = p.parse_args()
+
+  config = load_config(args.config, args.arg, args.set)
+  exp = experiment.build(config)
+  state, shardings = trainer.create_state(exp, exp.student.params)
+  train_step = exp.make_train_step(exp.hp, shardings)
+  g = exp.hp.group_size
+  it = iter(range(10 ** 6))
+  from cmdp import data  # pylint: disable=g-import-not-at-top
+  prompts_it = data.PromptIterator(exp.train_examples, config.batch_size // g, seed=0)
+  sampler = exp.sampler()
+  times = {k: [] for k in ("rollout", "reward", "teacher", "update")}
+  gen_tokens, seq_tokens = [], []
+  for step in range(args.steps + 1):
+    examples = prompts_it.next_batch()
+    group = [ex for ex in examples for _ in range(g)]
+    prompts = exp.put_batch(batch_lib.repeat_rows(exp.encode_prompts(examples), g))
+    t0 = time.perf_counter()
+    rollout = sampler(state.params, *prompts, jax.random.PRNGKey(next(it)))
+    jax.block_until_ready(rollout)
+    t1 = time.perf_counter()
+    reward, _ = batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, rollout), group)
+    batch = batch_lib.from_rollout(rollout)
+    batch["task_reward"] = exp.put_batch(reward)
+    t2 = time.perf_counter()
+    batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
+    jax.block_until_ready(batch["teacher_logits"])
+    t3 = time.perf_counter()
+    state, metrics = train_step(state, batch)
+    jax.block_until_ready(metrics)
+    t4 = time.perf_counter()
+    if step == 0:
+      print(f"compile + first step: rollout {t1 - t0:.1f}s, teacher {t3 - t2:.1f}s, "
+            f"update {t4 - t3:.1f}s")
+      continue
+    for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+      times[k].append(dt)
+    gen_tokens.append(int(np.asarray(rollout.lengths).sum()))
+    seq_tokens.append(int(np.prod(batch["inputs"].shape)))
+
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
+  scfg, tcfg = exp.student.config, exp.teacher.config
+  L = batch["inputs"].shape[1]
+  update_flops = model_flops_per_token(scfg, L) * seq
+  peak = matmul_peak()
+  print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens, "
+        f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
+        f"layers, devices {jax.device_count()} ({jax.devices()[0].platform})")
+  print("| phase | median s | tokens/s |")
+  print("| --- | --- | --- |")
+  print(f"| student rollout | {med['rollout']:.3f} | {gen / med['rollout']:.0f} generated |")
+  print(f"| reward (host) | {med['reward']:.3f} | {config.batch_size / med['reward']:.0f} seqs/s |")
+  print(f"| teacher scoring | {med['teacher']:.3f} | {seq / med['teacher']:.0f} |")
+  print(f"| update (fwd+bwd+adam) | {med['update']:.3f} | {seq / med['update']:.0f} |")
+  print(f"| whole step | {sum(med.values()):.3f} | {gen / sum(med.values()):.0f} generated |")
+  mfu = update_flops / med["update"] / peak
+  print(f"\nupdate: {update_flops / med['update'] / 1e9:.1f} GFLOP/s of model FLOPs; "
+        f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {100 * mfu:.1f}%")
+
+
+if __name__ == "__main__":
+  main()
