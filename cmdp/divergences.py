@@ -37,10 +37,11 @@ def _map_time_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array,
   axes (e.g. targets `[..., T]`). `fn` reduces the last axis of its first argument and
   must treat leading positions independently.
   """
-  if chunk_size is None:
+  if not chunk_size:  # None or 0: unchunked
     return fn(*arrays)
-  if not isinstance(chunk_size, int) or chunk_size <= 0:
-    raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+  if not isinstance(chunk_size, int) or chunk_size < 0:
+    raise ValueError(f"chunk_size must be a positive int, or 0 / None for unchunked; got "
+                     f"{chunk_size!r}.")
   axis = arrays[0].ndim - 2  # time: the last leading axis
   length = arrays[0].shape[axis] if axis >= 0 else 0
   if chunk_size >= length:
@@ -98,7 +99,7 @@ def kl(p_logits: jax.Array, q_logits: jax.Array, *, chunk_size: int | None = Non
   Args:
     p_logits: `[..., V]` logits of p (the distribution the expectation is under).
     q_logits: `[..., V]` logits of q.
-    chunk_size: positions per chunk along axis -2 (see module docstring), or None.
+    chunk_size: positions per chunk along axis -2 (see module docstring); 0 or None = unchunked.
 
   Returns:
     float32 `[...]`, >= 0; `+inf` where q gives zero probability to a token p can emit.

@@ -22,6 +22,7 @@ devices; compute is bfloat16, parameters and optimiser state float32.
 Cost: on a v4-64 / v5p-64 slice (or 8 x H100) one step of 64 prompts x 8 samples x 512
 new tokens is dominated by generation; expect about a minute per step and ~200 steps.
 """
+from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
 from cmdp.training.config import base_config, model_fields, parse_arg
 
 
@@ -38,6 +39,7 @@ def get_config(arg=None):
 
   if arg.task == "math":
     c.data.train = c.data.test = f"math:{arg.math_dir}"
+    c.data.system_prompt = DEFAULT_MATH_SYSTEM_PROMPT  # final answer in \boxed{}
   else:
     c.data.train = c.data.test = f"gsm8k:{arg.gsm8k_dir}"
   c.data.test_size = 1_319

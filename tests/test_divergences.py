@@ -188,4 +188,8 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="alpha"):
     dv.skew_kl(P, Q, -0.1)
   with pytest.raises(ValueError, match="chunk_size"):
-    dv.kl(P, Q, chunk_size=0)
+    dv.kl(P, Q, chunk_size=-2)
+  with pytest.raises(ValueError, match="chunk_size"):
+    dv.kl(P, Q, chunk_size=1.5)
+  # 0 means unchunked, as None does (ObjectiveConfig.chunk_size's default).
+  np.testing.assert_array_equal(dv.kl(P, Q, chunk_size=0), dv.kl(P, Q))

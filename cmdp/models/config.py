@@ -75,7 +75,8 @@ class ModelConfig:
       if kind == "default":
         scaling = None
       elif kind != "llama3":
-        raise ValueError(f"config.json rope_scaling type {kind!r} is not supported (only 'llama3').")
+        raise ValueError(
+            f"config.json rope_scaling type {kind!r} is not supported (only 'llama3').")
       else:
         scaling = tuple(sorted((k, v) for k, v in scaling.items() if k != "rope_theta"))
     kw = dict(

@@ -61,8 +61,9 @@ def cmdp_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
   mask = batch["mask"]
   teacher = common.teacher_logits(batch)
   sg_logits = jax.lax.stop_gradient(logits)
-  logp = divergences.token_logprobs(logits, batch["targets"])
-  costs = constraint.token_costs(hp.cost, sg_logits, teacher, batch["targets"])
+  logp = divergences.token_logprobs(logits, batch["targets"], chunk_size=hp.chunk_size)
+  costs = constraint.token_costs(hp.cost, sg_logits, teacher, batch["targets"],
+                                 chunk_size=hp.chunk_size)
   rewards, violated = constraint.augmented_rewards(
       batch["task_reward"], costs, mask, budget=hp.budget, constraint=hp.constraint,
       penalty=hp.penalty, penalty_scale=hp.penalty_scale, cost_discount=hp.cost_discount,
@@ -73,7 +74,8 @@ def cmdp_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
   kappa = exact_penalty_coef(hp)
   kl_token = None
   if kappa:
-    kl_token = divergences.kl(logits, teacher)  # kl(student||teacher), differentiable
+    # kl(student||teacher), differentiable
+    kl_token = divergences.kl(logits, teacher, chunk_size=hp.chunk_size)
     weight = kappa * violated
     sf_returns = returns + weight * jax.lax.stop_gradient(kl_token)
   else:
@@ -84,7 +86,7 @@ def cmdp_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
     exact = common.loss_term(weight / scale[:, None] * kl_token, batch, hp)
     loss = loss + exact
     metrics["exact_penalty"] = common.as_metric(exact, batch, hp)
-  entropy = divergences.entropy(logits)
+  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
   bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
   loss = loss + bonus
   if bonus_metric is not None:

@@ -68,7 +68,7 @@ def common_metrics(logits: jax.Array, batch: dict, hp: ObjectiveConfig, *,
   mask = batch["mask"]
   sg_logits = jax.lax.stop_gradient(logits)
   if entropy is None:
-    entropy = divergences.entropy(sg_logits)
+    entropy = divergences.entropy(sg_logits, chunk_size=hp.chunk_size)
   m = dict(response_length=jnp.mean(jnp.sum(mask, axis=-1)),
            entropy=local_mean(jax.lax.stop_gradient(entropy), mask))
   if batch.get("task_reward") is not None:
@@ -77,12 +77,13 @@ def common_metrics(logits: jax.Array, batch: dict, hp: ObjectiveConfig, *,
   if teacher is None:
     return m
   if kl_token is None:
-    kl_token = divergences.kl(sg_logits, teacher)
+    kl_token = divergences.kl(sg_logits, teacher, chunk_size=hp.chunk_size)
   kl_token = jax.lax.stop_gradient(kl_token) * mask
   m["kl_token"] = local_mean(kl_token, mask)
   m["kl_seq"] = jnp.mean(jnp.sum(kl_token, axis=-1))
   if costs is None:
-    costs = constraint.token_costs(hp.cost, sg_logits, teacher, batch["targets"])
+    costs = constraint.token_costs(hp.cost, sg_logits, teacher, batch["targets"],
+                                   chunk_size=hp.chunk_size)
   costs = jax.lax.stop_gradient(costs)
   m["constraint_value"] = jnp.mean(constraint.sequence_cost(costs, mask, hp.constraint))
   m["constraint_satisfaction"] = jnp.mean(constraint.constraint_satisfied(

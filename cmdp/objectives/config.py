@@ -33,6 +33,8 @@ class ObjectiveConfig:
   penalty_scale: float = 1.0  # n in the penalty
   cost_discount: float = 1.0  # gamma_c in the budget update z_{t+1} = (z_t - c_t / d) / gamma_c
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
+  # --- Memory ---
+  chunk_size: int = 0  # time chunk for the exact-vocabulary terms (KL, entropy, log-probs); 0 = off
   # --- Policy gradient ---
   gamma: float = 1.0  # return discount: G_t = sum_{k>=t} gamma^(k-t) r_k
   group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
@@ -76,6 +78,7 @@ class ObjectiveConfig:
         ("cost_discount", 0 < self.cost_discount <= 1, "must be in (0, 1]"),
         ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
         ("group_size", self.group_size >= 1, "must be >= 1"),
+        ("chunk_size", self.chunk_size >= 0, "must be >= 0 (0 = unchunked)"),
         ("clip_eps", self.clip_eps > 0, "must be > 0 (e.g. 0.2)"),
         ("entropy_coef", self.entropy_coef >= 0, "must be >= 0"),
         ("ref_kl_coef", self.ref_kl_coef >= 0, "must be >= 0 (0 = off)"),
@@ -121,4 +124,4 @@ _KIND = dict(
     advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
     entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,
     lambda_init=float, lambda_lr=float, lambda_max=float, lambda_warmup_steps=int,
-    lambda_floor=float)
+    lambda_floor=float, chunk_size=int)

@@ -36,7 +36,8 @@ def gkd_loss(params, batch, *, apply_fn, hp: ObjectiveConfig, lam=None):
   """Aggregated per-token GKD divergence(beta) between teacher and student."""
   common.check_batch(batch, "gkd", ("teacher_logits",))
   logits = common.student_logits(params, batch, apply_fn)
-  div = divergences.gkd_divergence(common.teacher_logits(batch), logits, hp.gkd_beta)
+  div = divergences.gkd_divergence(common.teacher_logits(batch), logits, hp.gkd_beta,
+                                   chunk_size=hp.chunk_size)
   loss = common.loss_term(div, batch, hp)
   metrics = dict(gkd_divergence=common.as_metric(loss, batch, hp))
   metrics.update(common.common_metrics(logits, batch, hp))
@@ -50,18 +51,19 @@ def minillm_loss(params, batch, *, apply_fn, hp: ObjectiveConfig, lam=None):
   mask = batch["mask"]
   logits = common.student_logits(params, batch, apply_fn)
   teacher = common.teacher_logits(batch)
-  logp = divergences.token_logprobs(logits, batch["targets"])
-  teacher_logp = divergences.token_logprobs(teacher, batch["targets"])
+  logp = divergences.token_logprobs(logits, batch["targets"], chunk_size=hp.chunk_size)
+  teacher_logp = divergences.token_logprobs(teacher, batch["targets"], chunk_size=hp.chunk_size)
   rewards = (teacher_logp - jax.lax.stop_gradient(logp)) * mask
   returns = constraint.discounted_returns(rewards, mask, hp.gamma)
   loss, scale, metrics = policy_gradient_loss(
       logp, batch, returns - rewards, sequence_returns(returns, mask), hp)
   metrics["pg_loss"] = common.as_metric(loss, batch, hp)
-  kl_token = divergences.kl(logits, teacher)  # kl(student||teacher), differentiable
+  # kl(student||teacher), differentiable
+  kl_token = divergences.kl(logits, teacher, chunk_size=hp.chunk_size)
   exact = common.loss_term(kl_token / scale[:, None], batch, hp)
   loss = loss + exact
   metrics["exact_kl"] = common.as_metric(exact, batch, hp)
-  entropy = divergences.entropy(logits)
+  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
   bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
   loss = loss + bonus
   if bonus_metric is not None:
@@ -76,7 +78,7 @@ def sft_loss(params, batch, *, apply_fn, hp: ObjectiveConfig, lam=None):
   """Cross-entropy `-log pi_theta(targets)` aggregated over mask tokens."""
   common.check_batch(batch, "sft", ())
   logits = common.student_logits(params, batch, apply_fn)
-  nll = -divergences.token_logprobs(logits, batch["targets"])
+  nll = -divergences.token_logprobs(logits, batch["targets"], chunk_size=hp.chunk_size)
   loss = common.loss_term(nll, batch, hp)
   metrics = dict(nll=common.as_metric(loss, batch, hp))
   metrics.update(common.common_metrics(logits, batch, hp))

@@ -29,7 +29,7 @@ def grpo_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
   metrics hold the loss terms and the policy-gradient diagnostics (no common metrics).
   """
   mask = batch["mask"]
-  logp = divergences.token_logprobs(logits, batch["targets"])
+  logp = divergences.token_logprobs(logits, batch["targets"], chunk_size=hp.chunk_size)
   returns = constraint.discounted_returns(
       last_token_rewards(batch["task_reward"], mask), mask, hp.gamma)
   loss, _, metrics = policy_gradient_loss(logp, batch, returns, sequence_returns(returns, mask),
@@ -44,7 +44,7 @@ def grpo_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
     ref_term = hp.ref_kl_coef * common.loss_term(k3, batch, hp)
     loss = loss + ref_term
     metrics["ref_kl"] = common.as_metric(ref_term, batch, hp) / hp.ref_kl_coef
-  entropy = divergences.entropy(logits)
+  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
   bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
   loss = loss + bonus
   if bonus_metric is not None:

@@ -83,6 +83,8 @@ _CHOICE_RE = re.compile(r"\(?([A-Ea-e])\)?")
 _SPACES_RE = re.compile(r"\s+")
 _LOOSE_SPACE_RE = re.compile(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])")
 _WORD_RE = re.compile(r"[A-Za-z]{3}")
+_LONG_WORD_RE = re.compile(r"[A-Za-z]{5}")
+_MATH_CHAR_RE = re.compile(r"[0-9+\-*/^=<>_]")
 _LONE_LETTER_RE = re.compile(r"(?<![A-Za-z\\])[A-Za-z](?![A-Za-z])")
 _POWER_TAIL_RE = re.compile(r"\^\s*(?:\{\s*[23]\s*\}|[23])$")  # "cm^2"
 _DIGIT_AFTER_WORD_RE = re.compile(r"[A-Za-z]{2}[^0-9]*[0-9]")
@@ -198,8 +200,13 @@ def normalize_math_answer(answer: str) -> str:
 
 
 def _is_text(normalized: str, raw: str) -> bool:
-  """Whether an answer is words (`Evelyn`, `\\text{no}`), not mathematics."""
-  if _WORD_RE.search(_COMMAND_RE.sub(" ", _ENV_RE.sub(" ", normalized))):
+  """Whether an answer is words (`Evelyn`, `\\text{no}`), not mathematics (`3abc`).
+
+  Words: a run of 5+ letters outside LaTeX commands, or of 3+ letters in an answer without
+  digits or operators; or a whole answer in `\\text{}` with two letters in a row.
+  """
+  bare = _COMMAND_RE.sub(" ", _ENV_RE.sub(" ", normalized))
+  if _LONG_WORD_RE.search(bare) or (_WORD_RE.search(bare) and not _MATH_CHAR_RE.search(bare)):
     return True
   return bool(_WHOLE_TEXT_RE.fullmatch(_strip_wrappers(raw.strip())))
 
@@ -211,11 +218,12 @@ def _text_key(s: str) -> str:
 def _plain_number(s: str):
   """`parse_number(s)` for a number, possibly with unit words (`5 inches`), else None.
 
-  Not numbers here: a single-letter variable (`3x`), or digits after a word (`5 or 6`).
+  Not numbers here: a factorial (`10!`), a single-letter variable (`3x`), or digits after
+  a word (`5 or 6`).
   """
   words = _COMMAND_RE.sub(" ", _POWER_TAIL_RE.sub("", s))
-  if _LONE_LETTER_RE.search(s) or _DIGIT_AFTER_WORD_RE.search(words):
-    return None
+  if "!" in s or _LONE_LETTER_RE.search(s) or _DIGIT_AFTER_WORD_RE.search(words):
+    return None  # "10!" is a factorial here, not an exclamation
   return parse_number(s)
 
 

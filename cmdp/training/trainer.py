@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cmdp import data, evaluation, sharding
+from cmdp import constraint, data, evaluation, sharding
 from cmdp.training import batch as batch_lib
 from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import experiment as experiment_lib
@@ -97,8 +97,7 @@ def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   while len(costs) < n * exp.hp.group_size:
     batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
     costs.extend(exp.score_sequences(params, batch)["sequence_cost"].tolist())
-  from cmdp.constraint import calibrate_budget as quantile_budget  # pylint: disable=g-import-not-at-top
-  return float(quantile_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
+  return float(constraint.calibrate_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
 
 
 def _meta(exp, it, hp) -> dict:

@@ -1,6 +1,5 @@
 """MATH loading from hand-written records in every accepted layout, and malformed inputs."""
 import json
-import os
 
 import pytest
 

@@ -249,3 +249,14 @@ def test_missing_batch_field_is_named():
   del batch["ref_logprobs"]
   with pytest.raises(ValueError, match="ref_kl_coef > 0 needs batch\\['ref_logprobs'\\]"):
     run("grpo", ObjectiveConfig(group_size=G, ref_kl_coef=0.1), params, batch)
+
+
+@pytest.mark.parametrize("name", ["cmdp", "gkd", "dual_lagrangian"])
+def test_time_chunked_vocabulary_terms_change_nothing(name):
+  params, batch, _ = make_batch(seed=3)
+  hp = ObjectiveConfig(budget=1.0, group_size=G)
+  whole = jax.value_and_grad(lambda p: run(name, hp, p, batch, 0.5), has_aux=True)(params)
+  chunked = jax.value_and_grad(
+      lambda p: run(name, hp.replace(chunk_size=3), p, batch, 0.5), has_aux=True)(params)
+  np.testing.assert_allclose(chunked[0][0], whole[0][0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(chunked[1]["logits"], whole[1]["logits"], rtol=1e-4, atol=1e-6)

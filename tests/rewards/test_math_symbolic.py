@@ -44,6 +44,10 @@ EQUIVALENCES = [
     (r"x \in [1,2]", "[1,2]", True),
     ("x^2+2x+1", "(x+1)^2", True),
     ("x^2+2x+1", "(x-1)^2", False),
+    ("a^3+b^3+c^3-3abc", "(a+b+c)(a^2+b^2+c^2-ab-bc-ca)", True),  # a known factorisation
+    (r"\frac{1}{x+1}+\frac{1}{x-1}", r"\frac{2x}{x^2-1}", True),
+    ("10!", "3628800", True),  # 10! = 3,628,800
+    ("10!", "10", False),
     ("1+i", "i+1", True),
     ("6+3i", "3i+6", True),
     ("6+3i", "6-3i", False),
