@@ -92,9 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_steps=0,  # linear warm-up
       schedule="constant",  # constant | cosine | linear (decay after warm-up)
       weight_decay=0.0,  # decoupled weight decay (adamw)
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
+      b1=0.9,  # Adam first-moment decay
+      b2=0.999,  # Adam second-moment decay
+      eps=1e-8,  # Adam denominator epsilon
       grad_clip_norm=1.0,  # global-norm clipping; 0 = off
   ))
 
