@@ -86,11 +86,7 @@ def cmdp_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
     exact = common.loss_term(weight / scale[:, None] * kl_token, batch, hp)
     loss = loss + exact
     metrics["exact_penalty"] = common.as_metric(exact, batch, hp)
-  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
-  bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
-  loss = loss + bonus
-  if bonus_metric is not None:
-    metrics["entropy_bonus"] = bonus_metric
+  loss, entropy = common.add_entropy_bonus(loss, logits, batch, hp, metrics)
   metrics["violation_fraction"] = local_mean(violated, mask)
   metrics["augmented_return"] = jnp.mean(seq_returns)
   metrics.update(common.common_metrics(

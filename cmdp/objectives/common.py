@@ -91,9 +91,13 @@ def common_metrics(logits: jax.Array, batch: dict, hp: ObjectiveConfig, *,
   return m
 
 
-def entropy_bonus(entropy: jax.Array, batch: dict, hp: ObjectiveConfig):
-  """`-entropy_coef * aggregated entropy` (differentiable) and its metric, or (0, None)."""
+def add_entropy_bonus(loss: jax.Array, logits: jax.Array, batch: dict, hp: ObjectiveConfig,
+                      metrics: dict) -> tuple[jax.Array, jax.Array]:
+  """Adds `-entropy_coef * aggregated entropy` (differentiable) to `loss` and its metric
+  (`entropy_bonus`) to `metrics`; returns `(loss, per-token entropy [B, L])`."""
+  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
   if hp.entropy_coef == 0:
-    return 0.0, None
+    return loss, entropy
   term = -hp.entropy_coef * loss_term(entropy, batch, hp)
-  return term, as_metric(term, batch, hp)
+  metrics["entropy_bonus"] = as_metric(term, batch, hp)
+  return loss + term, entropy

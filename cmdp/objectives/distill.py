@@ -63,11 +63,7 @@ def minillm_loss(params, batch, *, apply_fn, hp: ObjectiveConfig, lam=None):
   exact = common.loss_term(kl_token / scale[:, None], batch, hp)
   loss = loss + exact
   metrics["exact_kl"] = common.as_metric(exact, batch, hp)
-  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
-  bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
-  loss = loss + bonus
-  if bonus_metric is not None:
-    metrics["entropy_bonus"] = bonus_metric
+  loss, entropy = common.add_entropy_bonus(loss, logits, batch, hp, metrics)
   metrics["logratio_return"] = jnp.mean(sequence_returns(returns, mask))
   metrics.update(common.common_metrics(logits, batch, hp, entropy=entropy, kl_token=kl_token))
   return loss, metrics

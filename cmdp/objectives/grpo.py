@@ -44,11 +44,7 @@ def grpo_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
     ref_term = hp.ref_kl_coef * common.loss_term(k3, batch, hp)
     loss = loss + ref_term
     metrics["ref_kl"] = common.as_metric(ref_term, batch, hp) / hp.ref_kl_coef
-  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
-  bonus, bonus_metric = common.entropy_bonus(entropy, batch, hp)
-  loss = loss + bonus
-  if bonus_metric is not None:
-    metrics["entropy_bonus"] = bonus_metric
+  loss, entropy = common.add_entropy_bonus(loss, logits, batch, hp, metrics)
   return loss, metrics, entropy
 
 
