@@ -36,6 +36,23 @@ from cmdp.data.prompts import (DEFAULT_SYSTEM_PROMPT, build_prompt, encode_promp
 from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
 
 DEFAULT_REASONING_GYM_SIZE = 1_000  # examples per split when a spec gives no `size`
+_FILE_TASK_OPTIONS = {"gsm8k": ("strip_calculator",), "math": ("subjects", "levels")}
+
+
+def _file_task_options(kind: str, task: str, options: dict[str, Any]) -> dict[str, Any]:
+  """The loader options of a fixed-file task ("gsm8k" or "math"), without `size` / `seed`.
+
+  Raises:
+    ValueError: naming the task, for an option its loader does not take.
+  """
+  allowed = _FILE_TASK_OPTIONS[kind]
+  options = {k: v for k, v in options.items() if k not in ("size", "seed")}
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    takes = ", ".join(f"'{name}'" for name in ("split", "limit", *allowed)[:-1])
+    raise ValueError(f"load_task({task!r}): unknown option(s) {unknown}; {kind} takes "
+                     f"{takes} and '{allowed[-1]}' ('size' and 'seed' are ignored).")
+  return options
 
 
 def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
@@ -72,24 +89,9 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
   split = split or options.pop("split", "train")
   options.pop("split", None)
   limit = options.pop("limit", None)
-  if kind == "gsm8k":
-    options.pop("size", None)
-    options.pop("seed", None)
-    unknown = sorted(set(options) - {"strip_calculator"})
-    if unknown:
-      raise ValueError(f"load_task({task!r}): unknown option(s) {unknown}; gsm8k takes "
-                       "'split', 'limit' and 'strip_calculator' ('size' and 'seed' are "
-                       "ignored).")
-    examples = load_gsm8k(target, split, **options)
-  elif kind == "math":
-    options.pop("size", None)
-    options.pop("seed", None)
-    unknown = sorted(set(options) - {"subjects", "levels"})
-    if unknown:
-      raise ValueError(f"load_task({task!r}): unknown option(s) {unknown}; math takes "
-                       "'split', 'limit', 'subjects' and 'levels' ('size' and 'seed' are "
-                       "ignored).")
-    examples = load_math(target, split, **options)
+  if kind in _FILE_TASK_OPTIONS:
+    loader = load_gsm8k if kind == "gsm8k" else load_math
+    examples = loader(target, split, **_file_task_options(kind, task, options))
   elif kind == "reasoning_gym":
     size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
     seed = options.pop("seed", 0)

@@ -6,23 +6,16 @@ Each record is `{"question": str, "answer": str}` where the answer is a worked s
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from cmdp.data import Example
+from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 
 HUB_ID = "openai/gsm8k"
 _CALCULATOR_RE = re.compile(r"<<[^<>\n]*>>")
 _GOLD_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_SHOW_CHARS = 120  # how much of an offending record an error message quotes
-
-
-def _shorten(text: Any) -> str:
-  text = repr(text)
-  return text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS] + "...'"
-
 
 def strip_calculator_annotations(solution: str) -> str:
   """Removes GSM8K's `<<48/2=24>>` annotations: `"48/2 = $<<48/2=24>>24"` -> `"48/2 = $24"`."""
@@ -43,44 +36,19 @@ def parse_gsm8k_record(record: Any, where: str, *, strip_calculator: bool = True
     ValueError: naming `where` and quoting the record, when a field is missing or not a
       string, or the answer has no `#### <number>` line.
   """
-  if not isinstance(record, Mapping):
-    raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got "
-                     f"{_shorten(record)}.")
-  for field in ("question", "answer"):
-    value = record.get(field)
-    if not isinstance(value, str) or not value.strip():
-      raise ValueError(f"{where}: field '{field}' is missing or not a non-empty string in "
-                       f"{_shorten(record)}.")
+  require_text_fields(record, ("question", "answer"), where)
   solution = record["answer"]
   if "####" not in solution:
     raise ValueError(f"{where}: field 'answer' has no final '#### <number>' line: "
-                     f"{_shorten(solution)}.")
+                     f"{shorten(solution)}.")
   gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
   if not _GOLD_RE.fullmatch(gold):
     raise ValueError(f"{where}: the '####' line of field 'answer' is not a number: "
-                     f"{_shorten(gold)}.")
+                     f"{shorten(gold)}.")
   if strip_calculator:
     solution = strip_calculator_annotations(solution)
   return Example(uid=uid, question=record["question"].strip(), answer=gold,
                  solution=solution.strip(), source="gsm8k")
-
-
-def _jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        yield where, json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg}): {_shorten(line.rstrip())}.") from e
-
-
-def _parquet_records(path: str) -> Iterator[tuple[str, Any]]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  for row, record in enumerate(pq.read_table(path).to_pylist()):
-    yield f"{path}: row {row}", record
 
 
 def _resolve_files(path: str, split: str) -> list[str]:
@@ -135,7 +103,7 @@ def load_gsm8k(path_or_id: str, split: str = "train", *,
   if os.path.exists(path_or_id):
     records: list[tuple[str, Any]] = []
     for path in _resolve_files(path_or_id, split):
-      reader = _parquet_records if path.endswith(".parquet") else _jsonl_records
+      reader = parquet_records if path.endswith(".parquet") else jsonl_records
       records.extend(reader(path))
     source = path_or_id
   elif path_or_id == HUB_ID or (path_or_id.count("/") == 1 and not path_or_id.startswith(

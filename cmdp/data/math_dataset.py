@@ -18,6 +18,7 @@ import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from cmdp.data import Example
+from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 from cmdp.rewards.math_answer import last_boxed
 
 DEFAULT_MATH_SYSTEM_PROMPT = (
@@ -27,12 +28,6 @@ SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_alg
 LEVELS = (1, 2, 3, 4, 5)
 PER_SUBJECT_HUB_IDS = ("EleutherAI/hendrycks_math",)  # hub datasets with one config per subject
 _LEVEL_RE = re.compile(r"(?:level\s*)?([1-5])", re.IGNORECASE)
-_SHOW_CHARS = 120  # how much of an offending record an error message quotes
-
-
-def _shorten(text: Any) -> str:
-  text = repr(text)
-  return text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS] + "...'"
 
 
 def subject_key(name: str) -> str:
@@ -60,7 +55,7 @@ def parse_level(value: Any, where: str) -> int | None:
     if m:
       return int(m.group(1))
   raise ValueError(f"{where}: field 'level' must be 'Level 1'..'Level 5' or 1..5, got "
-                   f"{_shorten(value)}.")
+                   f"{shorten(value)}.")
 
 
 def parse_math_record(record: Any, where: str, *, uid: str, subject: str | None = None
@@ -84,26 +79,19 @@ def parse_math_record(record: Any, where: str, *, uid: str, subject: str | None 
       or `solution` is missing or not a non-empty string, no answer can be found, or a
       field has the wrong type.
   """
-  if not isinstance(record, Mapping):
-    raise ValueError(f"{where}: expected a JSON object with 'problem' and 'solution', got "
-                     f"{_shorten(record)}.")
-  for field in ("problem", "solution"):
-    value = record.get(field)
-    if not isinstance(value, str) or not value.strip():
-      raise ValueError(f"{where}: field '{field}' is missing or not a non-empty string in "
-                       f"{_shorten(record)}.")
+  require_text_fields(record, ("problem", "solution"), where)
   answer = record.get("answer")
   if answer is not None and not isinstance(answer, str):
-    raise ValueError(f"{where}: field 'answer' must be a string, got {_shorten(answer)}.")
+    raise ValueError(f"{where}: field 'answer' must be a string, got {shorten(answer)}.")
   if not answer or not answer.strip():
     answer = last_boxed(record["solution"], max_chars=None)
     if not answer:
       raise ValueError(f"{where}: no 'answer' field and no balanced \\boxed{{...}} in field "
-                       f"'solution': {_shorten(record['solution'][-200:])}.")
+                       f"'solution': {shorten(record['solution'][-200:])}.")
   raw_subject = record.get("type", record.get("subject", subject))
   if raw_subject is not None and not isinstance(raw_subject, str):
     raise ValueError(f"{where}: field 'type' / 'subject' must be a string, got "
-                     f"{_shorten(raw_subject)}.")
+                     f"{shorten(raw_subject)}.")
   unique_id = record.get("unique_id")
   entry = {"subject": subject_key(raw_subject) if raw_subject else None,
            "level": parse_level(record.get("level"), where),
@@ -112,20 +100,7 @@ def parse_math_record(record: Any, where: str, *, uid: str, subject: str | None 
                  solution=record["solution"].strip(), source="math", entry=entry)
 
 
-def _jsonl_records(path: str) -> Iterator[tuple[str, Any, str | None]]:
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        yield where, json.loads(line), None
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg}): {_shorten(line.rstrip())}.") from e
-
-
-def _json_records(path: str, subject: str | None = None
-                  ) -> Iterator[tuple[str, Any, str | None]]:
+def _json_records(path: str) -> Iterator[tuple[str, Any]]:
   """A `.json` file: one record (the original release) or a list of records."""
   with open(path, encoding="utf-8") as f:
     try:
@@ -134,23 +109,17 @@ def _json_records(path: str, subject: str | None = None
       raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}).") from e
   if isinstance(data, list):
     for i, record in enumerate(data):
-      yield f"{path}: record {i}", record, subject
+      yield f"{path}: record {i}", record
   else:
-    yield path, data, subject
+    yield path, data
 
 
-def _parquet_records(path: str) -> Iterator[tuple[str, Any, str | None]]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  for row, record in enumerate(pq.read_table(path).to_pylist()):
-    yield f"{path}: row {row}", record, None
-
-
-def _file_records(path: str) -> Iterator[tuple[str, Any, str | None]]:
+def _file_records(path: str) -> Iterator[tuple[str, Any]]:
   if path.endswith(".parquet"):
-    return _parquet_records(path)
+    return parquet_records(path)
   if path.endswith(".json"):
     return _json_records(path)
-  return _jsonl_records(path)
+  return jsonl_records(path)
 
 
 def _number_then_name(path: str) -> tuple[int, str]:
@@ -166,24 +135,30 @@ def _tree_records(split_dir: str, split: str) -> list[tuple[str, Any, str | None
     paths = glob.glob(os.path.join(glob.escape(os.path.join(split_dir, subject_dir)), "*.json"))
     for path in sorted(paths, key=_number_then_name):
       stem = os.path.splitext(os.path.basename(path))[0]
-      for where, record, subject in _json_records(path, subject_dir):
-        out.append((where, record, subject, f"{split}/{subject_key(subject_dir)}/{stem}"))
+      for where, record in _json_records(path):
+        out.append((where, record, subject_dir, f"{split}/{subject_key(subject_dir)}/{stem}"))
   return out
+
+
+def _flat_records(paths: Sequence[str]) -> list[tuple[str, Any, None, None]]:
+  """Records of flat files, which give no subject or uid suffix through their layout."""
+  return [(where, record, None, None) for path in paths
+          for where, record in _file_records(path)]
 
 
 def _local_records(path: str, split: str) -> list[tuple[str, Any, str | None, str | None]]:
   """(where, record, subject from the layout, uid suffix or None) for every record."""
   if os.path.isfile(path):
-    return [(*r, None) for r in _file_records(path)]
+    return _flat_records([path])
   for name in (f"{split}.jsonl", f"{split}.json"):
     if os.path.isfile(os.path.join(path, name)):
-      return [(*r, None) for r in _file_records(os.path.join(path, name))]
+      return _flat_records([os.path.join(path, name)])
   escaped = glob.escape(path)
   parquet = sorted(glob.glob(os.path.join(escaped, f"{split}*.parquet")))
   if not parquet:  # a hub snapshot with one folder per subject
     parquet = sorted(glob.glob(os.path.join(escaped, "*", f"{split}*.parquet")))
   if parquet:
-    return [(*r, None) for p in parquet for r in _parquet_records(p)]
+    return _flat_records(parquet)
   for split_dir in (os.path.join(path, split), os.path.join(path, "MATH", split)):
     if os.path.isdir(split_dir):
       return _tree_records(split_dir, split)

@@ -283,6 +283,30 @@ def quiet_math_verify_timeout_warning():
     _FILTER_INSTALLED.append(True)
 
 
+def screen_answer_pair(pred: str | None, gold: str, max_chars: int, *,
+                       cap_gold: bool = False) -> Check | None:
+  """The input guard of the answer checkers: rejects pairs that cannot be compared.
+
+  Args:
+    pred: the extracted predicted answer, or None.
+    gold: the gold answer.
+    max_chars: longest answer compared.
+    cap_gold: apply `max_chars` to `gold` too (else only to `pred`).
+
+  Returns:
+    `Check(False, reason)` when `pred` is None, either is not a string, or an answer is
+    longer than `max_chars`; None when the pair may be compared.
+  """
+  if pred is None:
+    return Check(False, "no answer found")
+  if not isinstance(pred, str) or not isinstance(gold, str):
+    return Check(False, f"answers must be strings, got {type(pred).__name__}, "
+                        f"{type(gold).__name__}")
+  if len(pred) > max_chars or (cap_gold and len(gold) > max_chars):
+    return Check(False, f"answer longer than {max_chars} characters")
+  return None
+
+
 def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Check:
   """Compares a predicted final answer with the gold one; never raises.
 
@@ -298,13 +322,9 @@ def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Ch
     `Check(correct, reason)`.
   """
   try:
-    if pred is None:
-      return Check(False, "no answer found")
-    if not isinstance(pred, str) or not isinstance(gold, str):
-      return Check(False, f"answers must be strings, got {type(pred).__name__}, "
-                          f"{type(gold).__name__}")
-    if len(pred) > MAX_ANSWER_CHARS:
-      return Check(False, f"answer longer than {MAX_ANSWER_CHARS} characters")
+    rejected = screen_answer_pair(pred, gold, MAX_ANSWER_CHARS)
+    if rejected is not None:
+      return rejected
     gold_num = parse_number(gold)
     pred_num = parse_number(pred)
     if pred_num is None and "=" in pred:  # "x = 5", "3 + 4 = 7"

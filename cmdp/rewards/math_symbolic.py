@@ -41,7 +41,7 @@ from typing import Any
 
 from cmdp.rewards.math_answer import (MAX_COMPLETION_CHARS, REL_TOL, Check, last_boxed,
                                       numbers_match, parse_number,
-                                      quiet_math_verify_timeout_warning)
+                                      quiet_math_verify_timeout_warning, screen_answer_pair)
 
 MAX_MATH_ANSWER_CHARS = 512  # longer extracted answers are not compared (reward 0)
 MAX_SYMBOLIC_CHARS = 160  # longest normalised answer handed to math-verify
@@ -431,13 +431,9 @@ def check_math_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) 
     decided, else why the answer was rejected.
   """
   try:
-    if pred is None:
-      return Check(False, "no answer found")
-    if not isinstance(pred, str) or not isinstance(gold, str):
-      return Check(False, f"answers must be strings, got {type(pred).__name__}, "
-                          f"{type(gold).__name__}")
-    if len(pred) > MAX_MATH_ANSWER_CHARS or len(gold) > MAX_MATH_ANSWER_CHARS:
-      return Check(False, f"answer longer than {MAX_MATH_ANSWER_CHARS} characters")
+    rejected = screen_answer_pair(pred, gold, MAX_MATH_ANSWER_CHARS, cap_gold=True)
+    if rejected is not None:
+      return rejected
     p, g = normalize_math_answer(pred), normalize_math_answer(gold)
     if not p or not g:
       return Check(False, "empty answer")
