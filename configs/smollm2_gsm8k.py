@@ -34,9 +34,11 @@ from cmdp.training.config import base_config, parse_arg
 TASKS = {
     "arithmetic": ("reasoning_gym:basic_arithmetic",
                    dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1,
-                        operators=("+", "-"))),
+                        operators=("+", "-"), allow_negation=False)),
     "chain_sum": ("reasoning_gym:chain_sum", dict(min_terms=2, max_terms=3)),
 }
+FEW_SHOT = (("Calculate 3 + 4.", "We add 3 and 4: 3 + 4 = 7.\n#### 7"),
+            ("Calculate 9 - 5.", "We subtract 5 from 9: 9 - 5 = 4.\n#### 4"))
 KEEP = {"drop2": tuple(i for i in range(30) if i not in (14, 22)),
         "half": tuple(range(0, 30, 2))}
 
@@ -56,7 +58,8 @@ def get_config(arg=None):
   else:
     c.data.train = c.data.test = TASKS[arg.task][0]
     c.data.task_kwargs = TASKS[arg.task][1]
-    c.data.max_prompt_len = 128
+    c.data.few_shot = FEW_SHOT  # fixes the answer format of this small teacher
+    c.data.max_prompt_len = 192
     c.rollout.max_new_tokens = 96
   c.data.train_size = 2_000
   c.data.test_size = 32

@@ -97,10 +97,14 @@ def answer_candidates(answer: str) -> list[str]:
   """Spellings of one answer tried against the verifier: as written, and as a plain number.
 
   String-matching verifiers would reject `"$1,000."` for gold `"1000"`; the canonical
-  number (and the part after a final `=`, as in `"5 - 3 = 2"`) is tried too.
+  number (and the part after a final `=`, as in `"5 - 3 = 2"`, and the last number of a
+  sentence, as in `"So the sum is 14."`: the fallback GSM8K answers get) is tried too.
   """
   out = [answer]
   tails = [answer] + ([answer.rsplit("=", 1)[1]] if "=" in answer else [])
+  last_number = math_answer.extract_answer(answer)
+  if last_number:
+    tails.append(last_number)
   for text in tails:
     canon = _canonical_number(text)
     if canon is not None and canon not in out:

@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
       test_size=64,  # examples evaluated
       task_kwargs=ml_collections.ConfigDict(),  # extra reasoning-gym task arguments
       system_prompt="",  # "" = cmdp.data default (step by step, final line '#### <n>')
+      few_shot=(),  # (question, worked solution) pairs shown before each question
       max_prompt_len=128,  # prompts are left padded/truncated to this many tokens
       sft_max_len=256,  # supervised sequences (sft / gkd off-policy) are padded to this
   ))

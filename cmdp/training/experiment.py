@@ -158,12 +158,16 @@ class Experiment:
 
   # ---- prompts ----
 
-  def encode_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
+  def prompt_text(self, question: str) -> str:
+    """The chat prompt of one question (system prompt and few-shot turns from the config)."""
     cfg = self.config.data
     kw = {"system_prompt": cfg.system_prompt} if cfg.system_prompt else {}
-    prompts = [data.build_prompt(self.tokenizer, ex.question, **kw) for ex in examples]
-    return data.encode_prompts(self.tokenizer, prompts, cfg.max_prompt_len)
+    return data.build_prompt(self.tokenizer, question, few_shot=tuple(cfg.few_shot), **kw)
+
+  def encode_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
+    return data.encode_prompts(self.tokenizer, [self.prompt_text(ex.question) for ex in examples],
+                               self.config.data.max_prompt_len)
 
 
 @functools.lru_cache(maxsize=16)

@@ -73,8 +73,7 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
     completions = batch_lib.decode_responses(exp.tokenizer, rollout)
     new_tokens = int(np.asarray(rollout.lengths).sum())
   else:
-    kw = {"system_prompt": cfg.data.system_prompt} if cfg.data.system_prompt else {}
-    seqs = [data.encode_sft(exp.tokenizer, data.build_prompt(exp.tokenizer, ex.question, **kw),
+    seqs = [data.encode_sft(exp.tokenizer, exp.prompt_text(ex.question),
                             ex.solution or f"#### {ex.answer}", cfg.data.sft_max_len)
             for ex in group]
     tokens, attn, loss_mask = (np.stack(x) for x in zip(*seqs))

@@ -33,7 +33,8 @@ def test_partial_credit_is_the_verifiers_own_score():
 
 
 @pytest.mark.parametrize("spelling", ["#### {a}.", "#### ${a}", "{a}", "5 + 3 = {a}",
-                                      "\\boxed{{{a}}}", "#### {a}.00"])
+                                      "\\boxed{{{a}}}", "#### {a}.00",
+                                      "We add them, which gives us {a}."])
 def test_number_spellings_accepted_for_string_verifiers(spelling):
   examples = load_reasoning_gym("basic_arithmetic", 8, 5, **ARITH)
   completions = [spelling.format(a=ex.answer) for ex in examples]
