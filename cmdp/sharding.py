@@ -154,6 +154,14 @@ def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
                  index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, "cache.pos"))
 
 
+def decode_cache_specs(cache, mesh: Mesh):
+  """Specs for a `cmdp.rollout.decode.DecodeCache` (per-layer `[B, KVH, S, hd]` buffers)."""
+  kv = tuple(fit_spec(P(BATCH_AXES, "tensor"), x.shape, mesh, "decode_cache.k") for x in cache.k)
+  return type(cache)(k=kv, v=kv,
+                     mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, "cache.mask"),
+                     index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, "cache.pos"))
+
+
 def named(mesh: Mesh, specs: Any) -> Any:
   """Maps a pytree of PartitionSpecs to NamedShardings on `mesh`."""
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,

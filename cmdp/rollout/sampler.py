@@ -11,10 +11,12 @@ Everything static (config, `max_new_tokens`, the sampling settings, stop ids, pa
 is bound by `make_sampler`; `B` and `P` are fixed by the first call's shapes, so pad prompts to
 a fixed `P` to avoid recompiling. `Sampler.jitted._cache_size()` counts the compilations.
 
-Algorithm: one prefill pass over the left-padded prompt (`forward_with_cache`, a cache of
-`P + max_new_tokens` slots), then a `lax.while_loop` of single-token steps that stops as soon
-as every row has emitted a stop token (or after `max_new_tokens`). The cache lives in the
-loop carry, so XLA updates it in place; nothing goes to the host until the loop ends.
+Algorithm (model math in `cmdp.rollout.decode`, checked against `cmdp.models.forward`): the
+weights are laid out for decoding once per call, one prefill pass over the left-padded prompt
+fills a cache of `P + N - 1` slots and gives the first token, then a `lax.while_loop` of
+single-token steps runs until every row has emitted a stop token or N tokens exist. The cache
+lives in the loop carry, so XLA updates it in place; nothing goes to the host until the end.
+Step `i` draws with `fold_in(rng, i)`, so rows are independent and a fixed key reproduces.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmdp import sharding
-from cmdp.models import ModelConfig, forward, forward_with_cache, init_cache, init_params
-from cmdp.rollout.processors import check_settings, process_logits, sample_token, token_logprobs
+from cmdp.models import ModelConfig, forward
+from cmdp.rollout import decode
+from cmdp.rollout.processors import check_settings, process_logits, sample_token
 
 
 class Rollout(NamedTuple):
@@ -93,12 +96,13 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
       done = done | jnp.isin(tok, eos)
     return tok, lp, done
 
-  cache = init_cache(config, b, p + n)
+  dparams = decode.decode_params(config, params)
+  cache = decode.init_decode_cache(config, b, p + n - 1)  # the last token is never fed
   if mesh is not None:
-    cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
-  logits, cache = forward_with_cache(config, params, prompt_tokens, cache, prompt_mask)
-  live = jnp.zeros((b,), bool)
-  tok, lp, done = pick(0, logits[:, -1], live)
+    cache = jax.tree.map(constrain, cache, sharding.decode_cache_specs(cache, mesh))
+  logits, cache = decode.decode_step(config, dparams, prompt_tokens, prompt_mask, cache,
+                                     last_only=True)
+  tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
   out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)
   out_mask = jnp.zeros((b, n), bool).at[:, 0].set(True)
@@ -109,7 +113,7 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
 
   def body(state):
     step, tok, done, cache, out_tok, out_lp, out_mask = state
-    logits, cache = forward_with_cache(config, params, tok[:, None], cache, ~done[:, None])
+    logits, cache = decode.decode_step(config, dparams, tok[:, None], ~done[:, None], cache)
     new_tok, new_lp, new_done = pick(step, logits[:, 0], done)
     out_tok = jax.lax.dynamic_update_slice_in_dim(out_tok, new_tok[:, None], step, axis=1)
     out_lp = jax.lax.dynamic_update_slice_in_dim(out_lp, new_lp[:, None], step, axis=1)
@@ -148,16 +152,40 @@ def check_prompts(prompt_tokens, prompt_mask) -> None:
     raise ValueError("prompt_mask has a real token before a pad: prompts must be LEFT padded.")
 
 
-@dataclasses.dataclass(frozen=True)
+def _as_ids(eos_ids) -> tuple[int, ...]:
+  try:
+    return tuple(int(i) for i in eos_ids)
+  except (TypeError, ValueError) as err:
+    raise ValueError(
+        f"eos_ids={eos_ids!r} must be a sequence of token ids, e.g. (eos_id,).") from err
+
+
 class Sampler:
   """`sampler(params, prompt_tokens [B, P], prompt_mask [B, P], rng) -> Rollout`.
 
-  `jitted` is the compiled function itself (`jitted._cache_size()` counts compilations).
+  `jitted` is the jitted function (`jitted._cache_size()` counts its compilations). With a
+  mesh it is built at the first call, when the params tree fixes the in-shardings.
   """
-  config: ModelConfig
-  settings: SamplingSettings
-  mesh: jax.sharding.Mesh | None
-  jitted: Callable
+
+  def __init__(self, config: ModelConfig, settings: SamplingSettings,
+               mesh: jax.sharding.Mesh | None):
+    self.config, self.settings, self.mesh = config, settings, mesh
+    self._fn = functools.partial(_decode, config, settings, mesh)
+    self._jitted = jax.jit(self._fn) if mesh is None else None
+
+  @property
+  def jitted(self) -> Callable:
+    if self._jitted is None:
+      raise RuntimeError("A sharded Sampler is compiled at its first call; call it first.")
+    return self._jitted
+
+  def _build_sharded(self, params) -> Callable:
+    batch = sharding.batch_spec()
+    return sharding.jit_sharded(
+        self._fn, self.mesh,
+        in_specs=(sharding.param_specs(params, self.mesh, self.config), batch, batch,
+                  jax.sharding.PartitionSpec()),
+        out_specs=Rollout(*([batch] * len(Rollout._fields))))
 
   def __call__(self, params, prompt_tokens, prompt_mask, rng) -> Rollout:
     check_prompts(prompt_tokens, prompt_mask)
@@ -167,7 +195,9 @@ class Sampler:
         raise ValueError(
             f"batch size {np.shape(prompt_tokens)[0]} must be a multiple of data*fsdp={shards} "
             "of the mesh; pad the batch or change the mesh.")
-    return self.jitted(params, prompt_tokens, prompt_mask, rng)
+      if self._jitted is None:
+        self._jitted = self._build_sharded(params)
+    return self._jitted(params, prompt_tokens, prompt_mask, rng)
 
 
 def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
@@ -192,19 +222,8 @@ def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float
   """
   settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                              eos_ids=tuple(int(i) for i in eos_ids), pad_id=int(pad_id))
-  fn = functools.partial(_decode, config, settings, mesh)
-  if mesh is None:
-    jitted = jax.jit(fn)
-  else:
-    abstract = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-    batch = sharding.batch_spec()
-    jitted = sharding.jit_sharded(
-        fn, mesh,
-        in_specs=(sharding.param_specs(abstract, mesh, config), batch, batch,
-                  jax.sharding.PartitionSpec()),
-        out_specs=Rollout(*([batch] * 6)))
-  return Sampler(config, settings, mesh, jitted)
+                              eos_ids=_as_ids(eos_ids), pad_id=int(pad_id))
+  return Sampler(config, settings, mesh)
 
 
 @functools.lru_cache(maxsize=32)
@@ -232,7 +251,7 @@ def sample(config: ModelConfig, params, prompt_tokens, prompt_mask, rng, *, max_
   """
   sampler = _cached_sampler(config, mesh, max_new_tokens=max_new_tokens,
                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                            greedy=bool(greedy), eos_ids=tuple(eos_ids), pad_id=int(pad_id))
+                            greedy=bool(greedy), eos_ids=_as_ids(eos_ids), pad_id=int(pad_id))
   return sampler(params, prompt_tokens, prompt_mask, rng)
 
 

