@@ -155,7 +155,8 @@ def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
 
 
 def decode_cache_specs(cache, mesh: Mesh):
-  """Specs for a `cmdp.rollout.decode.DecodeCache` (per-layer `[B, KVH, S, hd]` buffers)."""
+  """Specs for a `cmdp.rollout.decode.DecodeCache`: per-layer `[B, KVH, ...]` buffers split
+  over batch ("data", "fsdp") and kv heads ("tensor"), where divisible."""
   kv = tuple(fit_spec(P(BATCH_AXES, "tensor"), x.shape, mesh, "decode_cache.k") for x in cache.k)
   return type(cache)(k=kv, v=kv,
                      mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, "cache.mask"),

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cmdp.models.config import ModelConfig
 
@@ -207,8 +208,8 @@ class Decoder(nn.Module):
 
 @functools.lru_cache(maxsize=16)
 def _init_fn(config: ModelConfig):
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  init = lambda r: Decoder(config).init(r, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+  tokens = np.zeros((1, 1), np.int32)  # numpy: never a tracer kept in the cache
+  init = lambda r: Decoder(config).init(r, tokens, tokens, np.ones((1, 1), bool))["params"]
   return jax.jit(init)  # one compiled program, not one per initialiser op
 
 

@@ -10,8 +10,8 @@ for attention; together that cost as much as the matmuls. Here, once per rollout
   * per-layer weights are sliced out of the stacked tree outside the decode loop (and cast to
     the compute dtype), so the loop's matmuls read them in place; a tied embedding becomes a
     `[D, V]` head;
-  * the cache is one `[B, KVH, S, hd]` buffer per layer (`DecodeCache`), the layout the
-    attention contractions read directly; each step writes only its new slot, in place;
+  * the cache is one buffer per layer (`DecodeCache`) in the layouts the attention matmuls
+    read directly; each step writes only its new slot, in place;
   * the prefill computes logits for the last position only.
 
 RMSNorm and RoPE are the model's own (`transformer.RMSNorm`, `transformer.apply_rope`).
@@ -47,7 +47,8 @@ class DecodeParams(NamedTuple):
 class DecodeCache(NamedTuple):
   """Decoding state with one buffer per layer.
 
-  k, v:   L-tuples of `[B, KVH, S, hd]` arrays.
+  k:      L-tuple of `[B, KVH, hd, S]` keys (transposed: the score matmul reads them in order).
+  v:      L-tuple of `[B, KVH, S, hd]` values.
   mask:   `[B, S]` bool, True where a slot holds a real token.
   index:  `[]` int32, next slot to write.
   pos:    `[B]` int32, RoPE position of each row's next real token.
@@ -78,16 +79,31 @@ def decode_params(config: ModelConfig, params: dict) -> DecodeParams:
 
 def init_decode_cache(config: ModelConfig, batch_size: int, max_len: int) -> DecodeCache:
   """An empty cache of `max_len` slots in the compute dtype."""
-  shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  b, kvh, hd = batch_size, config.num_kv_heads, config.head_dim
   dtype = transformer.compute_dtype(config)
-  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-  return DecodeCache(zeros(), zeros(), jnp.zeros((batch_size, max_len), bool),
+  zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+  return DecodeCache(zeros((b, kvh, hd, max_len)), zeros((b, kvh, max_len, hd)),
+                     jnp.zeros((batch_size, max_len), bool),
                      jnp.zeros((), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
 
 
 def _dense(x, p, dtype):
-  y = jnp.dot(x.astype(dtype), p["kernel"].astype(dtype))
+  """`x @ kernel (+ bias)` in `dtype`, accumulated in float32 and rounded once, as the model's
+  Dense does; asking XLA for the float32 result is what keeps bfloat16 matmuls fast on CPU."""
+  y = jnp.dot(x.astype(dtype), p["kernel"].astype(dtype),
+              preferred_element_type=jnp.float32).astype(dtype)
   return y + p["bias"].astype(dtype) if "bias" in p else y
+
+
+def _write(cache: jax.Array, new: jax.Array, at: tuple) -> jax.Array:
+  """`dynamic_update_slice` in place. A 16-bit float cache is updated as uint16 bits: XLA CPU
+  otherwise widens a bfloat16 update to float32 over the whole cache at every step."""
+  new = new.astype(cache.dtype)
+  if cache.dtype.itemsize != 2:
+    return jax.lax.dynamic_update_slice(cache, new, at)
+  bits = lambda x, t: jax.lax.bitcast_convert_type(x, t)
+  out = jax.lax.dynamic_update_slice(bits(cache, jnp.uint16), bits(new, jnp.uint16), at)
+  return bits(out, cache.dtype)
 
 
 def _mlp(c: ModelConfig, p: dict, x):
@@ -115,19 +131,20 @@ def _attention(c: ModelConfig, p: dict, x, positions, bias, k_cache, v_cache, in
   q = transformer.apply_rope(q, positions, inv_freq)
   k = transformer.apply_rope(k, positions, inv_freq)
   zero = jnp.zeros((), jnp.int32)
-  at = (zero, zero, index, zero)
-  k_cache = jax.lax.dynamic_update_slice(k_cache, k.swapaxes(1, 2).astype(k_cache.dtype), at)
-  v_cache = jax.lax.dynamic_update_slice(v_cache, v.swapaxes(1, 2).astype(v_cache.dtype), at)
+  # Keys are stored transposed, [B, KVH, hd, S]: the score matmul then reads them in order.
+  k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
+  v_cache = _write(v_cache, v.swapaxes(1, 2), (zero, zero, index, zero))
   # Queries as [B, KVH, groups * T, hd]: plain batched matmuls over the cache layout (for
   # T = 1 every transpose here is a free reshape).
   groups = c.num_heads // c.num_kv_heads
   qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim).transpose(0, 2, 3, 1, 4)
   qg = qg.reshape(b, c.num_kv_heads, groups * t, c.head_dim)
-  scores = jnp.einsum("bkqd,bksd->bkqs", qg, k_cache.astype(dtype),
+  scores = jnp.einsum("bkqd,bkds->bkqs", qg, k_cache.astype(dtype),
                       preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
   scores = scores.reshape(b, c.num_kv_heads, groups, t, -1) + bias
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, c.num_kv_heads, groups * t, -1)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(dtype))
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(dtype),
+                   preferred_element_type=jnp.float32).astype(dtype)
   out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim).transpose(0, 3, 1, 2, 4)
   out = out.reshape(b, t, c.num_heads * c.head_dim)
   return _dense(out, p["o_proj"], dtype), k_cache, v_cache
@@ -175,7 +192,8 @@ def decode_step(config: ModelConfig, dparams: DecodeParams, tokens: jax.Array,
   if last_only:
     x = x[:, -1]
   x = norm.apply({"params": dparams.norm}, x)
-  logits = jnp.dot(x, dparams.head.astype(dtype))
+  logits = jnp.dot(x.astype(dtype), dparams.head.astype(dtype),
+                   preferred_element_type=jnp.float32)
   if c.output_vocab:
     logits = logits[..., :c.output_vocab]
   new_cache = DecodeCache(tuple(ks), tuple(vs), mask, cache.index + t,

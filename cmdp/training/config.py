@@ -152,6 +152,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("rollout.max_new_tokens", "must be >= 1.")
   if config.rollout.temperature <= 0:
     fail("rollout.temperature", "must be > 0 for training rollouts.")
+  if config.rollout.top_k or config.rollout.top_p < 1.0:
+    fail("rollout.top_k" if config.rollout.top_k else "rollout.top_p",
+         "training rollouts must sample the policy itself (the PPO ratio and the KL are "
+         "taken under it); set top_k=0 and top_p=1.0 (temperature is fine).")
   if not 0.0 <= config.rollout.on_policy_fraction <= 1.0:
     fail("rollout.on_policy_fraction", "must be in [0, 1].")
   if config.rollout.sft_source not in ("reference", "teacher"):

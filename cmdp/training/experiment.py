@@ -99,7 +99,7 @@ class Experiment:
   def make_train_step(self, hp: ObjectiveConfig, state_shardings):
     """The jitted update: state donated, state shardings preserved, batch rows split."""
     fn = step_lib.make_train_step(self.objective, hp, self.student.config, self.optimizer,
-                                  self.config.grad_accum_steps)
+                                  self.config.grad_accum_steps, self.config.rollout.temperature)
     return jax.jit(fn, in_shardings=(state_shardings, self.batch_sharding()),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 

@@ -12,7 +12,6 @@ sequence counts, so the sum equals the full-batch gradient.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -78,7 +77,8 @@ def accumulate_gradients(loss_fn, params, batch: dict, n: int):
 
 def make_train_step(objective: Objective, hp: ObjectiveConfig,
                     model_config: models.ModelConfig,
-                    optimizer: optax.GradientTransformation, grad_accum_steps: int = 1):
+                    optimizer: optax.GradientTransformation, grad_accum_steps: int = 1,
+                    temperature: float = 1.0):
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
   Args of the returned function:
@@ -88,9 +88,12 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
       `num_sequences` are filled in here from the full batch.
 
   A non-finite loss or gradient leaves the state unchanged and sets `nonfinite` to 1, so
-  the host can stop with nothing lost.
+  the host can stop with nothing lost. The policy is the student at the rollout
+  `temperature` (its logits divided by it), so the PPO ratio compares like with like.
   """
-  apply_fn = functools.partial(models.forward, model_config)
+  def apply_fn(params, inputs, input_mask):
+    logits = models.forward(model_config, params, inputs, input_mask)
+    return logits if temperature == 1.0 else logits / temperature
 
   def loss_fn(params, batch, lam):
     return objective.loss_fn(params, batch, apply_fn=apply_fn, hp=hp, lam=lam)

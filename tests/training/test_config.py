@@ -94,3 +94,10 @@ def test_config_files_validate(name, arg):
   config_lib.validate(config)
   assert config.objective == (arg.split("objective=")[1].split(",")[0]
                               if "objective=" in arg else "cmdp")
+
+
+def test_training_rollouts_sample_the_policy_itself():
+  with pytest.raises(ValueError, match=r"config\.rollout\.top_k: training rollouts"):
+    config_lib.validate(tiny_config(**{"rollout.top_k": 20}))
+  with pytest.raises(ValueError, match=r"config\.rollout\.top_p"):
+    config_lib.validate(tiny_config(**{"rollout.top_p": 0.9}))
