@@ -121,3 +121,11 @@ def test_nan_loss_stops_with_the_last_good_state_saved(tmp_path):
   fresh, _ = trainer.create_state(other, other.student.params)
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="config.optimizer"):
     checkpointer.restore(fresh, other.student.config)
+
+
+def test_ppo_ratio_is_one_on_policy_at_any_temperature(tmp_path):
+  # Before the first update the student is the sampler's policy: the ratio of the trained
+  # log-probs (logits / temperature) to the sampler's log-probs must be exactly 1.
+  rows, _ = _run(tmp_path, objective="grpo", num_steps=1, **{"rollout.temperature": 0.7})
+  assert rows[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+  assert rows[0]["train/clip_fraction"] == 0.0
