@@ -19,7 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cmdp import constraint, data, divergences, models, sharding
 from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.rollout import make_sampler
-from cmdp.training import batch as batch_lib
 from cmdp.training import config as config_lib
 from cmdp.training import models as model_lib
 from cmdp.training import optimizer as optimizer_lib
