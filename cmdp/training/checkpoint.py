@@ -69,9 +69,6 @@ class Checkpointer:
           f"config that wrote it, or use a fresh --workdir. Details: {e}") from None
     return restored["state"], meta
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from cmdp import models
@@ -57,18 +58,14 @@ def test_batch_must_split_over_the_mesh():
 
 
 def test_teacher_and_student_with_different_vocabularies(tmp_path):
-  tok = char_tokenizer()
-  cfg = models.ModelConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                           num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
-  import jax  # pylint: disable=g-import-not-at-top
   other = char_tokenizer("0123456789+-= #")
-  small = cfg.replace(vocab_size=len(other))
+  small = models.ModelConfig(vocab_size=len(other), hidden_size=16, intermediate_size=32,
+                             num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
   models.save_pretrained(str(tmp_path / "student"), small,
                          models.init_params(small, jax.random.PRNGKey(0)), other)
   config = tiny_config(**{"student.path": str(tmp_path / "student")})
   with pytest.raises(ValueError, match=r"config\.student.*(tokenizer|vocabulary)"):
     model_lib.load_teacher_and_student(config, jax.random.PRNGKey(0))
-  del cfg
 
 
 def test_padded_vocabularies_share_their_rows():
