@@ -79,14 +79,24 @@ def rope_inv_freq(config: ModelConfig) -> jax.Array:
   return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-  """Rotary embedding, Hugging Face's half-split layout. x: [B, T, H, hd], positions: [B, T]."""
+def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(cos, sin)`, each float32 `[B, T, 1, hd]`, for `positions [B, T]`: computed once and
+  shared by every layer (and every head)."""
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
-  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
-  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding of `x [B, T, H, hd]` with `rope_tables`, Hugging Face's half-split layout."""
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], -1)
   return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding. x: [B, T, H, hd], positions: [B, T]."""
+  return rotate(x, *rope_tables(positions, inv_freq))
 
 
 class RMSNorm(nn.Module):

@@ -8,13 +8,15 @@ scanned inputs/outputs (whole-cache copies per step) and transposes the `[B, S, 
 for attention; together that cost as much as the matmuls. Here, once per rollout:
 
   * per-layer weights are sliced out of the stacked tree outside the decode loop (and cast to
-    the compute dtype), so the loop's matmuls read them in place; a tied embedding becomes a
-    `[D, V]` head;
+    the compute dtype), so the loop's matmuls read them in place; q/k/v become one `[D, q+k+v]`
+    matmul and gate/up one `[D, 2F]` matmul (fewer, larger matmuls: with a few rows per step
+    each one costs a fixed overhead); a tied embedding becomes a `[D, V]` head;
   * the cache is one buffer per layer (`DecodeCache`) in the layouts the attention matmuls
     read directly; each step writes only its new slot, in place;
-  * the prefill computes logits for the last position only.
+  * the prefill computes logits for the last position only; RoPE's cos/sin tables are built
+    once per step, not once per layer.
 
-RMSNorm and RoPE are the model's own (`transformer.RMSNorm`, `transformer.apply_rope`).
+RMSNorm and RoPE are the model's own (`transformer.RMSNorm`, `transformer.rotate`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ _MASK_VALUE = -1e30  # as in transformer.py: finite, so an all-masked row stays 
 class DecodeParams(NamedTuple):
   """Weights laid out for decoding.
 
-  layers: L per-layer subtrees (same keys as `params["layers"]`, without the `[L]` axis).
+  layers: L per-layer subtrees: the keys of `params["layers"]` without the `[L]` axis, except
+    that, when fused, `self_attn/qkv` replaces `self_attn/{q,k,v}_proj` and `mlp/gate_up`
+    replaces `mlp/{gate,up}_proj` (kernels concatenated along the output axis).
   embedding: `[V, D]` token embeddings.
   norm: the final RMSNorm's params.
   head: `[D, V]` output projection (the transposed embedding when tied).
@@ -47,7 +51,8 @@ class DecodeParams(NamedTuple):
 class DecodeCache(NamedTuple):
   """Decoding state with one buffer per layer.
 
-  k:      L-tuple of `[B, KVH, hd, S]` keys (transposed: the score matmul reads them in order).
+  k:      L-tuple of keys: `[B, KVH, hd, S]` (transposed) for a float32 cache, `[B, KVH, S, hd]`
+          for a 16-bit one (see `keys_transposed`).
   v:      L-tuple of `[B, KVH, S, hd]` values.
   mask:   `[B, S]` bool, True where a slot holds a real token.
   index:  `[]` int32, next slot to write.
@@ -60,21 +65,50 @@ class DecodeCache(NamedTuple):
   pos: jax.Array
 
 
-def _layer(layers: dict, l: int, dtype) -> dict:
-  """Layer `l`'s weights. Kernels and biases are cast to the compute dtype here, once (the
-  model's Dense layers cast them at every call, to the same values); norm scales stay float32.
+def _concat(*dense: dict) -> dict:
+  """One Dense from several with the same input: kernels (and biases) side by side."""
+  fused = {"kernel": jnp.concatenate([d["kernel"] for d in dense], axis=-1)}
+  if "bias" in dense[0]:
+    fused["bias"] = jnp.concatenate([d["bias"] for d in dense], axis=-1)
+  return fused
+
+
+def _fused(layers: dict) -> dict:
+  """The stacked layer tree with q/k/v and gate/up kernels side by side (see `DecodeParams`)."""
+  attn, mlp = dict(layers["self_attn"]), dict(layers["mlp"])
+  attn["qkv"] = _concat(attn.pop("q_proj"), attn.pop("k_proj"), attn.pop("v_proj"))
+  mlp["gate_up"] = _concat(mlp.pop("gate_proj"), mlp.pop("up_proj"))
+  return {**layers, "self_attn": attn, "mlp": mlp}
+
+
+def decode_params(config: ModelConfig, params: dict, fuse: bool = True) -> DecodeParams:
+  """Slices (and, if `fuse`, fuses) the stacked layer weights: one copy per rollout, outside
+  the decode loop. Kernels and biases are cast to the compute dtype here, once (the model's
+  Dense layers cast them at every call, to the same values); norm scales stay float32.
+
+  Pass `fuse=False` under tensor parallelism: a fused kernel's output columns would not split
+  along head boundaries, and splitting q/k/v back apart would move data.
   """
-  return jax.tree_util.tree_map_with_path(
-      lambda path, a: a[l] if path[-1].key == "scale" else a[l].astype(dtype), layers)
-
-
-def decode_params(config: ModelConfig, params: dict) -> DecodeParams:
-  """Slices the stacked layer weights (one copy per rollout, outside the decode loop)."""
   dtype = transformer.compute_dtype(config)
-  layers = tuple(_layer(params["layers"], l, dtype) for l in range(config.num_layers))
+  stacked = _fused(params["layers"]) if fuse else params["layers"]
+  layers = tuple(
+      jax.tree_util.tree_map_with_path(
+          lambda path, a, l=l: a[l] if path[-1].key == "scale" else a[l].astype(dtype), stacked)
+      for l in range(config.num_layers))
   embedding = params["embed_tokens"]["embedding"].astype(dtype)
   head = embedding.T if config.tie_word_embeddings else params["lm_head"]["kernel"].astype(dtype)
   return DecodeParams(layers, embedding, params["norm"], head)
+
+
+def keys_transposed(dtype) -> bool:
+  """Whether the key cache is stored `[B, KVH, hd, S]` (else `[B, KVH, S, hd]`).
+
+  Measured on a 2-core CPU with SmolLM2-135M at B=16 (`benchmarks/sampler.py`): with float32,
+  transposed keys let the score matmul read them in order, and each step's strided one-slot
+  write stays in place (52 vs 57 ms per step); with bfloat16 that strided write copied the
+  whole cache at every step, and row-major keys win (37 vs 44 ms).
+  """
+  return jnp.dtype(dtype).itemsize == 4
 
 
 def init_decode_cache(config: ModelConfig, batch_size: int, max_len: int) -> DecodeCache:
@@ -82,7 +116,8 @@ def init_decode_cache(config: ModelConfig, batch_size: int, max_len: int) -> Dec
   b, kvh, hd = batch_size, config.num_kv_heads, config.head_dim
   dtype = transformer.compute_dtype(config)
   zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-  return DecodeCache(zeros((b, kvh, hd, max_len)), zeros((b, kvh, max_len, hd)),
+  k_shape = (b, kvh, hd, max_len) if keys_transposed(dtype) else (b, kvh, max_len, hd)
+  return DecodeCache(zeros(k_shape), zeros((b, kvh, max_len, hd)),
                      jnp.zeros((batch_size, max_len), bool),
                      jnp.zeros((), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
 
@@ -109,44 +144,51 @@ def _write(cache: jax.Array, new: jax.Array, at: tuple) -> jax.Array:
 def _mlp(c: ModelConfig, p: dict, x):
   """SwiGLU, as `transformer.MLP`: down(silu(gate(x)) * up(x))."""
   dtype = transformer.compute_dtype(c)
-  gate, up = _dense(x, p["gate_proj"], dtype), _dense(x, p["up_proj"], dtype)
+  if "gate_up" in p:
+    gate, up = jnp.split(_dense(x, p["gate_up"], dtype), 2, axis=-1)
+  else:
+    gate, up = _dense(x, p["gate_proj"], dtype), _dense(x, p["up_proj"], dtype)
   return _dense(jax.nn.silu(gate) * up, p["down_proj"], dtype)
 
 
-def _attention(c: ModelConfig, p: dict, x, positions, bias, k_cache, v_cache, index):
+def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   """Self-attention of T new tokens over the cache.
 
-  x: [B, T, D]; positions: [B, T]; bias: [B, 1, 1, T, S] additive mask (0 or -1e30);
-  k_cache, v_cache: [B, KVH, S, hd]. Returns the output [B, T, D] and the updated caches.
+  x: [B, T, D]; rope: `transformer.rope_tables` of the T positions; bias: [B, 1, 1, T, S]
+  additive mask (0 or -1e30); k_cache, v_cache: see `DecodeCache`. Returns the
+  output [B, T, D] and the updated caches.
   """
   dtype = transformer.compute_dtype(c)
   b, t, _ = x.shape
-  q = _dense(x, p["q_proj"], dtype).reshape(b, t, c.num_heads, c.head_dim)
-  k = _dense(x, p["k_proj"], dtype).reshape(b, t, c.num_kv_heads, c.head_dim)
-  v = _dense(x, p["v_proj"], dtype).reshape(b, t, c.num_kv_heads, c.head_dim)
+  hd, h, kvh = c.head_dim, c.num_heads, c.num_kv_heads
+  if "qkv" in p:
+    q, k, v = jnp.split(_dense(x, p["qkv"], dtype), [h * hd, (h + kvh) * hd], axis=-1)
+  else:
+    q, k, v = (_dense(x, p[name], dtype) for name in ("q_proj", "k_proj", "v_proj"))
+  q, k, v = q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
   if c.qk_norm:
     q = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["q_norm"]}, q)
     k = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["k_norm"]}, k)
-  inv_freq = transformer.rope_inv_freq(c)
-  q = transformer.apply_rope(q, positions, inv_freq)
-  k = transformer.apply_rope(k, positions, inv_freq)
+  q, k = transformer.rotate(q, *rope), transformer.rotate(k, *rope)
   zero = jnp.zeros((), jnp.int32)
-  # Keys are stored transposed, [B, KVH, hd, S]: the score matmul then reads them in order.
-  k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
   v_cache = _write(v_cache, v.swapaxes(1, 2), (zero, zero, index, zero))
+  if keys_transposed(k_cache.dtype):
+    k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
+    scores_spec = "bkqd,bkds->bkqs"
+  else:
+    k_cache = _write(k_cache, k.swapaxes(1, 2), (zero, zero, index, zero))
+    scores_spec = "bkqd,bksd->bkqs"
   # Queries as [B, KVH, groups * T, hd]: plain batched matmuls over the cache layout (for
   # T = 1 every transpose here is a free reshape).
-  groups = c.num_heads // c.num_kv_heads
-  qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim).transpose(0, 2, 3, 1, 4)
-  qg = qg.reshape(b, c.num_kv_heads, groups * t, c.head_dim)
-  scores = jnp.einsum("bkqd,bkds->bkqs", qg, k_cache.astype(dtype),
-                      preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
-  scores = scores.reshape(b, c.num_kv_heads, groups, t, -1) + bias
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, c.num_kv_heads, groups * t, -1)
+  groups = h // kvh
+  qg = q.reshape(b, t, kvh, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, groups * t, hd)
+  scores = jnp.einsum(scores_spec, qg, k_cache.astype(dtype),
+                      preferred_element_type=jnp.float32) / math.sqrt(hd)
+  scores = scores.reshape(b, kvh, groups, t, -1) + bias
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kvh, groups * t, -1)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(dtype),
                    preferred_element_type=jnp.float32).astype(dtype)
-  out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim).transpose(0, 3, 1, 2, 4)
-  out = out.reshape(b, t, c.num_heads * c.head_dim)
+  out = out.reshape(b, kvh, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
   return _dense(out, p["o_proj"], dtype), k_cache, v_cache
 
 
@@ -178,12 +220,13 @@ def decode_step(config: ModelConfig, dparams: DecodeParams, tokens: jax.Array,
   allowed = mask[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slots[None, :, None])
   bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None, None]  # [B, 1, 1, T, S], shared by layers
   positions = transformer._positions(token_mask, cache.pos[:, None])
+  rope = transformer.rope_tables(positions, transformer.rope_inv_freq(c))
   x = dparams.embedding[tokens].astype(dtype)
   norm = transformer.RMSNorm(c.rms_norm_eps, dtype)
   ks, vs = [], []
   for layer, k_cache, v_cache in zip(dparams.layers, cache.k, cache.v):
     h = norm.apply({"params": layer["input_layernorm"]}, x)
-    h, k_cache, v_cache = _attention(c, layer["self_attn"], h, positions, bias, k_cache, v_cache,
+    h, k_cache, v_cache = _attention(c, layer["self_attn"], h, rope, bias, k_cache, v_cache,
                                      cache.index)
     x = x + h
     x = x + _mlp(c, layer["mlp"], norm.apply({"params": layer["post_attention_layernorm"]}, x))

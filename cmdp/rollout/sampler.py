@@ -96,7 +96,8 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
       done = done | jnp.isin(tok, eos)
     return tok, lp, done
 
-  dparams = decode.decode_params(config, params)
+  dparams = decode.decode_params(
+      config, params, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
   cache = decode.init_decode_cache(config, b, p + n - 1)  # the last token is never fed
   if mesh is not None:
     cache = jax.tree.map(constrain, cache, sharding.decode_cache_specs(cache, mesh))
