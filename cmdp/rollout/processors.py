@@ -88,7 +88,8 @@ def categorical(key: jax.Array, logp: jax.Array) -> jax.Array:
   # Rounding can leave u just above the block's last partial sum: take its last positive entry.
   last_positive = _BLOCK - 1 - jnp.argmax(jnp.flip(within > 0, -1), axis=-1)
   i = jnp.where(reached.any(-1), jnp.argmax(reached, axis=-1), last_positive)
-  return (j * _BLOCK + i).astype(jnp.int32)
+  # Clipped so that even NaN logits (a broken model) give an in-vocabulary id.
+  return jnp.minimum(j * _BLOCK + i, logp.shape[-1] - 1).astype(jnp.int32)
 
 
 def _nucleus_threshold(sorted_desc: jax.Array, top_p: float) -> jax.Array:

@@ -48,3 +48,9 @@ def test_categorical_one_token_and_reproducible():
   np.testing.assert_array_equal(processors.categorical(key, logp), [0, 127, 128, 199])
   x = jax.random.normal(jax.random.key(4), (8, 1000))
   np.testing.assert_array_equal(processors.categorical(key, x), processors.categorical(key, x))
+
+
+def test_categorical_nan_logits_stay_in_vocabulary():
+  logp = jnp.full((2, 200), jnp.nan)
+  tok = np.asarray(processors.categorical(jax.random.key(0), logp))
+  assert ((tok >= 0) & (tok < 200)).all()

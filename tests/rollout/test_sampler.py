@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from cmdp import rollout
-from cmdp.models import ModelConfig, forward, init_params
+from cmdp.models import ModelConfig, forward, forward_with_cache, init_cache, init_params
 from cmdp.rollout import decode
 
 V = 64
@@ -217,7 +217,8 @@ def test_compiles_once_per_shape(params, prompts):
          dtype="bfloat16"),
 ], ids=["llama3_rope_output_vocab", "qwen2_bias", "qwen3_qk_norm_tied_bf16"])
 def test_decode_step_matches_forward(prompts, kw):
-  """Prefill 4 tokens, then 2 single steps (one row fed as padding), vs one full forward."""
+  """Prefill 4 tokens, then 2 single steps (one row fed as padding), vs one full forward: the
+  sampler's step (fused and per-weight layouts) and `models.forward_with_cache`."""
   config = CONFIG.replace(**kw)
   params = peaky_params(config, seed=1, scale=10.0)
   leaves, tree = jax.tree.flatten(params)  # biases and norm scales away from 0 and 1 too
@@ -241,6 +242,15 @@ def test_decode_step_matches_forward(prompts, kw):
                                            mask[:, t:t + 1], cache)
         steps.append(logits)
       out.append((jnp.concatenate(steps, 1), cache))
+    # The model's own cached path (`models.forward_with_cache`), same schedule.
+    cache = init_cache(config, 4, 7)
+    got, cache = forward_with_cache(config, params, tokens[:, :4], cache, mask[:, :4])
+    steps = [got]
+    for t in (4, 5):
+      logits, cache = forward_with_cache(config, params, tokens[:, t:t + 1], cache,
+                                         mask[:, t:t + 1])
+      steps.append(logits)
+    out.append((jnp.concatenate(steps, 1), cache))
     return want, out
 
   want, out = jax.tree.map(np.asarray, run(params, tokens, mask))
