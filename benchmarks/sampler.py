@@ -14,7 +14,7 @@ the same P) reuse the compiled sampler: the compile count is printed.
 
     python benchmarks/sampler.py [--reps 2] [--new-tokens 128] [--batch 16]
 
-Cost on a 2-core CPU: about 5 minutes (one compile per sampler, about 20 s each). Timings
+Cost on a 2-core CPU: about 10 minutes (8 compiled samplers, about 15 s each). Timings
 are the best of `--reps` interleaved rounds (ours and HF alternate), so a busy machine
 slows both sides alike.
 """
@@ -86,20 +86,20 @@ def main():
         f"{n} new tokens")
 
   bf16 = config.replace(dtype="bfloat16")
-  samplers = {
-      "greedy": rollout.make_sampler(config, max_new_tokens=n, greedy=True, pad_id=pad_id),
-      "sampled": rollout.make_sampler(config, max_new_tokens=n, pad_id=pad_id, **SAMPLED),
-      "greedy bf16": rollout.make_sampler(bf16, max_new_tokens=n, greedy=True, pad_id=pad_id),
-      "sampled bf16": rollout.make_sampler(bf16, max_new_tokens=n, pad_id=pad_id, **SAMPLED),
-  }
+  settings = {"greedy": (config, dict(greedy=True)), "sampled": (config, SAMPLED),
+              "greedy bf16": (bf16, dict(greedy=True)), "sampled bf16": (bf16, SAMPLED)}
+  # Each setting also with 1 new token: its time is the prefill (and set-up), and the
+  # difference gives the decode loop's own rate.
+  samplers = {(name, new): rollout.make_sampler(c, max_new_tokens=new, pad_id=pad_id, **kw)
+              for name, (c, kw) in settings.items() for new in (n, 1)}
   with tempfile.TemporaryDirectory() as workdir:
     hf = {dtype: hf_model(config, params, tokenizer, workdir, dtype)
           for dtype in ("float32", "bfloat16")}
   ids, am = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
-  def ours(name, key=0):
-    sampler = samplers[name]
-    return lambda: jax.block_until_ready(sampler(params, tokens, mask, jax.random.key(key)))
+  def ours(name, new_tokens=n):
+    sampler = samplers[name, new_tokens]
+    return lambda: jax.block_until_ready(sampler(params, tokens, mask, jax.random.key(0)))
 
   def theirs(name, new_tokens=n):
     kw = dict(do_sample=False) if name.startswith("greedy") else dict(do_sample=True, **SAMPLED)
@@ -107,39 +107,43 @@ def main():
     def call():
       with torch.no_grad():
         return model.generate(input_ids=ids, attention_mask=am, max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, pad_token_id=pad_id, **kw)
+                              min_new_tokens=new_tokens, pad_token_id=pad_id, **kw)
     return call
 
-  calls = {f"cmdp {name}": ours(name) for name in samplers}
-  calls.update({f"HF generate {name}": theirs(name) for name in samplers})
+  calls = {}
+  for side, make in (("cmdp", ours), ("HF generate", theirs)):
+    for name in settings:
+      for new in (n, 1):
+        calls[f"{side} {name}", new] = make(name, new)
   first, best, outputs = {}, {}, {}
-  for label, call in calls.items():  # first calls: our compilations; HF: a short warm-up
+  for (label, new), call in calls.items():  # first calls: our compilations; HF: a warm-up
     t0 = time.perf_counter()
-    if label.startswith("cmdp"):
-      call()
-      first[label] = f"{time.perf_counter() - t0:.1f}"
-    else:
-      theirs(label[len("HF generate "):], 4)()
-      first[label] = "-"
+    call()
+    if new == n:
+      first[label] = f"{time.perf_counter() - t0:.1f}" if label.startswith("cmdp") else "-"
   for _ in range(args.reps):  # interleaved, so both sides see the same machine
-    for label, call in calls.items():
+    for key, call in calls.items():
       t0 = time.perf_counter()
-      outputs[label] = call()
-      best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
-  rows = [(label, b * n / best[label], best[label], first[label]) for label in calls]
-  ours_greedy, hf_greedy = outputs["cmdp greedy"], outputs["HF generate greedy"]
+      outputs[key] = call()
+      best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
+  labels = [label for label, new in calls if new == n]
+  speed = {label: b * n / best[label, n] for label in labels}
+  decode = {label: b * (n - 1) / (best[label, n] - best[label, 1]) for label in labels}
+  ours_greedy, hf_greedy = outputs["cmdp greedy", n], outputs["HF generate greedy", n]
 
-  print(f"\n| {'sampler':22s} | {'new tok/s':>9s} | {'best s':>7s} | {'first call s':>12s} |")
-  print(f"|{'-' * 24}|{'-' * 11}|{'-' * 9}|{'-' * 14}|")
-  for label, tps, seconds, first_s in rows:
-    print(f"| {label:22s} | {tps:9.0f} | {seconds:7.2f} | {first_s:>12s} |")
-  speed = {r[0]: r[1] for r in rows}
-  for name in samplers:
+  print(f"\n| {'sampler':24s} | {'new tok/s':>9s} | {'best s':>6s} | {'1-token s':>9s} | "
+        f"{'decode tok/s':>12s} | {'first call s':>12s} |")
+  print(f"|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 11}|{'-' * 14}|{'-' * 14}|")
+  for label in labels:
+    print(f"| {label:24s} | {speed[label]:9.0f} | {best[label, n]:6.2f} | {best[label, 1]:9.2f} | "
+          f"{decode[label]:12.0f} | {first[label]:>12s} |")
+  for name in settings:
     mode = name.split()[0]
     same = speed["cmdp " + name] / speed["HF generate " + name]
     fastest = max(speed[f"HF generate {mode}"], speed[f"HF generate {mode} bf16"])
     print(f"speed-up cmdp {name}: {same:.2f}x vs HF {name}, "
-          f"{speed['cmdp ' + name] / fastest:.2f}x vs HF's faster {mode}")
+          f"{speed['cmdp ' + name] / fastest:.2f}x vs HF's faster {mode}; decode loop alone "
+          f"{decode['cmdp ' + name] / decode['HF generate ' + name]:.2f}x vs HF {name}")
 
   # HF's min_new_tokens forbids EOS, so compare greedy tokens up to our first EOS.
   ours_tok = np.asarray(ours_greedy.tokens)[:, p:]
@@ -153,7 +157,7 @@ def main():
   print(f"greedy tokens identical to HF (up to the first EOS) in {agree}/{b} rows")
 
   # Prompts of other lengths, padded to the same P: no new compilation.
-  sampler = samplers["greedy"]
+  sampler = samplers["greedy", n]
   for cut in (5, 11):
     short = [build_prompt(tokenizer, q[:-cut] + "?", system_prompt=None) for q in questions]
     t2, m2 = encode_prompts(tokenizer, short, p)
