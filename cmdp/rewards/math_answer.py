@@ -34,7 +34,8 @@ MAX_ANSWER_CHARS = 256  # longer extracted answers are not parsed (reward 0)
 MAX_NUMBER_CHARS = 64  # longer digit strings are not parsed (reward 0)
 MAX_SYMPY_CHARS = 96  # longest answer handed to math-verify
 MAX_BRACE_DEPTH = 16  # deeper \boxed{...} nesting is rejected
-REL_TOL = 1e-6  # numbers match when |p - g| <= REL_TOL * max(1, |g|) (exact when rational)
+# A predicted decimal matches within REL_TOL * max(1, |gold|), capped at half its last place.
+REL_TOL = fractions.Fraction(1, 10 ** 6)
 
 # An unsigned decimal: plain digits or correctly grouped thousands, optional fraction part.
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
@@ -61,6 +62,20 @@ _SAFE_COMMANDS = frozenset(
 _COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
 _WORD_RE = re.compile(r"[A-Za-z]{2}")  # two letters in a row outside a LaTeX command
 _POWER_RE = re.compile(r"\^\s*(?:\{\s*-?\d\s*\}|-?\d(?!\d))")
+
+
+class Number(NamedTuple):
+  """A parsed numeric answer.
+
+  value: the exact rational the text denotes.
+  is_percent: written with `%` / `percent` (then value/100 is also accepted).
+  places: digits after the decimal point as written (`2.50` -> 2; `3`, `3/4` -> 0). A
+    decimal with `places > 0` may be a rounding, so it also matches any number that rounds to
+    it (see `numbers_match`); integers and fractions must match exactly.
+  """
+  value: fractions.Fraction
+  is_percent: bool
+  places: int
 
 
 class Check(NamedTuple):
@@ -167,7 +182,7 @@ def _to_fraction(num: str, sign: str = "") -> fractions.Fraction:
   return -value if sign in ("-", "\u2212") else value
 
 
-def parse_number(s: str) -> tuple[fractions.Fraction, bool] | None:
+def parse_number(s: str) -> Number | None:
   """Reads a numeric answer written by a person or a model.
 
   Accepts thousands separators (`1,234`), currency (`$5`, `-$5`, `\\$5`), decimals (`5.0`),
@@ -180,7 +195,8 @@ def parse_number(s: str) -> tuple[fractions.Fraction, bool] | None:
     s: the answer text.
 
   Returns:
-    `(value, is_percent)` with an exact rational value, or None if `s` is not a number.
+    `Number(value, is_percent, places)` with an exact rational value, or None if `s` is not
+    a number.
   """
   if not isinstance(s, str) or len(s) > MAX_ANSWER_CHARS:
     return None
@@ -200,28 +216,45 @@ def parse_number(s: str) -> tuple[fractions.Fraction, bool] | None:
       if g.get("w") is not None:
         value += _to_fraction(g["w"])
       value = -value if sign else value
+      places = _decimal_places(g["n"]) if regex is _DECIMAL_RE else 0
       rest = s[m.end():].rstrip(_TRAILING_JUNK)
       if _PERCENT_RE.match(rest.lstrip()):
-        return value, True
+        return Number(value, True, places)
       if not rest or _UNIT_RE.match(rest):
-        return value, False
+        return Number(value, False, places)
       return None
   except (ValueError, ZeroDivisionError, ArithmeticError):
     return None
   return None
 
 
-def numbers_match(pred: tuple[fractions.Fraction, bool], gold: tuple[fractions.Fraction, bool],
-                   rel_tol: float) -> bool:
-  """Numeric equality of two `parse_number` results, within `rel_tol` relative to the gold.
+def _decimal_places(num: str) -> int:
+  """Digits after the decimal point of a written number (`"1,234.50"` -> 2)."""
+  return len(num.partition(".")[2].strip())
 
-  A percent on either side may also be read as a fraction of 100 (`50%` matches 50 and 0.5).
+
+def numbers_match(pred: Number, gold: Number) -> bool:
+  """Numeric equality of two `parse_number` results.
+
+  The gold is exact. Integers and fractions match only exactly (`1450001` is not
+  `1450000`). A predicted decimal written with `k > 0` places may be a rounding, so it
+  matches a gold within `min(REL_TOL * max(1, |g|), 0.5 * 10^-k)`: the relative tolerance
+  of a long expansion (`0.3333333` matches 1/3, `0.333` does not), never more than half a
+  unit of its last written place (`1450001.0` does not match 1450000). A percent on either
+  side may also be read as a fraction of 100 (`50%` matches 50 and 0.5).
   """
-  preds = {pred[0], pred[0] / 100} if pred[1] else {pred[0]}
-  golds = {gold[0], gold[0] / 100} if gold[1] else {gold[0]}
-  for p in preds:
-    for g in golds:
-      if p == g or abs(p - g) <= rel_tol * max(1, abs(g)):
+  def readings(n: Number):
+    out = [(n.value, n.places)]
+    if n.is_percent:
+      out.append((n.value / 100, n.places + 2 if n.places else 0))
+    return out
+
+  for p, places in readings(pred):
+    for g, _ in readings(gold):
+      if p == g:
+        return True
+      if places and abs(p - g) <= min(REL_TOL * max(1, abs(g)),
+                                      fractions.Fraction(1, 2 * 10 ** places)):
         return True
   return False
 
@@ -307,16 +340,15 @@ def screen_answer_pair(pred: str | None, gold: str, max_chars: int, *,
   return None
 
 
-def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Check:
+def check_answer(pred: str | None, gold: str) -> Check:
   """Compares a predicted final answer with the gold one; never raises.
 
-  Numbers are compared exactly as rationals, with a relative tolerance `rel_tol` for
-  decimals that were rounded; otherwise math-verify decides (bounded, see module doc).
+  Numbers are compared exactly as rationals (a predicted decimal also matches what rounds to
+  it, see `numbers_match`); otherwise math-verify decides (bounded, see module doc).
 
   Args:
     pred: the extracted predicted answer (e.g. from `extract_answer`), or None.
     gold: the gold answer (e.g. `"18"`).
-    rel_tol: relative tolerance for numeric equality.
 
   Returns:
     `Check(correct, reason)`.
@@ -330,7 +362,7 @@ def check_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Ch
     if pred_num is None and "=" in pred:  # "x = 5", "3 + 4 = 7"
       pred_num = parse_number(pred.rsplit("=", 1)[1])
     if gold_num is not None and pred_num is not None:
-      return Check(numbers_match(pred_num, gold_num, rel_tol), "numeric")
+      return Check(numbers_match(pred_num, gold_num), "numeric")
     return _math_verify_match(pred, gold)
   except Exception as e:  # pylint: disable=broad-except
     return Check(False, f"checker error: {type(e).__name__}: {str(e)[:200]}")

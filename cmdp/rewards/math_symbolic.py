@@ -39,7 +39,7 @@ import re
 import threading
 from typing import Any
 
-from cmdp.rewards.math_answer import (MAX_COMPLETION_CHARS, REL_TOL, Check, last_boxed,
+from cmdp.rewards.math_answer import (MAX_COMPLETION_CHARS, Check, last_boxed,
                                       numbers_match, parse_number,
                                       quiet_math_verify_timeout_warning, screen_answer_pair)
 
@@ -416,7 +416,7 @@ def _symbolic_match(pred: str, gold: str) -> Check:
   return Check(bool(verify(gold_parsed, pred_parsed, timeout_seconds=seconds)), "math_verify")
 
 
-def check_math_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) -> Check:
+def check_math_answer(pred: str | None, gold: str) -> Check:
   """Compares a predicted MATH answer with the gold one; never raises, bounded time.
 
   See the module docstring for the rules and the time bound.
@@ -424,7 +424,6 @@ def check_math_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) 
   Args:
     pred: the predicted answer (e.g. from `extract_math_answer`), or None.
     gold: the gold answer, e.g. `"\\frac{\\sqrt{3}}{2}"` (`Example.answer`).
-    rel_tol: relative tolerance when both are plain numbers.
 
   Returns:
     `Check(correct, reason)`; reason is "string", "text", "numeric" or "math_verify" when
@@ -443,7 +442,7 @@ def check_math_answer(pred: str | None, gold: str, *, rel_tol: float = REL_TOL) 
     if pred_num is None and "=" in p:  # "x = 5"
       pred_num = _plain_number(p.rsplit("=", 1)[1])
     if gold_num is not None and pred_num is not None:
-      return Check(numbers_match(pred_num, gold_num, rel_tol), "numeric")
+      return Check(numbers_match(pred_num, gold_num), "numeric")
     if _is_text(g, gold) or _is_text(p, pred):
       return Check(_text_key(p) == _text_key(g) != "", "text")
     return _symbolic_match(p, g)

@@ -17,14 +17,34 @@ def _gsm8k_records(n):
     return [json.loads(line) for _, line in zip(range(n), f)]
 
 
-def test_reference_solutions_score_one_against_own_answer_and_zero_otherwise():
-  records = _gsm8k_records(200)
-  assert len(records) == 200
+def _styles(value: fractions.Fraction) -> list[str]:
+  """Ways a model writes a final answer: plain, '####', boxed, currency, separators, units."""
+  text = str(value)
+  out = [f"#### {text}", rf"so the answer is \boxed{{{text}}}.", f"The answer is {text}."]
+  if value.denominator == 1:
+    grouped = f"{value.numerator:,}"
+    out += [f"The answer is ${grouped}.", f"#### {grouped} dollars", f"{text}.0"]
+  return out
+
+
+def test_real_test_split_golds_right_answers_and_off_by_one():
+  """Every item of the real GSM8K test split: its reference solution scores 1; the gold
+  in the styles models write scores 1; the gold +-1 scores 0 in every style (large golds
+  such as 1,450,000 included: integers match exactly)."""
+  records = _gsm8k_records(10_000)
+  assert len(records) == 1319
+  large = 0
   for rec in records:
     gold = rec["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    wrong = str(fractions.Fraction(gold) + 1)
+    value = fractions.Fraction(gold)
+    large += abs(value) >= 1_000_000
     assert math_reward(rec["answer"], gold) == 1.0, rec["answer"]
-    assert math_reward(rec["answer"], wrong) == 0.0, rec["answer"]
+    for text in _styles(value):
+      assert math_reward(text, gold) == 1.0, (text, gold)
+    for wrong in (value + 1, value - 1):
+      for text in _styles(wrong):
+        assert math_reward(text, gold) == 0.0, (text, gold)
+  assert large >= 2  # the items that a relative tolerance used to get wrong
 
 
 @pytest.mark.parametrize("completion, gold, expected", [
@@ -52,8 +72,17 @@ def test_reference_solutions_score_one_against_own_answer_and_zero_otherwise():
     ("#### -$5", "-5", 1.0),
     ("#### $-5", "-5", 1.0),
     ("#### x = 7", "7", 1.0),
-    (r"\boxed{\frac{1}{3}}", "0.3333333", 1.0),  # |1/3 - 0.3333333| = 3.3e-8 <= 1e-6
-    (r"\boxed{\frac{1}{3}}", "0.333", 0.0),  # 3.3e-4 > 1e-6
+    (r"\boxed{\frac{1}{3}}", "0.3333333", 0.0),  # the gold is exact
+    ("#### 0.3333333", "1/3", 1.0),  # |diff| = 3.3e-8 <= min(1e-6, 0.5e-7)
+    ("#### 0.333", "1/3", 0.0),  # 3.3e-4 > 1e-6
+    ("#### 0.334", "1/3", 0.0),  # |0.334 - 1/3| = 6.7e-4 > 0.5e-3
+    ("#### 1450001", "1450000", 0.0),  # integers match exactly, however large
+    ("#### 1,450,001", "1450000", 0.0),
+    ("#### 1450001.0", "1450000", 0.0),  # one place: within 0.05 only
+    ("#### 1450000.0", "1450000", 1.0),
+    ("#### 999999999999", "1000000000000", 0.0),
+    ("#### 2.3333333", "7/3", 1.0),
+    ("#### 2.3333343", "7/3", 0.0),
     (r"\boxed{\sqrt{4}}", "2", 1.0),  # symbolic: math-verify
     (r"\boxed{3\sqrt{2}}", "3", 0.0),  # not misread as 3
     ("I first got 12.\n#### 15\nor maybe 12", "15", 1.0),  # '####' beats the last number
@@ -91,7 +120,7 @@ def test_extract_answer(text, expected):
     ("1{,}000", fractions.Fraction(1000), False),
 ])
 def test_parse_number(text, value, percent):
-  assert parse_number(text) == (value, percent)
+  assert parse_number(text)[:2] == (value, percent)
 
 
 @pytest.mark.parametrize("text", ["12 34", "1,2345", "3x", r"3\sqrt{2}", "2^3", "abc", "4/0", ""])
