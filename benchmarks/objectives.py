@@ -62,15 +62,17 @@ def main():
   seq_kl = jax.jit(lambda prm, b: constraint.sequence_cost(divergences.kl(
       apply_fn(prm, b["inputs"], b["input_mask"]), b["teacher_logits"]), b["mask"]))
   # Budget at the median sequence kl(student||teacher), so about half the rows violate.
-  hp = ObjectiveConfig(group_size=4, budget=float(np.median(seq_kl(params, batch))),
-                       soft_lambda=0.1)
+  hp = ObjectiveConfig(group_size=4, budget=float(np.median(seq_kl(params, batch))))
 
   steps = {}
   for name in args.objectives.split(","):
-    loss_fn = get_objective(name).loss_fn
-    fn = jax.jit(jax.value_and_grad(
-        lambda prm, b, loss_fn=loss_fn: loss_fn(prm, b, apply_fn=apply_fn, hp=hp,
-                                                lam=jnp.float32(0.1)), has_aux=True))
+    objective = get_objective(name)
+    state = objective.init_state(hp)
+
+    def loss(prm, b, objective=objective, state=state):
+      logits = apply_fn(prm, b["inputs"], b["input_mask"])
+      return objective.loss_fn(logits, b["teacher_logits"], b, hp, state)
+    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
     t0 = time.perf_counter()
     (loss, metrics), grads = fn(params, batch)
     jax.block_until_ready(grads)

@@ -145,28 +145,56 @@ def augmented_rewards(task_reward: jax.Array, costs: jax.Array, mask: jax.Array,
   return rewards, violated
 
 
-def sequence_cost(costs: jax.Array, mask: jax.Array, constraint: str = "sum") -> jax.Array:
-  """The constraint's per-sequence value, float32 `[B]` (0 for an empty response).
+def _discounts(mask: jax.Array, cost_discount: float) -> jax.Array:
+  """`gamma_c^k` at the k-th response token (k from 0), 0 off the mask, float32 `[B, T]`."""
+  k = jnp.cumsum(mask, axis=-1) - 1
+  return jnp.where(mask, jnp.asarray(cost_discount, jnp.float32) ** jnp.maximum(k, 0), 0.0)
 
-  `sum`: `sum_t c_t`; `mean`: `(1/T) sum_t c_t`; `prefix_mean`: `max_t (1/t) sum_{k<=t} c_k`,
-  with `t` counting response tokens. Undiscounted.
+
+def sequence_weights(costs: jax.Array, mask: jax.Array, constraint: str = "sum",
+                     cost_discount: float = 1.0) -> jax.Array:
+  """Weights `w_t` with `sequence_cost = sum_t w_t c_t`, float32 `[B, T]` (0 off the mask).
+
+  `sum`: `w_t = gamma_c^t`; `mean`: `gamma_c^t / T`; `prefix_mean`: `gamma_c^t / sum_{k<=t*}
+  gamma_c^k` for `t <= t*` and 0 after, where `t*` is the prefix whose (discounted) mean is
+  the largest (the first one on ties). The weights are constants of the sampled response
+  (the Lagrangian baselines put `lambda * w_t` on each token's cost, `cmdp.objectives`);
+  `costs` only locates `t*`.
   """
   _check_choice("constraint", constraint, CONSTRAINTS)
   mask = mask.astype(bool)
-  costs = jnp.where(mask, costs.astype(jnp.float32), 0.0)
-  length = jnp.sum(mask, axis=-1)
+  disc = _discounts(mask, cost_discount)
   if constraint == "sum":
-    return jnp.sum(costs, axis=-1)
+    return disc
   if constraint == "mean":
-    return jnp.sum(costs, axis=-1) / jnp.maximum(length, 1)
-  prefix_mean = jnp.cumsum(costs, axis=-1) / jnp.maximum(jnp.cumsum(mask, axis=-1), 1)
-  return jnp.where(length > 0, jnp.max(jnp.where(mask, prefix_mean, -jnp.inf), axis=-1), 0.0)
+    return disc / jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1)
+  norm = jnp.cumsum(disc, axis=-1)
+  prefix = jnp.cumsum(disc * jnp.where(mask, costs.astype(jnp.float32), 0.0), axis=-1)
+  prefix = jnp.where(mask, prefix / jnp.maximum(norm, 1e-30), -jnp.inf)
+  t_star = jnp.argmax(prefix, axis=-1)[:, None]
+  positions = jnp.arange(mask.shape[-1])
+  norm_star = jnp.take_along_axis(norm, t_star, axis=-1)
+  return jnp.where(positions <= t_star, disc / jnp.maximum(norm_star, 1e-30), 0.0)
 
 
-def constraint_satisfied(costs: jax.Array, mask: jax.Array, budget,
-                         constraint: str = "sum") -> jax.Array:
-  """bool `[B]`: `sequence_cost(costs, mask, constraint) <= budget` per sequence."""
-  return sequence_cost(costs, mask, constraint) <= budget
+def sequence_cost(costs: jax.Array, mask: jax.Array, constraint: str = "sum",
+                  cost_discount: float = 1.0) -> jax.Array:
+  """The constraint's per-sequence value `C(y)`, float32 `[B]` (0 for an empty response).
+
+  With `gamma_c = cost_discount` and `t` counting response tokens from 0:
+  `sum`: `sum_t gamma_c^t c_t`; `mean`: `(1/T) sum_t gamma_c^t c_t`; `prefix_mean`:
+  `max_t sum_{k<=t} gamma_c^k c_k / sum_{k<=t} gamma_c^k`. `C(y) <= d` exactly when the
+  Sauté flag of `augmented_rewards` never fires on `y` (tested), so calibration,
+  training metrics and evaluation read the constraint the reward enforces.
+  """
+  w = sequence_weights(costs, mask, constraint, cost_discount)
+  return jnp.sum(w * jnp.where(mask.astype(bool), costs.astype(jnp.float32), 0.0), axis=-1)
+
+
+def constraint_satisfied(costs: jax.Array, mask: jax.Array, budget, constraint: str = "sum",
+                         cost_discount: float = 1.0) -> jax.Array:
+  """bool `[B]`: `sequence_cost(costs, mask, constraint, cost_discount) <= budget`."""
+  return sequence_cost(costs, mask, constraint, cost_discount) <= budget
 
 
 def discounted_returns(rewards: jax.Array, mask: jax.Array, gamma: float) -> jax.Array:

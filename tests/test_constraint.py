@@ -164,6 +164,29 @@ def test_sequence_cost_and_satisfaction():
   np.testing.assert_array_equal(cst.sequence_cost(costs, np.zeros_like(mask), "prefix_mean"), 0)
 
 
+def test_discounted_sequence_cost_matches_the_reward_flag_and_its_weights():
+  """With gamma_c < 1 the constraint the reward enforces is the discounted one: sequence_cost
+  (hand-written loops here) is <= d exactly when no token of the row is flagged."""
+  task_reward, costs, mask = random_batch(11)
+  gamma = 0.9
+  outputs = all_switches(task_reward, costs, mask)
+  for c in CONSTRAINTS:
+    expected = []
+    for b in range(costs.shape[0]):
+      real = costs[b][mask[b]]
+      disc = gamma ** np.arange(len(real))
+      expected.append({"sum": (disc * real).sum(), "mean": (disc * real).sum() / len(real),
+                       "prefix_mean": max((disc[:t + 1] * real[:t + 1]).sum() / disc[:t + 1].sum()
+                                          for t in range(len(real)))}[c])
+    got = cst.sequence_cost(costs, mask, c, gamma)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    _, violated = outputs[(c, "scaled", False, gamma)]
+    np.testing.assert_array_equal(np.asarray(got) <= BUDGETS[c], ~np.asarray(violated).any(1))
+    w = np.asarray(cst.sequence_weights(costs, mask, c, gamma))
+    assert np.all(w[~mask] == 0)
+    np.testing.assert_allclose((w * np.where(mask, costs, 0)).sum(1), expected, rtol=1e-5)
+
+
 def test_discounted_returns_match_python_loop():
   rng = np.random.default_rng(6)
   rewards = rng.normal(size=(3, 8))

@@ -1,9 +1,10 @@
 """Evaluation: accuracy, pass@k, constraint satisfaction and the KL to the teacher.
 
-For a model (the student, the teacher, or the initial student) on the test examples:
-greedy accuracy; sampled pass@k; and on the greedy responses, scored by the teacher on the
-model's own prefixes, the constraint satisfaction rate at the budget, the sequence cost and
-the sequence reverse KL(model || teacher) (mean and quantiles), and the response length.
+For a model (the student, the teacher, or the initial student) on the test examples, on
+greedy decodes and on `eval.pass_k` samples per prompt at the training temperature:
+accuracy, pass@k, and for the student, scored by the teacher on the student's own
+prefixes, the satisfaction of the run's constraint at the budget, the sequence cost and
+the sequence KL(student || teacher) (mean and quantiles), each with its count.
 """
 from __future__ import annotations
 
@@ -26,45 +27,69 @@ def _batches(examples: list, size: int):
     yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
 
 
+def _summary(prefix: str, correct, costs, kls, satisfied, hp: ObjectiveConfig) -> dict:
+  out = {f"accuracy_{prefix}": float(np.mean(correct)), f"num_{prefix}": len(correct)}
+  if len(costs):
+    costs, kls = np.asarray(costs), np.asarray(kls)
+    out.update({
+        f"satisfaction_{prefix}": float(np.mean(satisfied)),
+        f"sequence_cost_{prefix}_mean": float(costs.mean()),
+        f"kl_seq_{prefix}_mean": float(kls.mean()),
+        **{f"kl_seq_{prefix}_q{int(q * 100)}": float(np.quantile(kls, q)) for q in QUANTILES},
+    })
+  return out
+
+
 def evaluate_model(exp, params, which: str = "student", hp: ObjectiveConfig | None = None,
                    examples: list | None = None) -> dict:
-  """Metrics of one model (`which` = "student" or "teacher") with `params`."""
+  """Metrics of one model (`which` = "student" or "teacher") with `params`.
+
+  Greedy decodes, and `eval.pass_k` samples per prompt at the training temperature (the
+  distribution training enforces the constraint on): accuracy of each, pass@k, and for
+  the student the constraint `C(y) <= d` of `hp` (cmdp.objectives.sequence_scores) on
+  each, with the KL(student||teacher) per sequence; `num_greedy` / `num_sampled` count
+  the responses behind each figure.
+  """
   cfg = exp.config.eval
   hp = hp or exp.hp
   examples = examples or exp.test_examples
   mesh = exp.student_mesh if which == "student" else exp.teacher_mesh
   greedy = exp.sampler(which, greedy=True, max_new_tokens=cfg.max_new_tokens)
-  sampled = exp.sampler(which, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-  correct, passed, lengths, costs, kls = [], [], [], [], []
+  sampled = exp.sampler(which, max_new_tokens=cfg.max_new_tokens)  # training temperature
+  acc = {"greedy": dict(correct=[], costs=[], kls=[], satisfied=[]),
+         "sampled": dict(correct=[], costs=[], kls=[], satisfied=[])}
+  passed, lengths = [], []
+
+  def record(kind, rollout, chunk, n):
+    _, ok = batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, rollout), chunk)
+    a = acc[kind]
+    a["correct"].extend(ok[:n])
+    if which == "student":
+      scores = exp.score_sequences(params, batch_lib.from_rollout(rollout), hp)
+      a["costs"].extend(scores["sequence_cost"][:n])
+      a["kls"].extend(scores["kl_seq"][:n])
+      a["satisfied"].extend(scores["satisfied"][:n])
+    return ok
+
   for step, (chunk, n) in enumerate(_batches(examples, cfg.batch_size)):
     prompts = exp.put_batch(exp.encode_prompts(chunk), mesh)
     rollout = greedy(params, *prompts, jax.random.PRNGKey(step))
-    _, ok = batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, rollout), chunk)
-    correct.extend(ok[:n])
+    record("greedy", rollout, chunk, n)
     lengths.extend(np.asarray(rollout.lengths)[:n])
-    if which == "student":
-      scores = exp.score_sequences(params, batch_lib.from_rollout(rollout))
-      costs.extend(scores["sequence_cost"][:n])
-      kls.extend(scores["kl_seq"][:n])
     any_ok = np.zeros(len(chunk), bool)
-    for k in range(cfg.pass_k if cfg.pass_k > 1 else 0):
+    for k in range(cfg.pass_k):
       r = sampled(params, *prompts, jax.random.PRNGKey(10_000 * (k + 1) + step))
-      any_ok |= batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, r), chunk)[1] > 0
+      any_ok |= record("sampled", r, chunk, n) > 0
     passed.extend(any_ok[:n])
 
-  out = {"accuracy": float(np.mean(correct)), "response_length": float(np.mean(lengths)),
-         "num_examples": len(correct)}
-  if cfg.pass_k > 1:
+  out = {"accuracy": float(np.mean(acc["greedy"]["correct"])),
+         "response_length": float(np.mean(lengths)), "num_examples": len(lengths)}
+  out.update(_summary("greedy", **acc["greedy"], hp=hp))
+  if cfg.pass_k:
+    out.update(_summary("sampled", **acc["sampled"], hp=hp))
     out[f"pass@{cfg.pass_k}"] = float(np.mean(passed))
-  if costs:
-    costs, kls = np.asarray(costs), np.asarray(kls)
-    out.update({
-        "constraint_satisfaction": float(np.mean(costs <= hp.budget)),
-        "budget": float(hp.budget),
-        "sequence_cost_mean": float(costs.mean()),
-        "kl_seq_mean": float(kls.mean()),
-        **{f"kl_seq_q{int(q * 100)}": float(np.quantile(kls, q)) for q in QUANTILES},
-    })
+  if which == "student":
+    out["budget"] = float(hp.budget)
   return out
 
 

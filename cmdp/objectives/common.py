@@ -1,9 +1,13 @@
-"""What every objective shares: batch checks, the student forward, loss terms, metrics.
+"""What every objective shares: the constraint's measurement, cost gradients, metrics.
 
-Normalisation. The loss an objective returns is normalised by the FULL batch's counts
-(`num_tokens`, `num_sequences`), so the trainer sums microbatch losses and gradients.
-Metrics are means over the microbatch at hand (the trainer averages them over
-microbatches of equal row counts); loss terms in the metrics are rescaled likewise.
+The constraint is defined once, by `hp.cost`, `hp.constraint`, `hp.cost_discount` and
+`hp.budget`, on the DEPLOYED student (its raw logits, temperature 1) against the teacher,
+on the states the sampling policy visits. `sequence_scores` measures it; the training
+metrics, the budget calibration and the evaluation all call it.
+
+Normalisation. Losses and metrics are normalised by the FULL batch's counts (`num_tokens`,
+`num_sequences`): each microbatch returns its share, and the train step sums the shares,
+so gradients and metrics are exact under gradient accumulation.
 """
 from __future__ import annotations
 
@@ -12,28 +16,84 @@ import jax.numpy as jnp
 
 from cmdp import constraint, divergences
 from cmdp.objectives.config import ObjectiveConfig
-from cmdp.objectives.policy_gradient import aggregate, local_mean
+from cmdp.objectives.policy_gradient import aggregate, sequence_sum, token_sum
 
-BASE_FIELDS = ("inputs", "targets", "input_mask", "mask", "num_tokens", "num_sequences")
+BASE_FIELDS = ("targets", "mask", "num_tokens", "num_sequences")
 
 
-def check_batch(batch: dict, objective: str, fields: tuple[str, ...]) -> None:
+def check_batch(batch: dict, objective: str, fields: tuple[str, ...],
+                teacher_logits=None, needs_teacher: bool = False) -> None:
   """Raises ValueError naming the missing batch fields of `objective` (at trace time)."""
   missing = [f for f in BASE_FIELDS + fields if batch.get(f) is None]
+  if needs_teacher and teacher_logits is None:
+    missing.append("teacher_logits")
   if missing:
-    raise ValueError(f"objective {objective!r}: batch lacks {missing}; the trainer must fill "
-                     "them (see the batch contract in cmdp.objectives).")
+    raise ValueError(f"objective {objective!r}: the step lacks {missing}; the trainer must "
+                     "fill them (see the batch contract in cmdp.objectives).")
 
 
-def student_logits(params, batch: dict, apply_fn) -> jax.Array:
-  """float32 `[B, L, V]` student logits, differentiable in `params`."""
-  return apply_fn(params, batch["inputs"], batch["input_mask"]).astype(jnp.float32)
+def policy_logits(student_logits: jax.Array, hp: ObjectiveConfig) -> jax.Array:
+  """The sampling policy's logits: `student_logits / hp.temperature`."""
+  return student_logits if hp.temperature == 1.0 else student_logits / hp.temperature
 
 
-def teacher_logits(batch: dict) -> jax.Array | None:
-  """The teacher's logits `[B, L, V]` under stop_gradient, or None when absent."""
-  t = batch.get("teacher_logits")
-  return None if t is None else jax.lax.stop_gradient(t)
+def token_costs(student_logits: jax.Array, teacher_logits: jax.Array, targets: jax.Array,
+                hp: ObjectiveConfig) -> jax.Array:
+  """Per-token cost `c_t` `[B, L]` of the deployed student (`hp.cost`), differentiable in
+  `student_logits`, teacher under stop_gradient."""
+  return constraint.token_costs(hp.cost, student_logits, jax.lax.stop_gradient(teacher_logits),
+                                targets, chunk_size=hp.chunk_size)
+
+
+def sequence_scores(student_logits: jax.Array, teacher_logits: jax.Array, batch: dict,
+                    hp: ObjectiveConfig, *, costs: jax.Array | None = None,
+                    kl_token: jax.Array | None = None) -> dict:
+  """The constraint and the KL per sequence, each `[B]` float32 (no gradient).
+
+  sequence_cost: `C(y)` of `hp.cost` under `hp.constraint` and `hp.cost_discount`.
+  satisfied: `C(y) <= hp.budget` (1.0 / 0.0).
+  kl_seq: `sum_t kl(student||teacher)` at the response's states, in nats.
+  length: response tokens.
+  `costs` / `kl_token` (`[B, L]`) may be passed when already computed.
+  """
+  mask = batch["mask"]
+  student = jax.lax.stop_gradient(student_logits)
+  teacher = jax.lax.stop_gradient(teacher_logits)
+  if costs is None:
+    costs = token_costs(student, teacher, batch["targets"], hp)
+  if kl_token is None:
+    kl_token = (costs if hp.cost == "reverse_kl" else
+                divergences.kl(student, teacher, chunk_size=hp.chunk_size))
+  costs, kl_token = jax.lax.stop_gradient(costs), jax.lax.stop_gradient(kl_token)
+  seq_cost = constraint.sequence_cost(costs, mask, hp.constraint, hp.cost_discount)
+  return dict(sequence_cost=seq_cost,
+              satisfied=(seq_cost <= hp.budget).astype(jnp.float32),
+              kl_seq=jnp.sum(kl_token * mask, axis=-1),
+              length=jnp.sum(mask, axis=-1))
+
+
+def cost_gradient(coef: jax.Array, student_logits: jax.Array, teacher_logits: jax.Array,
+                  batch: dict, hp: ObjectiveConfig, kl_token: jax.Array | None = None):
+  """The direct dependence on theta of a reward term `-coef_t * c_t(theta)`.
+
+  `coef [B, L]` is a constant per token (kappa v_t for cmdp, lambda w_t for the
+  Lagrangians). Returns `(exact [B, L] or None, immediate [B, L] or None)`: the loss term
+  whose gradient is the direct one (`coef_t * c_t(theta)`: reverse_kl `KL_t(theta)` exact
+  over the vocabulary; logratio `log pi(y_t|s_t)` of the deployed student; teacher_nll:
+  none), and, for reverse_kl, whose cost depends on the state only, the immediate reward
+  `-coef_t * KL_t` that a causal estimator may drop from the token's own return.
+  """
+  coef = jax.lax.stop_gradient(coef)
+  if hp.cost == "reverse_kl":
+    if kl_token is None:
+      kl_token = divergences.kl(student_logits, jax.lax.stop_gradient(teacher_logits),
+                                chunk_size=hp.chunk_size)
+    return coef * kl_token, -coef * jax.lax.stop_gradient(kl_token)
+  if hp.cost == "logratio":
+    logp = divergences.token_logprobs(student_logits, batch["targets"],
+                                      chunk_size=hp.chunk_size)
+    return coef * logp, None
+  return None, None
 
 
 def loss_term(values: jax.Array, batch: dict, hp: ObjectiveConfig) -> jax.Array:
@@ -42,62 +102,45 @@ def loss_term(values: jax.Array, batch: dict, hp: ObjectiveConfig) -> jax.Array:
                    batch["num_sequences"])
 
 
-def as_metric(term: jax.Array, batch: dict, hp: ObjectiveConfig) -> jax.Array:
-  """A full-batch-normalised loss term rescaled to this microbatch's own counts."""
-  if hp.aggregation == "token_mean":
-    return term * batch["num_tokens"] / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
-  return term * batch["num_sequences"] / batch["mask"].shape[0]
+def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
+                   hp: ObjectiveConfig, *, entropy: jax.Array | None = None,
+                   scores: dict | None = None) -> dict:
+  """The metrics every objective reports (shares of full-batch means, see `token_sum`).
 
-
-def common_metrics(logits: jax.Array, batch: dict, hp: ObjectiveConfig, *,
-                   entropy: jax.Array | None = None, kl_token: jax.Array | None = None,
-                   costs: jax.Array | None = None) -> dict:
-  """The metrics every objective reports (means over this microbatch).
-
-  task_reward: mean R over sequences (when the batch has it).
-  response_length: mean number of mask tokens per sequence.
-  entropy: mean over mask tokens of the student's entropy (nats).
-  kl_token / kl_seq: mean per-token / per-sequence exact kl(student||teacher) (with teacher).
-  constraint_value: mean `sequence_cost` of hp.cost under hp.constraint (with teacher); the
-    dual update compares it with the budget.
-  constraint_satisfaction: fraction of sequences with sequence cost <= hp.budget.
-
-  Already computed per-token `entropy`, `kl_token` (kl(student||teacher)) or `costs`
-  (`[B, L]`, hp.cost) may be passed to avoid recomputation.
+  task_reward: mean R per sequence (when the batch has it).
+  response_length: mean response tokens per sequence.
+  entropy: mean over response tokens of the sampling policy's entropy (nats).
+  With a teacher, from `sequence_scores` (passed or computed):
+  kl_token: sum of kl(student||teacher) / response tokens.
+  kl_seq: mean per-sequence sum of kl(student||teacher).
+  constraint_value: mean `C(y)`; constraint_satisfaction: fraction with `C(y) <= d`.
   """
   mask = batch["mask"]
-  sg_logits = jax.lax.stop_gradient(logits)
   if entropy is None:
-    entropy = divergences.entropy(sg_logits, chunk_size=hp.chunk_size)
-  m = dict(response_length=jnp.mean(jnp.sum(mask, axis=-1)),
-           entropy=local_mean(jax.lax.stop_gradient(entropy), mask))
+    entropy = divergences.entropy(jax.lax.stop_gradient(policy_logits(student_logits, hp)),
+                                  chunk_size=hp.chunk_size)
+  m = dict(response_length=sequence_sum(jnp.sum(mask, axis=-1), batch),
+           entropy=token_sum(jax.lax.stop_gradient(entropy), batch))
   if batch.get("task_reward") is not None:
-    m["task_reward"] = jnp.mean(batch["task_reward"].astype(jnp.float32))
-  teacher = teacher_logits(batch)
-  if teacher is None:
+    m["task_reward"] = sequence_sum(batch["task_reward"].astype(jnp.float32), batch)
+  if teacher_logits is None:
     return m
-  if kl_token is None:
-    kl_token = divergences.kl(sg_logits, teacher, chunk_size=hp.chunk_size)
-  kl_token = jax.lax.stop_gradient(kl_token) * mask
-  m["kl_token"] = local_mean(kl_token, mask)
-  m["kl_seq"] = jnp.mean(jnp.sum(kl_token, axis=-1))
-  if costs is None:
-    costs = constraint.token_costs(hp.cost, sg_logits, teacher, batch["targets"],
-                                   chunk_size=hp.chunk_size)
-  costs = jax.lax.stop_gradient(costs)
-  m["constraint_value"] = jnp.mean(constraint.sequence_cost(costs, mask, hp.constraint))
-  m["constraint_satisfaction"] = jnp.mean(constraint.constraint_satisfied(
-      costs, mask, hp.budget, hp.constraint).astype(jnp.float32))
+  if scores is None:
+    scores = sequence_scores(student_logits, teacher_logits, batch, hp)
+  m["kl_token"] = jnp.sum(scores["kl_seq"]) / batch["num_tokens"]
+  m["kl_seq"] = sequence_sum(scores["kl_seq"], batch)
+  m["constraint_value"] = sequence_sum(scores["sequence_cost"], batch)
+  m["constraint_satisfaction"] = sequence_sum(scores["satisfied"], batch)
   return m
 
 
-def add_entropy_bonus(loss: jax.Array, logits: jax.Array, batch: dict, hp: ObjectiveConfig,
-                      metrics: dict) -> tuple[jax.Array, jax.Array]:
-  """Adds `-entropy_coef * aggregated entropy` (differentiable) to `loss` and its metric
-  (`entropy_bonus`) to `metrics`; returns `(loss, per-token entropy [B, L])`."""
-  entropy = divergences.entropy(logits, chunk_size=hp.chunk_size)
+def add_entropy_bonus(loss: jax.Array, student_logits: jax.Array, batch: dict,
+                      hp: ObjectiveConfig, metrics: dict) -> tuple[jax.Array, jax.Array]:
+  """Adds `-entropy_coef * aggregated entropy` of the sampling policy (differentiable) to
+  `loss` and its metric (`entropy_bonus`); returns `(loss, per-token entropy [B, L])`."""
+  entropy = divergences.entropy(policy_logits(student_logits, hp), chunk_size=hp.chunk_size)
   if hp.entropy_coef == 0:
     return loss, entropy
   term = -hp.entropy_coef * loss_term(entropy, batch, hp)
-  metrics["entropy_bonus"] = as_metric(term, batch, hp)
+  metrics["entropy_bonus"] = term
   return loss + term, entropy

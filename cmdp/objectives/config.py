@@ -15,44 +15,64 @@ from typing import Any, Mapping
 COSTS = ("reverse_kl", "logratio", "teacher_nll")
 CONSTRAINTS = ("sum", "mean", "prefix_mean")
 PENALTIES = ("constant", "scaled", "constant_plus_scaled")
-ADVANTAGES = ("grpo", "loo", "none")
+ADVANTAGES = ("loo", "grpo", "none")
+DUAL_TARGETS = ("mean", "rate")
 AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-  """Objective hyper-parameters. Units: costs in nats; "per token" / "per sequence" as named."""
+  """Objective hyper-parameters. Units: costs in nats; "per token" / "per sequence" as named.
 
-  # --- The constraint (method.md "The problem") ---
-  budget: float = 20.0  # d: threshold of the constraint, in nats (per sequence for "sum")
+  The defaults make every policy-gradient estimator unbiased (docs/method.md): a
+  leave-one-out baseline, no data-dependent scale, and the per-sequence sum of token terms.
+  """
+
+  # --- The constraint: one definition, read by the reward, the metrics, calibration and
+  # evaluation (cmdp.objectives.sequence_scores) ---
+  # d: threshold of the constraint. Units: nats per sequence for "sum", nats per token for
+  # "mean" and "prefix_mean".
+  budget: float = 20.0
   cost: str = "reverse_kl"  # per-token cost c_t: reverse_kl | logratio | teacher_nll
   constraint: str = "sum"  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
-  # --- The Sauté reward (method.md "The proposed reward") ---
+  cost_discount: float = 1.0  # gamma_c: the constraint weighs token t's cost by gamma_c^t
+  # --- The Sauté reward (cmdp, worst_case) ---
   # p_t on violated tokens: constant (-n) | scaled (-n c_t) | constant_plus_scaled (-n - c_t)
   penalty: str = "scaled"
   penalty_scale: float = 1.0  # n in the penalty
-  cost_discount: float = 1.0  # gamma_c in the budget update z_{t+1} = (z_t - c_t / d) / gamma_c
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
   # --- Memory ---
   chunk_size: int = 0  # time chunk for the exact-vocabulary terms (KL, entropy, log-probs); 0 = off
   # --- Policy gradient ---
+  # The policy is softmax(logits / temperature); the trainer sets it from rollout.temperature.
+  # Costs, the constraint and the distillation losses read the deployed student (logits / 1).
+  temperature: float = 1.0
   gamma: float = 1.0  # return discount: G_t = sum_{k>=t} gamma^(k-t) r_k
   group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
-  advantage: str = "grpo"  # baseline: grpo (group mean) | loo (leave-one-out mean) | none
-  normalize_std: bool = True  # divide advantages by the group std of the return G_0
+  # baseline: loo (leave-one-out group mean: unbiased) | grpo (group mean incl. the sample:
+  # the expected gradient shrinks by (G-1)/G, exact terms shrink with it) | none
+  advantage: str = "loo"
+  # divide the advantages by the RMS of the group's advantages (bounded, but biased): off
+  normalize_std: bool = False
   clip_eps: float = 0.2  # PPO ratio clip: ratio kept in [1 - eps, 1 + eps]
-  aggregation: str = "token_mean"  # token_mean | sequence_mean | sequence_mean_token_mean
+  # sequence_mean (sum over tokens / sequences: unbiased) | token_mean |
+  # sequence_mean_token_mean (the last two divide by the sampled length: biased)
+  aggregation: str = "sequence_mean"
   entropy_coef: float = 0.0  # entropy bonus weight (policy-gradient objectives)
   ref_kl_coef: float = 0.0  # grpo, *_lagrangian: weight of the k3 estimate of kl(student||ref)
   # --- Distillation baselines ---
   gkd_beta: float = 0.5  # gkd: 0 = kl(teacher||student), 1 = kl(student||teacher), JSD between
-  # --- Lagrangian baselines ---
-  soft_lambda: float = 0.1  # soft_lagrangian: fixed weight of per-token kl(student||teacher)
-  lambda_init: float = 0.1  # dual_lagrangian: initial multiplier
-  lambda_lr: float = 0.05  # dual_lagrangian: step on log(lambda) per unit of violation / budget
-  lambda_max: float = 10.0  # dual_lagrangian: cap of the multiplier
+  # --- Lagrangian baselines: reward R - lambda * C(y), C the constraint's per-sequence cost ---
+  soft_lambda: float = 0.01  # soft_lagrangian: fixed lambda (reward per unit of C)
+  # dual_lagrangian: mean (E[C] <= d) | rate (P(C > d) <= violation_target)
+  dual_target: str = "mean"
+  violation_target: float = 0.1  # dual_lagrangian rate: the allowed violation rate delta
+  lambda_init: float = 0.0  # dual_lagrangian: initial multiplier
+  # dual_lagrangian: each update moves lambda * d (the penalty, in reward units, of a response
+  # exactly at the budget) by lambda_lr times the violation: (mean C - d) / d or rate - delta
+  lambda_lr: float = 1.0
+  lambda_max: float = 100.0  # dual_lagrangian: cap of the multiplier
   lambda_warmup_steps: int = 0  # dual_lagrangian: updates before which lambda stays at lambda_init
-  lambda_floor: float = 1e-4  # dual_lagrangian: a multiplier at or below this is projected to 0
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -76,6 +96,8 @@ class ObjectiveConfig:
         ("budget", self.budget > 0, "must be > 0 (nats); set it or calibrate it"),
         ("penalty_scale", self.penalty_scale > 0, "must be > 0"),
         ("cost_discount", 0 < self.cost_discount <= 1, "must be in (0, 1]"),
+        ("temperature", self.temperature > 0, "must be > 0 (set rollout.temperature)"),
+        ("violation_target", 0 <= self.violation_target < 1, "must be in [0, 1)"),
         ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
         ("group_size", self.group_size >= 1, "must be >= 1"),
         ("chunk_size", self.chunk_size >= 0, "must be >= 0 (0 = unchunked)"),
@@ -89,8 +111,6 @@ class ObjectiveConfig:
         ("lambda_init", 0 <= self.lambda_init <= self.lambda_max,
          f"must be in [0, lambda_max={self.lambda_max}]"),
         ("lambda_warmup_steps", self.lambda_warmup_steps >= 0, "must be >= 0"),
-        ("lambda_floor", 0 < self.lambda_floor < self.lambda_max,
-         f"must be in (0, lambda_max={self.lambda_max})"),
     )
     for name, ok, fix in checks:
       if not ok:
@@ -124,4 +144,4 @@ _KIND = dict(
     advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
     entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,
     lambda_init=float, lambda_lr=float, lambda_max=float, lambda_warmup_steps=int,
-    lambda_floor=float, chunk_size=int)
+    chunk_size=int, temperature=float, dual_target=DUAL_TARGETS, violation_target=float)

@@ -1,58 +1,58 @@
-"""`grpo`: the task reward only, group-normalised advantages, PPO clip.
+"""`grpo`: the task reward only, a group baseline, PPO clip.
 
-Reward `r_t = R(x, y)` at the last response token, 0 before; returns `G_t` (gamma = 1:
-`G_t = R`); advantages `(G_t - mean_group R) / std_group R` (see policy_gradient);
-loss = PPO surrogate aggregated over mask tokens
+Reward `r_t = R(x, y)` at the last response token, 0 before; the policy-gradient core
+(policy_gradient) turns it into advantages `G_t - b` (`G_t = R` with gamma = 1) and the
+clipped surrogate. Optional terms:
 
-    + ref_kl_coef * k3_t   with k3_t = pi_ref/pi_theta - 1 - log(pi_ref/pi_theta) at y_t,
+    + ref_kl_coef * agg_t k3_t,  k3_t = pi_ref/pi - 1 - log(pi_ref/pi) at y_t
 
-the k3 estimate of kl(pi_theta||pi_ref) (DeepSeek-Math's GRPO), when `ref_kl_coef > 0`
-(needs `batch["ref_logprobs"]`), - entropy_coef * entropy.
+(the k3 estimate of kl(pi||pi_ref), DeepSeek-Math's GRPO; needs `batch["ref_logprobs"]`),
+and `- entropy_coef * agg_t entropy_t`.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from cmdp import constraint, divergences
+from cmdp import divergences
 from cmdp.objectives import common
 from cmdp.objectives.config import ObjectiveConfig
-from cmdp.objectives.policy_gradient import (last_token_rewards, policy_gradient_loss,
-                                             sequence_returns)
-from cmdp.objectives.registry import register_objective
+from cmdp.objectives.policy_gradient import last_token_rewards, policy_gradient_loss
+from cmdp.objectives.registry import PG_FIELDS, register_objective
+
+GRPO_FIELDS = PG_FIELDS | {"ref_kl_coef"}
 
 
-def grpo_terms(logits: jax.Array, batch: dict, hp: ObjectiveConfig):
-  """The grpo loss from student logits `[B, L, V]` (float32, differentiable).
+def pg_terms(student_logits, batch: dict, hp: ObjectiveConfig, rewards=None, **pg_kwargs):
+  """The grpo loss (or, with `rewards`, the same core on other per-token rewards).
 
-  Returns `(loss, metrics, entropy [B, L])`; the loss is full-batch normalised, the
-  metrics hold the loss terms and the policy-gradient diagnostics (no common metrics).
+  Returns `(loss, metrics, entropy [B, L])`: loss full-batch normalised; metrics the
+  policy-gradient diagnostics (no common metrics).
   """
   mask = batch["mask"]
-  logp = divergences.token_logprobs(logits, batch["targets"], chunk_size=hp.chunk_size)
-  returns = constraint.discounted_returns(
-      last_token_rewards(batch["task_reward"], mask), mask, hp.gamma)
-  loss, _, metrics = policy_gradient_loss(logp, batch, returns, sequence_returns(returns, mask),
-                                          hp)
-  metrics["pg_loss"] = common.as_metric(loss, batch, hp)
+  logp = divergences.token_logprobs(common.policy_logits(student_logits, hp), batch["targets"],
+                                    chunk_size=hp.chunk_size)
+  if rewards is None:
+    rewards = last_token_rewards(batch["task_reward"], mask)
+  loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, **pg_kwargs)
   if hp.ref_kl_coef > 0:
     if batch.get("ref_logprobs") is None:
       raise ValueError("ObjectiveConfig.ref_kl_coef > 0 needs batch['ref_logprobs'] "
                        "(log pi_ref of the targets); provide it or set ref_kl_coef=0.")
     ref = jnp.where(mask > 0, batch["ref_logprobs"], 0.0)
     k3 = divergences.k3(jnp.where(mask > 0, logp, 0.0), ref)
-    ref_term = hp.ref_kl_coef * common.loss_term(k3, batch, hp)
-    loss = loss + ref_term
-    metrics["ref_kl"] = common.as_metric(ref_term, batch, hp) / hp.ref_kl_coef
-  loss, entropy = common.add_entropy_bonus(loss, logits, batch, hp, metrics)
+    ref_term = common.loss_term(k3, batch, hp)
+    loss = loss + hp.ref_kl_coef * ref_term
+    metrics["ref_kl"] = ref_term
+  loss, entropy = common.add_entropy_bonus(loss, student_logits, batch, hp, metrics)
   return loss, metrics, entropy
 
 
-@register_objective("grpo", on_policy=True, needs_teacher=False, uses_lambda=False)
-def grpo_loss(params, batch, *, apply_fn, hp: ObjectiveConfig, lam=None):
-  """GRPO loss `(loss, metrics)`; `lam` is ignored. See the module docstring."""
+@register_objective("grpo", on_policy=True, needs_teacher=False, reads=GRPO_FIELDS)
+def grpo_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
+  """GRPO loss `(loss, metrics)`; the teacher (when given) is only measured."""
+  del state
   common.check_batch(batch, "grpo", ("old_logprobs", "task_reward"))
-  logits = common.student_logits(params, batch, apply_fn)
-  loss, metrics, entropy = grpo_terms(logits, batch, hp)
-  metrics.update(common.common_metrics(logits, batch, hp, entropy=entropy))
+  loss, metrics, entropy = pg_terms(student_logits, batch, hp)
+  metrics.update(common.common_metrics(student_logits, teacher_logits, batch, hp,
+                                       entropy=entropy))
   return loss, metrics

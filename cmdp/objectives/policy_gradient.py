@@ -1,41 +1,54 @@
 """The policy-gradient core shared by grpo, cmdp, worst_case, the Lagrangians and minillm.
 
-Per-token rewards `[B, L]` -> returns by reverse scan (`cmdp.constraint.discounted_returns`)
--> group baseline -> advantages per token -> PPO-clipped surrogate -> aggregation.
+An objective hands in per-token rewards `r [B, L]` (constants), says whether they are
+causal, and may hand in per-token `exact [B, L]` terms whose gradient is taken through the
+logits (never through the sampled tokens). The core returns the loss whose expected
+gradient is `-grad E[sum_t r_t]` (up to a positive factor, see `advantage`):
 
-Group baseline. Rows come in contiguous groups of `group_size` samples of one prompt. The
-group statistics are those of the sequence return `G_0` (the return at the first response
-token, whose expectation is the objective), computed over each group (`[B/G, G]`):
+    loss = agg_t[ -min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t) ] + w agg_t[ exact_t ] / s
 
-    grpo:  b_i = mean_j G0_j                 (GRPO; includes the sample itself)
-    loo:   b_i = (sum_j G0_j - G0_i) / (G-1) (leave-one-out: unbiased)
-    none:  b_i = 0, s_i = 1                  (normalize_std is ignored)
-    s_i = std_j G0_j (ddof=1) + 1e-6 if normalize_std else 1
+Score-function weights (`score_weights`):
+  causal (r_t depends on the response only up to token t): the return to go
+    `G_t = sum_{k>=t} gamma^(k-t) r_k`, minus `immediate_t`, the part of r_t that depends on
+    the state s_t only and whose gradient the objective takes exactly instead (mean zero
+    against grad log pi(y_t|s_t), so removing it only lowers the variance);
+  not causal (r_t reads later tokens, e.g. the `mean` constraint's length): the whole
+    sequence return `G_0` on every token, nothing removed.
 
-and the advantage of token t of row i is `A_it = (G^sf_it - b_i) / s_i`, where `G^sf` is the
-score-function return (the return `G_t`, minus any immediate term that an objective
-differentiates exactly; see cmdp and minillm). With the task reward only at the last token
-and gamma = 1 this is exactly GRPO's `(R_i - mean R) / std R` on every token.
+Group baseline (`advantage`), from the sequence returns `G0 [B]` of each group of
+`group_size` rows (`[B/G, G]`):
+  loo:  `b_i = (sum_j G0_j - G0_i) / (G-1)` (default): independent of sample i, so the
+        estimator is unbiased: E[grad loss] = -grad E[sum_t r_t] exactly;
+  grpo: `b_i = mean_j G0_j` (self-inclusive). It shrinks the score-function part by
+        (G-1)/G in expectation, so the exact terms are multiplied by `w = (G-1)/G` too: the
+        expected gradient is (G-1)/G times the true one, the right direction;
+  none: `b_i = 0`.
+`A_it = weight_it - b_i` for `loo`/`grpo`/`none`, and `w = 1` except for `grpo`.
 
-PPO surrogate per token: `-min(rho A, clip(rho, 1-eps, 1+eps) A)`, `rho = exp(logp - old)`.
+Scale (`normalize_std`, default off). Off, `s = 1` and the advantages are bounded by the
+rewards themselves. On, `s_g` is the root mean square of group g's advantages over its
+response tokens (1 if they are all 0): `|A / s| <= sqrt(tokens in the group)` by
+construction, also when every `G0` of the group is equal while the per-token returns
+differ (where a std of `G0` would be 0). Any data-dependent scale biases the estimator
+(it correlates with the sample), which is why it is off by default.
 
-Aggregation of per-token values `x_bt` over mask tokens (`m_bt`), normalised by the FULL
-batch's counts so that gradients of microbatches of whole groups sum to the full-batch
-gradient (N = batch["num_tokens"], S = batch["num_sequences"]):
+PPO surrogate per token, ratio `rho = exp(logp - old_logp)` of the sampling policy.
 
-    token_mean:                sum_bt m x / N
-    sequence_mean:             sum_bt m x / S                    (per-sequence sum)
-    sequence_mean_token_mean:  sum_b (sum_t m x / sum_t m) / S   (GRPO's original)
+Aggregation of per-token values `x_bt` over response tokens `m_bt`, normalised by the FULL
+batch's counts so that the gradients of microbatches of whole groups sum to the full-batch
+gradient (`N = batch["num_tokens"]`, `S = batch["num_sequences"]`):
+
+    sequence_mean:             sum_bt m x / S      (default; the gradient of E[sum_t r_t])
+    token_mean:                sum_bt m x / N      (divides by the sampled length: biased)
+    sequence_mean_token_mean:  sum_b (sum_t m x / sum_t m) / S   (GRPO's original: biased)
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from cmdp import divergences
+from cmdp import constraint, divergences
 from cmdp.objectives.config import ObjectiveConfig
-
-ADVANTAGE_EPS = 1e-6  # added to the group std before dividing
 
 
 def aggregate(values: jax.Array, mask: jax.Array, aggregation: str, num_tokens,
@@ -53,6 +66,20 @@ def aggregate(values: jax.Array, mask: jax.Array, aggregation: str, num_tokens,
                    "sequence_mean_token_mean.")
 
 
+def token_sum(values: jax.Array, batch: dict) -> jax.Array:
+  """`sum_bt m x / N`: this microbatch's share of the FULL batch's per-token mean.
+
+  Metrics are built from such shares (and `sequence_sum`), so summing them over
+  microbatches gives the exact full-batch mean under gradient accumulation.
+  """
+  return jnp.sum(values * batch["mask"]) / batch["num_tokens"]
+
+
+def sequence_sum(values: jax.Array, batch: dict) -> jax.Array:
+  """`sum_b x_b / S` for per-sequence `values [B]`: its share of the full-batch mean."""
+  return jnp.sum(values) / batch["num_sequences"]
+
+
 def last_token_rewards(task_reward: jax.Array, mask: jax.Array) -> jax.Array:
   """`[B, L]` float32: `task_reward [B]` at the last mask token of each row, 0 elsewhere."""
   positions = jnp.arange(mask.shape[-1])
@@ -67,18 +94,27 @@ def sequence_returns(returns: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(jnp.any(mask > 0, axis=-1), g0, 0.0)
 
 
-def group_baseline(seq_returns: jax.Array, group_size: int, advantage: str,
-                   normalize_std: bool) -> tuple[jax.Array, jax.Array]:
-  """Per-row baseline `b [B]` and scale `s [B]` from groups of `group_size` rows (see top)."""
+def score_weights(rewards: jax.Array, mask: jax.Array, gamma: float, causal: bool,
+                  immediate: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """`(weights [B, L], G0 [B])`: each token's score-function weight and the sequence return.
+
+  See the module docstring; `immediate` is ignored when not causal.
+  """
+  returns = constraint.discounted_returns(rewards, mask, gamma)
+  g0 = sequence_returns(returns, mask)
+  if not causal:
+    return jnp.broadcast_to(g0[:, None], mask.shape) * mask, g0
+  if immediate is not None:
+    returns = returns - immediate
+  return returns * mask, g0
+
+
+def group_baseline(seq_returns: jax.Array, group_size: int, advantage: str) -> jax.Array:
+  """Per-row baseline `b [B]` from groups of `group_size` contiguous rows (see top)."""
   b = seq_returns.shape[0]
   if advantage == "none":
-    return jnp.zeros_like(seq_returns), jnp.ones_like(seq_returns)
-  if b % group_size:
-    raise ValueError(f"batch of {b} rows is not a whole number of groups of "
-                     f"group_size={group_size}: a (micro)batch must hold whole groups.")
-  if group_size < 2:
-    raise ValueError(f"advantage={advantage!r} needs group_size >= 2 (got {group_size}): "
-                     "a group of one has no baseline; set group_size or advantage='none'.")
+    return jnp.zeros_like(seq_returns)
+  _check_groups(b, group_size, advantage)
   g = seq_returns.reshape(b // group_size, group_size)
   total = jnp.sum(g, axis=-1, keepdims=True)
   if advantage == "grpo":
@@ -86,12 +122,36 @@ def group_baseline(seq_returns: jax.Array, group_size: int, advantage: str,
   elif advantage == "loo":
     baseline = (total - g) / (group_size - 1)
   else:
-    raise ValueError(f"unknown advantage {advantage!r}; use grpo, loo or none.")
-  if normalize_std:
-    scale = jnp.broadcast_to(jnp.std(g, axis=-1, ddof=1, keepdims=True) + ADVANTAGE_EPS, g.shape)
-  else:
-    scale = jnp.ones_like(g)
-  return baseline.reshape(b), scale.reshape(b)
+    raise ValueError(f"unknown advantage {advantage!r}; use loo, grpo or none.")
+  return baseline.reshape(b)
+
+
+def _check_groups(rows: int, group_size: int, advantage: str) -> None:
+  if rows % group_size:
+    raise ValueError(f"batch of {rows} rows is not a whole number of groups of "
+                     f"group_size={group_size}: a (micro)batch must hold whole groups.")
+  if group_size < 2:
+    raise ValueError(f"advantage={advantage!r} needs group_size >= 2 (got {group_size}): "
+                     "a group of one has no baseline; set group_size or advantage='none'.")
+
+
+def group_rms_scale(adv: jax.Array, mask: jax.Array, group_size: int) -> jax.Array:
+  """`s [B]`: the root mean square of each group's advantages over its response tokens
+  (rows of one group share it; 1 where they are all 0)."""
+  b = adv.shape[0]
+  sq = jnp.sum(jnp.square(adv) * mask, axis=-1).reshape(b // group_size, group_size)
+  count = jnp.sum(mask, axis=-1).reshape(b // group_size, group_size)
+  ms = jnp.sum(sq, axis=-1) / jnp.maximum(jnp.sum(count, axis=-1), 1.0)
+  rms = jnp.sqrt(ms)
+  rms = jnp.where(rms > 0, rms, 1.0)
+  return jnp.repeat(rms, group_size)
+
+
+def exact_weight(hp: ObjectiveConfig) -> float:
+  """`w`: the factor on exact terms that keeps them on the score-function part's scale."""
+  if hp.advantage == "grpo":
+    return (hp.group_size - 1) / hp.group_size
+  return 1.0
 
 
 def ppo_clip(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
@@ -114,46 +174,60 @@ def ppo_clip(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: 
   return -jnp.minimum(unclipped, clipped), ratio, (clipped < unclipped).astype(jnp.float32)
 
 
-def local_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values [B, L]` over this microbatch's mask tokens (metrics)."""
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def policy_gradient_loss(logp: jax.Array, batch: dict, sf_returns: jax.Array,
-                         seq_returns: jax.Array, hp: ObjectiveConfig):
-  """The PPO-clipped, group-baselined policy-gradient loss.
+def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: ObjectiveConfig,
+                         *, causal: bool = True, immediate: jax.Array | None = None,
+                         exact: jax.Array | None = None):
+  """The loss of the module docstring.
 
   Args:
-    logp: `[B, L]` float32 log pi_theta(targets) (differentiable).
-    batch: the batch (reads mask, old_logprobs, num_tokens, num_sequences).
-    sf_returns: `[B, L]` score-function returns (constant).
-    seq_returns: `[B]` sequence returns `G_0` for the group statistics (constant).
-    hp: the config (group_size, advantage, normalize_std, clip_eps, aggregation).
+    logp: `[B, L]` float32 log-probabilities of the targets under the sampling policy
+      (differentiable).
+    batch: reads mask, old_logprobs, num_tokens, num_sequences.
+    rewards: `[B, L]` per-token rewards (treated as constants).
+    hp: group_size, advantage, normalize_std, clip_eps, aggregation, gamma.
+    causal: whether `rewards[t]` depends on the response only up to token t.
+    immediate: `[B, L]` the part of `rewards` that depends on the state only and whose
+      gradient `exact` carries (removed from the token's own return when causal).
+    exact: `[B, L]` differentiable per-token terms added to the loss (scaled by w / s).
 
   Returns:
-    loss: [] the aggregated surrogate (full-batch normalised).
-    scale: `[B]` the advantage scale `s` (objectives divide their exact terms by it so
-      that they stay on the score-function term's scale).
-    metrics: clip_fraction, ratio_mean, advantage_mean, advantage_std, approx_kl_old
-      (k3 estimate of kl(pi_old||pi_theta)), means over this microbatch's mask tokens.
+    `(loss, metrics)`; the loss is full-batch normalised; the metrics (shares of
+    full-batch means, see `token_sum`) are pg_loss, exact_loss, clip_fraction, ratio_mean,
+    advantage_mean, advantage_abs_mean, approx_kl_old (k3 estimate of kl(pi_old||pi_theta)),
+    return (mean G0).
   """
   mask = batch["mask"]
-  sf_returns = jax.lax.stop_gradient(sf_returns)
-  baseline, scale = group_baseline(jax.lax.stop_gradient(seq_returns), hp.group_size,
-                                   hp.advantage, hp.normalize_std)
-  adv = (sf_returns - baseline[:, None]) / scale[:, None] * mask
+  rewards = jax.lax.stop_gradient(rewards)
+  if immediate is not None:
+    immediate = jax.lax.stop_gradient(immediate)
+  weights, g0 = score_weights(rewards, mask, hp.gamma, causal, immediate)
+  baseline = group_baseline(g0, hp.group_size, hp.advantage)
+  adv = (weights - baseline[:, None]) * mask
+  if hp.normalize_std:
+    if hp.advantage == "none":
+      _check_groups(adv.shape[0], hp.group_size, "none with normalize_std")
+    scale = group_rms_scale(adv, mask, hp.group_size)
+  else:
+    scale = jnp.ones(adv.shape[:1], jnp.float32)
+  adv = adv / scale[:, None]
   old = batch["old_logprobs"]
   per_token, ratio, clipped = ppo_clip(logp, old, adv, mask, hp.clip_eps)
-  loss = aggregate(per_token, mask, hp.aggregation, batch["num_tokens"],
-                   batch["num_sequences"])
-  adv_mean = local_mean(adv, mask)
+  pg = aggregate(per_token, mask, hp.aggregation, batch["num_tokens"], batch["num_sequences"])
+  loss = pg
   metrics = dict(
-      clip_fraction=local_mean(clipped, mask),
-      ratio_mean=local_mean(ratio, mask),
-      advantage_mean=adv_mean,
-      advantage_std=jnp.sqrt(local_mean(jnp.square(adv - adv_mean), mask)),
-      approx_kl_old=local_mean(divergences.k3(
+      pg_loss=pg,
+      clip_fraction=token_sum(clipped, batch),
+      ratio_mean=token_sum(ratio, batch),
+      advantage_mean=token_sum(adv, batch),
+      advantage_abs_mean=token_sum(jnp.abs(adv), batch),
+      approx_kl_old=token_sum(divergences.k3(
           jnp.where(mask > 0, old, 0.0), jnp.where(mask > 0, jax.lax.stop_gradient(logp), 0.0)),
-          mask),
+          batch),
+      **{"return": sequence_sum(g0, batch)},
   )
-  return loss, scale, metrics
+  if exact is not None:
+    term = exact_weight(hp) * aggregate(exact / scale[:, None], mask, hp.aggregation,
+                                        batch["num_tokens"], batch["num_sequences"])
+    loss = loss + term
+    metrics["exact_loss"] = term
+  return loss, metrics

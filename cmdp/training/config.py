@@ -10,7 +10,7 @@ import dataclasses
 
 import ml_collections
 
-from cmdp.objectives import ObjectiveConfig, available_objectives
+from cmdp.objectives import ObjectiveConfig, available_objectives, get_objective
 
 
 def model_fields(**overrides) -> ml_collections.ConfigDict:
@@ -38,8 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # seeds parameters (random init), data order and sampling
   c.objective = "cmdp"  # registered objective: see cmdp.objectives.available_objectives()
 
-  # The objective's hyper-parameters: exactly the fields of cmdp.objectives.ObjectiveConfig.
-  c.loss = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))
+  # The objective's hyper-parameters: the fields of cmdp.objectives.ObjectiveConfig (its
+  # `temperature` comes from rollout.temperature). Set the objective with `set_objective`,
+  # which applies its preset (e.g. worst_case's cost and constraint).
+  c.loss = ml_collections.ConfigDict(
+      {k: v for k, v in dataclasses.asdict(ObjectiveConfig()).items() if k != "temperature"})
   # Budget calibration (method.md): if > 0, set loss.budget to this quantile of the initial
   # student's per-sequence cost against the teacher, measured on `calibration_prompts`.
   c.calibrate_budget_quantile = 0.0
@@ -118,12 +121,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=16,  # prompts per generation batch
       max_new_tokens=128,  # response cap at evaluation
-      pass_k=1,  # sampled pass@k (k samples per prompt at eval_temperature; 1 = off)
-      temperature=1.0,  # sampling temperature for pass@k
+      # samples per prompt at the training temperature (sampled accuracy, pass@k and
+      # satisfaction on samples, next to greedy); 0 = greedy only
+      pass_k=1,
       include_teacher=False,  # also evaluate the teacher
       include_initial_student=False,  # also evaluate the student before training
   ))
   return c
+
+
+def set_objective(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets `config.objective = name` and applies the objective's preset to `config.loss`
+  (e.g. worst_case: cost=teacher_nll, constraint=prefix_mean, penalty=constant)."""
+  if name not in available_objectives():
+    raise ValueError(f"config.objective: {name!r} is not registered; use one of "
+                     f"{sorted(available_objectives())}.")
+  config.objective = name
+  for field, value in get_objective(name).preset.items():
+    config.loss[field] = value
+
+
+def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
+  """The `ObjectiveConfig` of a run: `config.loss` plus the policy's temperature (the
+  rollout's); bad fields raise naming them."""
+  return ObjectiveConfig.from_dict({**config.loss.to_dict(),
+                                    "temperature": config.rollout.temperature})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -134,7 +156,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.objective not in available_objectives():
     fail("objective", f"{config.objective!r} is not registered; use one of "
          f"{sorted(available_objectives())}.")
-  ObjectiveConfig.from_dict(config.loss.to_dict())  # names any bad loss field
   g = config.loss.group_size
   if config.batch_size <= 0:
     fail("batch_size", f"must be positive, got {config.batch_size}.")
@@ -170,8 +191,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.learning_rate", "must be >= 0.")
   if config.data.max_prompt_len < 1:
     fail("data.max_prompt_len", "must be >= 1.")
-  if config.eval.pass_k < 1:
-    fail("eval.pass_k", "must be >= 1.")
+  if config.eval.pass_k < 0:
+    fail("eval.pass_k", "must be >= 0 (0 = greedy only).")
+  # Bad loss fields, fields the objective ignores, and contradictions of its preset.
+  get_objective(config.objective).check_fields(objective_config(config))
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

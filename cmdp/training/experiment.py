@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cmdp import constraint, data, divergences, models, sharding
+from cmdp import data, models, objectives, sharding
 from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.rollout import make_sampler
 from cmdp.training import config as config_lib
@@ -98,7 +98,7 @@ class Experiment:
   def make_train_step(self, hp: ObjectiveConfig, state_shardings):
     """The jitted update: state donated, state shardings preserved, batch rows split."""
     fn = step_lib.make_train_step(self.objective, hp, self.student.config, self.optimizer,
-                                  self.config.grad_accum_steps, self.config.rollout.temperature)
+                                  self.config.grad_accum_steps)
     return jax.jit(fn, in_shardings=(state_shardings, self.batch_sharding()),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
@@ -127,33 +127,14 @@ class Experiment:
                     r.temperature if temperature is None else temperature, r.top_k, r.top_p,
                     greedy, self.eos_ids, self.pad_id)
 
-  @functools.cached_property
-  def sequence_scores_fn(self):
-    """`(student_params, batch) -> per-sequence cost, KL(student||teacher) sum, length`.
-
-    Used to calibrate the budget and by evaluation; `batch` holds `teacher_logits`.
-    """
-    cfg = self.student.config
-    hp = self.hp
-
-    def fn(params, batch):
-      logits = models.forward(cfg, params, batch["inputs"], batch["input_mask"])
-      t_logits = batch["teacher_logits"].astype(jnp.float32)
-      mask = batch["mask"]
-      costs = constraint.token_costs(hp.cost, logits, t_logits, batch["targets"])
-      kl = divergences.kl(logits, t_logits)
-      return {
-          "sequence_cost": constraint.sequence_cost(costs, mask, hp.constraint),
-          "kl_seq": (kl * mask).sum(-1),
-          "length": mask.sum(-1),
-      }
-    return jax.jit(fn)
-
-  def score_sequences(self, params, batch: dict) -> dict:
-    """Host numpy per-sequence scores of a batch from `batch_lib.from_rollout`."""
+  def score_sequences(self, params, batch: dict, hp: ObjectiveConfig | None = None) -> dict:
+    """Host numpy per-sequence scores (`cmdp.objectives.sequence_scores`: the constraint's
+    cost, satisfaction, KL(student||teacher) sum, length) of a batch from
+    `batch_lib.from_rollout`, for the deployed student with `params`."""
     batch = dict(batch)
     batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
-    return jax.tree.map(np.asarray, self.sequence_scores_fn(params, batch))
+    scorer = _sequence_scorer(self.student.config, hp or self.hp)
+    return jax.tree.map(np.asarray, scorer(params, batch))
 
   # ---- prompts ----
 
@@ -175,6 +156,16 @@ def _teacher_logits_fn(cfg, mesh, dtype: str):
   abstract = jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))
   b = sharding.batch_spec()
   return sharding.jit_sharded(fn, mesh, (sharding.param_specs(abstract, mesh, cfg), b, b), b)
+
+
+@functools.lru_cache(maxsize=16)
+def _sequence_scorer(cfg, hp: ObjectiveConfig):
+  """The jitted `(student_params, batch) -> sequence_scores` of the deployed student."""
+  def fn(params, batch):
+    logits = models.forward(cfg, params, batch["inputs"], batch["input_mask"])
+    return objectives.sequence_scores(logits.astype(jnp.float32),
+                                      batch["teacher_logits"].astype(jnp.float32), batch, hp)
+  return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=16)
@@ -200,7 +191,7 @@ def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Validates the config and builds the experiment (models placed on their meshes)."""
   config_lib.validate(config)
-  hp = ObjectiveConfig.from_dict(config.loss.to_dict())
+  hp = config_lib.objective_config(config)
   student_mesh, teacher_mesh = build_meshes(config.mesh)
   teacher, student, tokenizer = model_lib.load_teacher_and_student(
       config, jax.random.key(config.seed))

@@ -3,12 +3,14 @@
 Everything measured about an update is computed inside the step: each loss term, the
 objective's diagnostics (task reward, KL to the teacher, constraint satisfaction, lambda,
 entropy, clip fraction, ...) and the grad / param / update norms. The frozen teacher never
-enters the state: its logits arrive in the batch.
+enters the state: its logits arrive in the batch. The step names no objective: the
+registered objective's loss, state and state update are called through its interface.
 
 Gradient accumulation is a transform of the loss, not a loop in the trainer: the batch is
 split into `grad_accum_steps` microbatches of whole prompt groups, scanned, and the
 gradients summed. Each microbatch's loss is normalised by the full batch's token and
-sequence counts, so the sum equals the full-batch gradient.
+sequence counts, so the sum equals the full-batch gradient; metrics are summed the same
+way, so token-weighted means are exact under accumulation.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import optax
 
 from cmdp import models
 from cmdp.objectives import Objective, ObjectiveConfig
-from cmdp.objectives import lagrangian
 
 # Batch fields with a leading batch axis (split into microbatches); see cmdp.objectives.
 ROW_FIELDS = ("inputs", "targets", "input_mask", "mask", "old_logprobs", "teacher_logits",
@@ -34,21 +35,22 @@ class TrainState(flax.struct.PyTreeNode):
   step: [] int32, optimiser steps taken.
   params: the student's parameters.
   opt_state: the optax state.
-  lambda_state: the Lagrange multiplier (`cmdp.objectives.lagrangian.LambdaState`).
+  objective_state: the objective's own state (`Objective.init_state`; e.g. the Lagrange
+    multiplier of dual_lagrangian; None for stateless objectives).
   rng: the PRNG key for the next rollout.
   """
   step: jax.Array
   params: Any
   opt_state: Any
-  lambda_state: Any
+  objective_state: Any
   rng: jax.Array
 
 
-def init_state(params, optimizer: optax.GradientTransformation, hp: ObjectiveConfig,
-               rng: jax.Array) -> TrainState:
+def init_state(params, optimizer: optax.GradientTransformation, objective: Objective,
+               hp: ObjectiveConfig, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
-                    lambda_state=lagrangian.init_lambda_state(hp), rng=rng)
+                    objective_state=objective.init_state(hp), rng=rng)
 
 
 def _split_microbatches(batch: dict, n: int) -> dict:
@@ -57,8 +59,9 @@ def _split_microbatches(batch: dict, n: int) -> dict:
 
 
 def accumulate_gradients(loss_fn, params, batch: dict, n: int):
-  """Sums the gradients of `loss_fn(params, microbatch) -> (loss, metrics)` over `n`
-  microbatches (a `lax.scan`); returns `(loss_sum, mean metrics, grads)`."""
+  """Sums `loss_fn(params, microbatch) -> (loss, metrics)`, its metrics and its gradients
+  over `n` microbatches (a `lax.scan`). Losses and metrics are full-batch-normalised shares
+  (cmdp.objectives), so the sums are the full-batch values."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if n == 1:
     (loss, metrics), grads = grad_fn(params, batch)
@@ -68,49 +71,45 @@ def accumulate_gradients(loss_fn, params, batch: dict, n: int):
 
   def body(acc, mb):
     (loss, metrics), grads = grad_fn(params, {**shared, **mb})
-    return jax.tree.map(jnp.add, acc, (loss, grads)), metrics
+    return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), metrics = jax.lax.scan(body, zeros, rows)
-  return loss, jax.tree.map(lambda m: m.mean(0), metrics), grads
+  abstract = jax.eval_shape(grad_fn, params, {**shared, **jax.tree.map(lambda v: v[0], rows)})
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+  (loss, metrics, grads), _ = jax.lax.scan(body, (zeros[0][0], zeros[0][1], zeros[1]), rows)
+  return loss, metrics, grads
 
 
 def make_train_step(objective: Objective, hp: ObjectiveConfig,
                     model_config: models.ModelConfig,
-                    optimizer: optax.GradientTransformation, grad_accum_steps: int = 1,
-                    temperature: float = 1.0):
+                    optimizer: optax.GradientTransformation, grad_accum_steps: int = 1):
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
   Args of the returned function:
     state: a `TrainState`.
-    batch: the dict of `cmdp.objectives` (inputs, targets, input_mask, mask, old_logprobs,
-      teacher_logits, task_reward, ...), leading axis = sequences; `num_tokens` and
-      `num_sequences` are filled in here from the full batch.
+    batch: the dict of `cmdp.objectives` plus the model inputs (`inputs`, `input_mask`)
+      and `teacher_logits` for objectives with a teacher, leading axis = sequences;
+      `num_tokens` and `num_sequences` are filled in here from the full batch.
 
-  A non-finite loss or gradient leaves the state unchanged and sets `nonfinite` to 1, so
-  the host can stop with nothing lost. The policy is the student at the rollout
-  `temperature` (its logits divided by it), so the PPO ratio compares like with like.
+  The student's raw logits go to the objective, which applies `hp.temperature` to the
+  sampling policy itself. After the optimiser step the objective updates its own state
+  from the step's metrics. A non-finite loss or gradient leaves the state unchanged and
+  sets `nonfinite` to 1, so the host can stop with nothing lost.
   """
-  def apply_fn(params, inputs, input_mask):
-    logits = models.forward(model_config, params, inputs, input_mask)
-    return logits if temperature == 1.0 else logits / temperature
-
-  def loss_fn(params, batch, lam):
-    return objective.loss_fn(params, batch, apply_fn=apply_fn, hp=hp, lam=lam)
+  def loss_fn(params, batch, objective_state):
+    logits = models.forward(model_config, params, batch["inputs"], batch["input_mask"])
+    return objective.loss_fn(logits.astype(jnp.float32), batch.get("teacher_logits"), batch,
+                             hp, objective_state)
 
   def train_step(state: TrainState, batch: dict):
     batch = dict(batch)
     batch["num_tokens"] = jnp.maximum(batch["mask"].sum(), 1.0)
     batch["num_sequences"] = jnp.asarray(batch["mask"].shape[0], jnp.float32)
-    lam = lagrangian.lambda_value(state.lambda_state)
     loss, metrics, grads = accumulate_gradients(
-        lambda p, b: loss_fn(p, b, lam), state.params, batch, grad_accum_steps)
+        lambda p, b: loss_fn(p, b, state.objective_state), state.params, batch,
+        grad_accum_steps)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    lambda_state = state.lambda_state
-    if objective.uses_lambda:
-      lambda_state = lagrangian.update_lambda(
-          lambda_state, metrics["constraint_value"] - hp.budget, hp)
+    objective_state = objective.update_state(state.objective_state, metrics, hp)
 
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -118,12 +117,12 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
     new_state = state.replace(
         step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
-        lambda_state=keep(lambda_state, state.lambda_state))
+        objective_state=keep(objective_state, state.objective_state))
     metrics = dict(metrics)
+    metrics.update(objective.state_metrics(state.objective_state, hp))
     metrics.update(
         loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(state.params),
-        update_norm=optax.global_norm(updates), nonfinite=1.0 - finite.astype(jnp.float32),
-        **{"lambda": lam})
+        update_norm=optax.global_norm(updates), nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, metrics
 
   return train_step

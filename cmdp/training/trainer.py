@@ -39,7 +39,7 @@ def state_shardings(exp: experiment_lib.Experiment, state: step_lib.TrainState):
       # Optimiser moments mirror the params; its counters are replicated.
       opt_state=sharding.param_specs(state.opt_state, mesh, exp.student.config,
                                      sharding.PARAM_RULES + ((r".*", P()),)),
-      lambda_state=jax.tree.map(lambda _: P(), state.lambda_state),
+      objective_state=jax.tree.map(lambda _: P(), state.objective_state),
       rng=P())
   return sharding.named(mesh, specs)
 
@@ -47,7 +47,8 @@ def state_shardings(exp: experiment_lib.Experiment, state: step_lib.TrainState):
 def create_state(exp: experiment_lib.Experiment, params):
   """The initial sharded `TrainState` and its shardings."""
   def init(p):
-    return step_lib.init_state(p, exp.optimizer, exp.hp, jax.random.PRNGKey(exp.config.seed))
+    return step_lib.init_state(p, exp.optimizer, exp.objective, exp.hp,
+                               jax.random.PRNGKey(exp.config.seed))
   abstract = jax.eval_shape(init, params)
   shardings = state_shardings(exp, abstract)
   return jax.jit(init, out_shardings=shardings)(params), shardings
@@ -82,12 +83,17 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
     new_tokens = int(loss_mask.sum())
   task_reward, correct = batch_lib.task_rewards(completions, group, cfg.format_reward_weight)
   batch["task_reward"] = exp.put_batch(task_reward)
+  # Every objective's step measures the constraint, so the teacher scores every batch.
   batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
-  return batch, {"accuracy": float(correct.mean()), "new_tokens": new_tokens}
+  host = {"new_tokens": new_tokens}
+  if on_policy:  # the student's own accuracy; off-policy rows are reference text
+    host["accuracy"] = float(correct.mean())
+  return batch, host
 
 
 def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
-  """`calibrate_budget_quantile` of the initial student's per-sequence cost (method.md)."""
+  """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)` (the
+  constraint of `exp.hp`, on samples at the training temperature; docs/method.md)."""
   cfg = exp.config
   n = max(cfg.calibration_prompts, 1)
   costs = []
@@ -166,7 +172,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
               "optimizer.grad_clip_norm, or check the data of this batch.")
         tokens_per_s = progress.update(host["new_tokens"], {"reward": metrics["task_reward"]})
         row = {f"train/{k}": v for k, v in metrics.items()}
-        row.update({"train/accuracy": host["accuracy"], "train/budget": hp.budget,
+        if "accuracy" in host:
+          row["train/accuracy"] = host["accuracy"]
+        row.update({"train/budget": hp.budget,
                     "perf/rollout_and_scoring_s": t1 - t0, "perf/update_s": t2 - t1,
                     "perf/step_s": t2 - t0, "perf/tokens_per_s": tokens_per_s,
                     "train/on_policy": float(on_policy)})

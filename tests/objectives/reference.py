@@ -75,9 +75,9 @@ def first_token_values(x, mask):
   return np.array([x[b, np.nonzero(mask[b])[0][0]] for b in range(mask.shape[0])])
 
 
-def group_baseline(values, group_size, mode, normalize_std, eps=1e-6):
-  """Baseline and scale per row; std with ddof=1 (as in TRL / tunix)."""
-  baseline, scale = np.zeros(len(values)), np.ones(len(values))
+def group_baseline(values, group_size, mode):
+  """Baseline per row: group mean (grpo), leave-one-out mean (loo) or 0 (none)."""
+  baseline = np.zeros(len(values))
   for start in range(0, len(values), group_size):
     g = np.asarray(values[start:start + group_size], np.float64)
     for i in range(group_size):
@@ -85,9 +85,17 @@ def group_baseline(values, group_size, mode, normalize_std, eps=1e-6):
         baseline[start + i] = g.mean()
       elif mode == "loo":
         baseline[start + i] = (g.sum() - g[i]) / (group_size - 1)
-      if mode != "none" and normalize_std:
-        scale[start + i] = g.std(ddof=1) + eps
-  return baseline, scale
+  return baseline
+
+
+def rms_scale(adv, mask, group_size):
+  """Per row: the RMS of its group's advantages over the group's mask tokens (1 if all 0)."""
+  scale = np.ones(len(adv))
+  for start in range(0, len(adv), group_size):
+    a, m = adv[start:start + group_size], mask[start:start + group_size]
+    rms = np.sqrt((a ** 2 * m).sum() / m.sum())
+    scale[start:start + group_size] = rms if rms > 0 else 1.0
+  return scale
 
 
 def aggregate(x, mask, aggregation, num_tokens, num_sequences):
@@ -103,10 +111,11 @@ def ppo_per_token(logp, old, adv, clip_eps):
   return -np.minimum(ratio * adv, np.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
 
 
-def pg_loss(logp, old, mask, sf_returns, seq_returns, group_size, mode, normalize_std,
+def pg_loss(logp, old, mask, weights, seq_returns, group_size, mode, normalize_std,
             clip_eps, aggregation, num_tokens, num_sequences):
-  """(loss, scale): the group-baselined PPO-clip surrogate."""
-  baseline, scale = group_baseline(seq_returns, group_size, mode, normalize_std)
-  adv = (sf_returns - baseline[:, None]) / scale[:, None]
-  per_token = ppo_per_token(logp, old, adv, clip_eps)
+  """(loss, scale): the group-baselined PPO-clip surrogate of score-function `weights`."""
+  baseline = group_baseline(seq_returns, group_size, mode)
+  adv = (weights - baseline[:, None]) * mask
+  scale = rms_scale(adv, mask, group_size) if normalize_std else np.ones(len(adv))
+  per_token = ppo_per_token(logp, old, adv / scale[:, None], clip_eps)
   return aggregate(per_token, mask, aggregation, num_tokens, num_sequences), scale

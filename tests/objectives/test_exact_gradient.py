@@ -1,154 +1,130 @@
-"""The estimators' expected gradient against brute force, for cmdp and minillm.
+"""Every policy-gradient estimator's expected gradient against brute force, under the
+shipped `ObjectiveConfig` defaults (leave-one-out baseline, no std scale, sequence_mean).
 
-A tabular student over a V=3 vocabulary and 1- or 2-token episodes: `l0 [V]` are the
-logits of the first token and `l1[a0] [V]` those of the second after `a0`; the teacher is
-a fixed table of the same form. Enumerating all V^T responses y, the expected gradient of
-the estimator, sum_y pi(y) grad loss(y) (ratio at 1, no baseline), must equal the brute-force
-gradient -grad E_y[sum_t r~_t] of the expected modified reward, written out from method.md
-(including the -n * KL_t(theta) penalty terms, whose gradient flows through the student
-logits as well as through pi(y)).
+A tabular policy over {a, b, EOS} with responses of 1 to 3 tokens (tests/objectives/
+brute_force.py). For groups of G samples, the estimator's expected gradient
+`sum_{y_1..y_G} prod_i pi(y_i) grad loss(y_1..y_G)` (every ordered group enumerated, ratio
+at 1) must equal `-grad J(theta)`, with J the objective's expected value written out with
+loops over tokens; for `advantage="grpo"` it must be `(G-1)/G` times that (same direction).
 """
-import functools
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cmdp.objectives import ObjectiveConfig, get_objective
+from tests.objectives import brute_force as bf
 
-V = 3
-
-
-def tables(seed):
-  rng = np.random.default_rng(seed)
-  f32 = lambda *s: jnp.asarray(rng.normal(size=s) * 1.2, jnp.float32)
-  student = {"l0": f32(V), "l1": f32(V, V)}
-  teacher = {"l0": f32(V), "l1": f32(V, V)}
-  reward = jnp.asarray(rng.uniform(size=(V, V)), jnp.float32)
-  return student, teacher, reward
+RESPONSE_ROWS = bf.rows(bf.RESPONSES)
 
 
-def table_logits(tab, inputs):
-  """`[B, T, V]` logits: position 0 from l0, position 1 from l1[previous token]."""
-  first = jnp.broadcast_to(tab["l0"], (inputs.shape[0], 1, V))
-  if inputs.shape[1] == 1:
-    return first
-  return jnp.concatenate([first, tab["l1"][inputs[:, 1]][:, None]], axis=1)
-
-
-def apply_fn(params, inputs, input_mask):
-  del input_mask
-  return table_logits(params, inputs)
-
-
-def responses(T):
-  return np.array(list(itertools.product(range(V), repeat=T)), np.int32)  # [V^T, T]
-
-
-def kl_rows(p, q):
-  lp, lq = jax.nn.log_softmax(p), jax.nn.log_softmax(q)
-  return jnp.sum(jnp.exp(lp) * (lp - lq), -1)
-
-
-def log_prob_of(tab, y):
-  """log pi(y) under a table, and the per-position log-probs `[T]`."""
-  steps = [jax.nn.log_softmax(tab["l0"])[y[0]]]
-  if len(y) == 2:
-    steps.append(jax.nn.log_softmax(tab["l1"][y[0]])[y[1]])
-  return sum(steps), steps
-
-
-def estimator_expected_grad(name, hp, student, teacher, reward, T):
-  """sum_y pi(y) grad loss(y), each response its own one-row batch."""
-  ys = responses(T)
-  inputs = np.concatenate([np.zeros((len(ys), 1), np.int32), ys[:, :-1]], axis=1)
-  old = jax.nn.log_softmax(table_logits(student, inputs))
-  old = jnp.take_along_axis(old, ys[..., None], -1)[..., 0]
-  r = reward[ys[:, 0], ys[:, -1]] if T == 2 else reward[ys[:, 0], 0]
-  rows = dict(inputs=inputs, targets=ys, input_mask=np.ones(ys.shape, bool),
-              mask=np.ones(ys.shape, np.float32), old_logprobs=old,
-              teacher_logits=table_logits(teacher, inputs), task_reward=r)
-  rows = jax.tree.map(lambda x: jnp.asarray(x)[:, None], rows)  # [V^T, 1, ...]
+def expected_estimator_grad(name, hp, student, teacher, reward, state=None):
+  """sum over ordered groups of prod_i pi(y_i) * grad loss(group)."""
+  targets, mask, states = (jnp.asarray(x) for x in RESPONSE_ROWS)
   fn = get_objective(name).loss_fn
+  probs = jnp.exp(jnp.stack([bf.response_logprob(student, y, hp.temperature)
+                             for y in bf.RESPONSES]))
+  np.testing.assert_allclose(float(probs.sum()), 1.0, rtol=1e-5)
+  idx = jnp.asarray(bf.groups(hp.group_size))
 
-  def one(row):
-    batch = dict(row, num_tokens=jnp.float32(T), num_sequences=jnp.float32(1))
-    return jax.grad(lambda p: fn(p, batch, apply_fn=apply_fn, hp=hp, lam=0.0)[0])(student)
+  def one(group):
+    t, m, s = targets[group], mask[group], states[group]
 
-  grads = jax.jit(jax.vmap(one))(rows)
-  probs = jnp.exp(jnp.array([log_prob_of(student, y)[0] for y in ys]))
-  np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
-  return jax.tree.map(lambda g: jnp.tensordot(probs, g, axes=1), grads)
+    def loss(table):
+      logits = table[s]
+      old = jnp.take_along_axis(jax.nn.log_softmax(jax.lax.stop_gradient(logits)
+                                                   / hp.temperature), t[..., None], -1)[..., 0]
+      batch = dict(targets=t, mask=m, old_logprobs=old * m, task_reward=reward[group],
+                   num_tokens=m.sum(), num_sequences=jnp.float32(hp.group_size))
+      return fn(logits, teacher[s], batch, hp, state)[0]
+    return jax.grad(loss)(student)
 
-
-def expected_cmdp_reward(student, teacher, reward, T, budget, penalty, n):
-  """E_y[sum_t r~_t]: Sauté 'sum' constraint, reverse-KL cost, reward only if not violated."""
-  pen = {"scaled": lambda c: -n * c, "constant_plus_scaled": lambda c: -n - c}[penalty]
-  kl0 = kl_rows(student["l0"], teacher["l0"])
-  total = 0.0
-  for y in responses(T):
-    logp, _ = log_prob_of(student, y)
-    v0 = jax.lax.stop_gradient(kl0) > budget
-    if T == 1:
-      ret = jnp.where(v0, pen(kl0), reward[y[0], 0])
-    else:
-      kl1 = kl_rows(student["l1"][y[0]], teacher["l1"][y[0]])
-      v1 = v0 | (jax.lax.stop_gradient(kl0 + kl1) > budget)
-      ret = jnp.where(v0, pen(kl0), 0.0) + jnp.where(v1, pen(kl1), reward[y[0], y[1]])
-    total = total + jnp.exp(logp) * ret
-  return total
+  grads = jax.jit(jax.vmap(one))(idx)
+  weights = jnp.prod(probs[idx], axis=-1)
+  return jnp.tensordot(weights, grads, axes=1)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def brute_force_grad(student, teacher, reward, budget, T, penalty):
-  """-grad E_y[sum_t r~_t] with respect to the student table (n = 1.7)."""
-  return jax.grad(lambda p: -expected_cmdp_reward(p, teacher, reward, T, budget, penalty,
-                                                  1.7))(student)
+def true_grad(name, hp, student, teacher, reward, lam=0.0):
+  return jax.grad(lambda p: -bf.objective_value(name, p, teacher, reward, hp, lam))(student)
 
 
-def budgets(student, teacher, T):
-  """Budgets (label, d): violated from the first token, and (T=2) only at the second."""
-  kl0 = float(kl_rows(student["l0"], teacher["l0"]))
-  out = [("first", 0.5 * kl0)]
-  if T == 2:
-    kl1 = np.asarray(kl_rows(student["l1"], teacher["l1"]))
-    out.append(("second", kl0 + float(np.median(kl1))))
-  else:
-    out.append(("never", 2.0 * kl0))
-  return out
+def median_budget(kind, constraint, discount, student, teacher):
+  """A budget between the responses' costs, so some violate and some do not."""
+  all_costs = bf.sequence_costs_np(kind, student, teacher, constraint, discount)
+  costs = np.unique(np.round(all_costs[all_costs > 0], 5))  # budgets are positive
+  mid = len(costs) // 2
+  budget = float(0.5 * (costs[mid - 1] + costs[mid]))
+  assert np.any(all_costs > budget) and np.any(all_costs < budget)
+  return budget
 
 
-@pytest.mark.parametrize("T", [1, 2])
-@pytest.mark.parametrize("penalty", ["scaled", "constant_plus_scaled"])
-def test_cmdp_estimator_is_unbiased(T, penalty):
-  student, teacher, reward = tables(T)
-  for label, budget in budgets(student, teacher, T):
-    hp = ObjectiveConfig(group_size=1, advantage="none", aggregation="sequence_mean",
-                         budget=budget, penalty=penalty, penalty_scale=1.7)
-    got = estimator_expected_grad("cmdp", hp, student, teacher, reward, T)
-    want = brute_force_grad(student, teacher, reward, budget, T, penalty)
-    for k in got:
-      np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=f"{label} {k}")
-    assert np.abs(want["l0"]).max() > 1e-2
+def check(name, hp, seed, factor=1.0, lam=0.0, state=None):
+  student, teacher, reward = bf.tables(seed)
+  got = expected_estimator_grad(name, hp, student, teacher, reward, state)
+  want = true_grad(name, hp, student, teacher, reward, lam)
+  assert float(jnp.abs(want).max()) > 1e-2
+  np.testing.assert_allclose(got, factor * want, rtol=2e-4, atol=2e-6)
 
 
-@pytest.mark.parametrize("T", [1, 2])
-def test_minillm_estimator_is_unbiased(T):
-  student, teacher, reward = tables(10 + T)
-  hp = ObjectiveConfig(group_size=1, advantage="none", aggregation="sequence_mean")
-  got = estimator_expected_grad("minillm", hp, student, teacher, reward, T)
+def with_budget(hp, seed):
+  student, teacher, _ = bf.tables(seed)
+  return hp.replace(budget=median_budget(hp.cost, hp.constraint, hp.cost_discount, student,
+                                         teacher))
 
-  def expected_logratio(p):  # E_y[sum_t log pi_T(y_t) - log pi_theta(y_t)] = -KL(seq)
-    total = 0.0
-    for y in responses(T):
-      logp, steps = log_prob_of(p, y)
-      _, t_steps = log_prob_of(teacher, y)
-      total = total + jnp.exp(logp) * (sum(t_steps) - sum(steps))
-    return total
 
-  want = jax.jit(jax.grad(lambda p: -expected_logratio(p)))(student)
-  for k in got:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
-  assert np.abs(want["l0"]).max() > 1e-2
+CMDP_CASES = [  # (cost, constraint, penalty): every cost and constraint, every penalty
+    ("reverse_kl", "sum", "scaled"), ("reverse_kl", "sum", "constant_plus_scaled"),
+    ("reverse_kl", "sum", "constant"), ("reverse_kl", "mean", "scaled"),
+    ("reverse_kl", "prefix_mean", "scaled"), ("logratio", "sum", "scaled"),
+    ("logratio", "mean", "constant_plus_scaled"), ("logratio", "prefix_mean", "scaled"),
+    ("teacher_nll", "sum", "scaled"), ("teacher_nll", "mean", "constant"),
+]
+
+
+@pytest.mark.parametrize("cost, constraint_, penalty", CMDP_CASES)
+def test_cmdp_is_unbiased_under_the_defaults(cost, constraint_, penalty):
+  hp = with_budget(ObjectiveConfig(group_size=2, cost=cost, constraint=constraint_,
+                                   penalty=penalty, penalty_scale=1.7), seed=3)
+  check("cmdp", hp, seed=3)
+
+
+def test_cmdp_unbiased_with_temperature_discount_groups_of_three_and_paid_reward():
+  hp = with_budget(ObjectiveConfig(group_size=3, temperature=0.7, cost_discount=0.8,
+                                   pay_reward_if_violated=True, penalty_scale=0.6), seed=5)
+  check("cmdp", hp, seed=5)
+
+
+def test_worst_case_preset_is_unbiased():
+  hp = with_budget(ObjectiveConfig(group_size=2, cost="teacher_nll", constraint="prefix_mean",
+                                   penalty="constant"), seed=7)
+  check("worst_case", hp, seed=7)
+
+
+@pytest.mark.parametrize("group_size", [2, 3])
+def test_grpo_advantage_shrinks_every_term_by_the_same_factor(group_size):
+  """The self-inclusive baseline: (G-1)/G times the true gradient, exact terms included."""
+  hp = with_budget(ObjectiveConfig(group_size=group_size, advantage="grpo"), seed=9)
+  check("cmdp", hp, seed=9, factor=(group_size - 1) / group_size)
+
+
+def test_grpo_objective_is_unbiased():
+  check("grpo", ObjectiveConfig(group_size=2, temperature=0.8), seed=11)
+
+
+@pytest.mark.parametrize("cost, constraint_", [("reverse_kl", "sum"), ("reverse_kl", "mean"),
+                                               ("logratio", "prefix_mean")])
+def test_soft_lagrangian_is_unbiased_for_its_sequence_cost(cost, constraint_):
+  hp = ObjectiveConfig(group_size=2, cost=cost, constraint=constraint_, soft_lambda=0.7,
+                       cost_discount=0.9)
+  check("soft_lagrangian", hp, seed=13, lam=0.7)
+
+
+def test_dual_lagrangian_uses_its_state():
+  from cmdp.objectives import LambdaState
+  hp = ObjectiveConfig(group_size=2)
+  state = LambdaState(lam=jnp.float32(1.3), step=jnp.int32(4))
+  check("dual_lagrangian", hp, seed=17, lam=1.3, state=state)
+
+
+def test_minillm_is_unbiased():
+  check("minillm", ObjectiveConfig(group_size=2, temperature=0.9), seed=19)

@@ -1,8 +1,8 @@
 """Each loss against the numpy reference on a tiny batch, plus the identities between them.
 
-The student "model" returns fixed logits held in the params (`apply_fn = p["logits"]`), so
-every value is computable by hand / numpy (each row's first input names its row of the
-table, so a microbatch of rows reads its own logits). B=4 rows in 2 groups of 2, L=4, V=5.
+The student "model" is a table of fixed logits held in the params, so every value is
+computable by hand / numpy (each row's first input names its row of the table, so a
+microbatch of rows reads its own logits). B=4 rows in 2 groups of 2, L=4, V=5.
 """
 
 import jax
@@ -10,19 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmdp.objectives import ObjectiveConfig, get_objective
+from cmdp.objectives import LambdaState, ObjectiveConfig, get_objective
 
 from . import reference as ref
 
 B, L, V, G = 4, 4, 5, 2
 MASK = np.array([[0, 1, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.float64)
 AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
-
-
-def apply_fn(params, inputs, input_mask):
-  """The logits table row named by each row's first input (its row id)."""
-  del input_mask
-  return params["logits"][inputs[:, 0]]
 
 
 def make_batch(seed=0):
@@ -47,8 +41,13 @@ def make_batch(seed=0):
 
 
 def run(name, hp, params, batch, lam=0.0):
-  fn = get_objective(name).loss_fn
-  return fn(params, batch, apply_fn=apply_fn, hp=hp, lam=jnp.float32(lam))
+  """The objective's `(loss, metrics)` on the table logits of the batch's rows."""
+  objective = get_objective(name)
+  state = objective.init_state(hp)
+  if name == "dual_lagrangian":
+    state = LambdaState(lam=jnp.float32(lam), step=jnp.int32(0))
+  logits = params["logits"][batch["inputs"][:, 0]]
+  return objective.loss_fn(logits, batch.get("teacher_logits"), batch, hp, state)
 
 
 def seq_sum(x):
@@ -69,14 +68,16 @@ def check_common_metrics(metrics, a, hp, costs):
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_grpo_matches_reference(aggregation):
+@pytest.mark.parametrize("mode,normalize_std", [("loo", False), ("grpo", True), ("none", False)])
+def test_grpo_matches_reference(aggregation, mode, normalize_std):
   params, batch, a = make_batch()
-  hp = ObjectiveConfig(group_size=G, aggregation=aggregation, ref_kl_coef=0.3, budget=4.0)
+  hp = ObjectiveConfig(group_size=G, aggregation=aggregation, ref_kl_coef=0.3, budget=4.0,
+                       advantage=mode, normalize_std=normalize_std)
   loss, metrics = run("grpo", hp, params, batch)
   rewards = ref.last_token_rewards(a["task_reward"], MASK)
   ret = ref.returns(rewards, MASK, 1.0)
   want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
-                        "grpo", True, 0.2, aggregation, MASK.sum(), B)
+                        mode, normalize_std, 0.2, aggregation, MASK.sum(), B)
   d = a["ref_lp"] - a["logp"]  # k3 of kl(student||ref): e^d - 1 - d
   want += 0.3 * ref.aggregate(np.exp(d) - 1 - d, MASK, aggregation, MASK.sum(), B)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -86,14 +87,31 @@ def test_grpo_matches_reference(aggregation):
   np.testing.assert_allclose(metrics["ratio_mean"], (ratio * MASK).sum() / MASK.sum(), rtol=1e-5)
 
 
-def test_grpo_advantages_are_group_normalised_rewards():
-  # Rewards [1, 0 | 0, 1]: group means 0.5, std (ddof=1) 1/sqrt(2): advantages +-1/sqrt(2).
+def test_grpo_default_advantages_are_leave_one_out_by_hand():
+  # Rewards [1, 0 | 0, 1]: each row's baseline is the other row's reward: +1, -1, -1, +1.
   params, batch, a = make_batch()
-  hp = ObjectiveConfig(group_size=G)
-  _, metrics = run("grpo", hp, params, batch)
-  adv = np.array([1, -1, -1, 1])[:, None] / np.sqrt(2) * np.ones((B, L))
+  _, metrics = run("grpo", ObjectiveConfig(group_size=G), params, batch)
+  adv = np.array([1, -1, -1, 1])[:, None] * np.ones((B, L))
   np.testing.assert_allclose(metrics["advantage_mean"], (adv * MASK).sum() / MASK.sum(),
                              rtol=1e-5)
+  np.testing.assert_allclose(metrics["advantage_abs_mean"], 1.0, rtol=1e-6)
+
+
+def cmdp_reference(a, costs, hp, kappa, direct):
+  """The cmdp loss in numpy: the PG surrogate on returns with the immediate exact term
+  removed (reverse_kl) plus the exact / direct term, as docs/method.md writes it."""
+  rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, hp.budget, hp.penalty,
+                                        hp.penalty_scale, hp.pay_reward_if_violated,
+                                        hp.constraint)
+  ret = ref.returns(rewards, MASK, hp.gamma)
+  weights = ret + (kappa * violated * costs if hp.cost == "reverse_kl" else 0.0)
+  want, scale = ref.pg_loss(a["logp"], a["old"], MASK, weights,
+                            ref.first_token_values(ret, MASK), G, hp.advantage,
+                            hp.normalize_std, 0.2, hp.aggregation, MASK.sum(), B)
+  factor = (G - 1) / G if hp.advantage == "grpo" else 1.0
+  want += factor * ref.aggregate(kappa * violated * direct / scale[:, None], MASK,
+                                 hp.aggregation, MASK.sum(), B)
+  return want, violated
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -104,63 +122,64 @@ def test_cmdp_matches_reference(aggregation, penalty, kappa):
   costs = ref.kl(a["logits"], a["teacher"])
   budget = float(np.median(seq_sum(costs)))  # half the rows violate
   hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget, penalty=penalty,
-                       penalty_scale=1.5)
+                       penalty_scale=1.5, advantage="grpo", normalize_std=True)
   loss, metrics = run("cmdp", hp, params, batch)
-  rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, budget, penalty, 1.5)
+  want, violated = cmdp_reference(a, costs, hp, kappa, costs)
   assert 0 < violated.sum() < MASK.sum()
-  ret = ref.returns(rewards, MASK, 1.0)
-  sf = ret + kappa * violated * costs
-  want, scale = ref.pg_loss(a["logp"], a["old"], MASK, sf, ref.first_token_values(ret, MASK),
-                            G, "grpo", True, 0.2, aggregation, MASK.sum(), B)
-  want += ref.aggregate(kappa * violated * costs / scale[:, None], MASK, aggregation,
-                        MASK.sum(), B)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_allclose(metrics["violation_fraction"], violated.sum() / MASK.sum(),
                              rtol=1e-6)
   check_common_metrics(metrics, a, hp, costs)
 
 
-def test_cmdp_logratio_cost_has_no_exact_term():
+def test_cmdp_logratio_cost_adds_the_direct_term():
+  """v_t depends on y_t through c_t, so kappa v_t grad log pi(y_t) is kept (not mean zero)."""
   params, batch, a = make_batch(1)
   costs = a["logp"] - ref.token_logprobs(a["teacher"], a["targets"])
   budget = float(np.median(seq_sum(costs)))
   hp = ObjectiveConfig(group_size=G, budget=budget, cost="logratio", gamma=0.9,
-                       advantage="loo", pay_reward_if_violated=True)
+                       pay_reward_if_violated=True, penalty_scale=1.3)
   loss, _ = run("cmdp", hp, params, batch)
-  rewards, _ = ref.saute_rewards(a["task_reward"], costs, MASK, budget, "scaled", 1.0,
-                                 pay_reward_if_violated=True)
-  ret = ref.returns(rewards, MASK, 0.9)
-  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
-                        "loo", True, 0.2, "token_mean", MASK.sum(), B)
+  want, violated = cmdp_reference(a, costs, hp, 1.3, a["logp"])
+  assert 0 < violated.sum() < MASK.sum()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
+  # The gradient has the direct term: kappa v_t on d log pi(y_t) / d logits.
+  no_direct = jax.grad(lambda p: run("cmdp", hp.replace(penalty="constant"), p, batch)[0])
+  with_direct = jax.grad(lambda p: run("cmdp", hp, p, batch)[0])
+  assert np.abs(with_direct(params)["logits"] - no_direct(params)["logits"]).max() > 1e-3
+
+
+WORST = dict(cost="teacher_nll", constraint="prefix_mean", penalty="constant")
 
 
 def test_worst_case_is_teacher_nll_prefix_mean_constant():
   params, batch, a = make_batch(2)
   costs = -ref.token_logprobs(a["teacher"], a["targets"])
   budget = float(np.median(costs[MASK > 0]))
-  hp = ObjectiveConfig(group_size=G, budget=budget, penalty_scale=2.0)
+  hp = ObjectiveConfig(group_size=G, budget=budget, penalty_scale=2.0, **WORST)
   loss, metrics = run("worst_case", hp, params, batch)
-  rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, budget, "constant", 2.0,
-                                        constraint="prefix_mean")
+  want, violated = cmdp_reference(a, costs, hp, 0.0, costs)
   assert 0 < violated.sum() < MASK.sum()
-  ret = ref.returns(rewards, MASK, 1.0)
-  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, ret, ref.first_token_values(ret, MASK), G,
-                        "grpo", True, 0.2, "token_mean", MASK.sum(), B)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   prefix_max = [max(np.cumsum(costs[b][MASK[b] > 0]) / np.arange(1, MASK[b].sum() + 1))
                 for b in range(B)]
   np.testing.assert_allclose(metrics["constraint_value"], np.mean(prefix_max), rtol=1e-5)
 
 
+def test_worst_case_refuses_a_config_without_its_preset():
+  with pytest.raises(ValueError, match=r"config.loss.cost='reverse_kl': objective 'worst_case'"):
+    get_objective("worst_case").check_fields(ObjectiveConfig())
+  get_objective("worst_case").check_fields(ObjectiveConfig(**WORST))
+
+
 def test_minillm_matches_reference():
   params, batch, a = make_batch(3)
-  hp = ObjectiveConfig(group_size=G, gamma=0.95, aggregation="sequence_mean")
+  hp = ObjectiveConfig(group_size=G, gamma=0.95)
   loss, _ = run("minillm", hp, params, batch)
   r = (ref.token_logprobs(a["teacher"], a["targets"]) - a["logp"]) * MASK
   ret = ref.returns(r, MASK, 0.95)
   want, scale = ref.pg_loss(a["logp"], a["old"], MASK, ret - r,
-                            ref.first_token_values(ret, MASK), G, "grpo", True, 0.2,
+                            ref.first_token_values(ret, MASK), G, "loo", False, 0.2,
                             "sequence_mean", MASK.sum(), B)
   want += ref.aggregate(ref.kl(a["logits"], a["teacher"]) / scale[:, None], MASK,
                         "sequence_mean", MASK.sum(), B)
@@ -170,7 +189,7 @@ def test_minillm_matches_reference():
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_gkd_endpoints_are_forward_and_reverse_kl(beta):
   params, batch, a = make_batch(4)
-  loss, _ = run("gkd", ObjectiveConfig(gkd_beta=beta), params, batch)
+  loss, _ = run("gkd", ObjectiveConfig(gkd_beta=beta, aggregation="token_mean"), params, batch)
   t, s = a["teacher"], a["logits"]
   if beta == 0.0:
     div = ref.kl(t, s)  # forward kl(teacher||student)
@@ -194,14 +213,24 @@ def test_sft_is_masked_cross_entropy():
 
 
 @pytest.mark.parametrize("name,lam", [("soft_lagrangian", 0.7), ("dual_lagrangian", 1.3)])
-def test_lagrangians_are_grpo_plus_lambda_kl(name, lam):
+@pytest.mark.parametrize("constraint_", ["sum", "mean"])
+def test_lagrangians_penalise_the_sequence_cost(name, lam, constraint_):
+  """R - lambda C(y): per-token reward r_t - lambda w_t c_t, the same PG core, the exact
+  KL gradient; `sum` drops the immediate term from the token's own return."""
   params, batch, a = make_batch(6)
-  hp = ObjectiveConfig(group_size=G, soft_lambda=0.7)
+  hp = ObjectiveConfig(group_size=G, soft_lambda=0.7, constraint=constraint_)
   loss, metrics = run(name, hp, params, batch, lam=lam)
-  grpo_loss, _ = run("grpo", hp, params, batch)
-  kl_term = (ref.kl(a["logits"], a["teacher"]) * MASK).sum() / MASK.sum()
-  np.testing.assert_allclose(loss, grpo_loss + lam * kl_term, rtol=1e-5)
-  np.testing.assert_allclose(metrics["kl_penalty"], lam * kl_term, rtol=1e-5)
+  kl = ref.kl(a["logits"], a["teacher"])
+  w = MASK if constraint_ == "sum" else MASK / MASK.sum(-1, keepdims=True)
+  rewards = ref.last_token_rewards(a["task_reward"], MASK) - lam * w * kl
+  ret = ref.returns(rewards, MASK, 1.0)
+  g0 = ref.first_token_values(ret, MASK)
+  weights = ret + lam * w * kl if constraint_ == "sum" else g0[:, None] * MASK
+  want, _ = ref.pg_loss(a["logp"], a["old"], MASK, weights, g0, G, "loo", False, 0.2,
+                        "sequence_mean", MASK.sum(), B)
+  want += ref.aggregate(lam * w * kl, MASK, "sequence_mean", MASK.sum(), B)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["penalty"], lam * (w * kl).sum(-1).mean(), rtol=1e-5)
 
 
 def test_soft_lagrangian_at_zero_equals_grpo():
@@ -223,27 +252,37 @@ ACCUM_CASES = ([("cmdp", agg) for agg in AGGREGATIONS] +
 
 
 @pytest.mark.parametrize("name,aggregation", ACCUM_CASES)
-def test_grad_accumulation_equals_full_batch(name, aggregation):
+def test_grad_accumulation_equals_full_batch_for_loss_gradient_and_metrics(name, aggregation):
+  """Microbatch losses, gradients AND metrics (token-weighted ones included) sum to the
+  full batch's."""
   params, batch, a = make_batch(8)
   budget = float(np.median(seq_sum(ref.kl(a["logits"], a["teacher"]))))
   hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget,
-                       entropy_coef=0.01, ref_kl_coef=0.1)
+                       entropy_coef=0.01, ref_kl_coef=0.1, normalize_std=True)
+  if name == "worst_case":
+    hp = hp.replace(**WORST, budget=3.0)
 
-  def grads(p, b):
-    return jax.grad(lambda q: run(name, hp, q, b, lam=0.5)[0])(p)["logits"]
+  def value(p, b):
+    (loss, metrics), g = jax.value_and_grad(lambda q: run(name, hp, q, b, lam=0.5),
+                                            has_aux=True)(p)
+    return loss, metrics, g["logits"]
 
-  full = grads(params, batch)
+  full = value(params, batch)
   halves = [{k: (v[s] if np.ndim(v) and k not in ("num_tokens", "num_sequences") else v)
              for k, v in batch.items()} for s in (slice(0, 2), slice(2, 4))]
-  summed = grads(params, halves[0]) + grads(params, halves[1])
-  np.testing.assert_allclose(summed, full, rtol=1e-5, atol=1e-7)
-  assert np.abs(full).max() > 1e-3
+  parts = [value(params, h) for h in halves]
+  np.testing.assert_allclose(parts[0][0] + parts[1][0], full[0], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(parts[0][2] + parts[1][2], full[2], rtol=1e-5, atol=1e-7)
+  assert np.abs(full[2]).max() > 1e-3
+  for key, want in full[1].items():
+    np.testing.assert_allclose(parts[0][1][key] + parts[1][1][key], want, rtol=1e-5,
+                               atol=1e-6, err_msg=key)
 
 
 def test_missing_batch_field_is_named():
   params, batch, _ = make_batch()
   del batch["teacher_logits"]
-  with pytest.raises(ValueError, match=r"'cmdp': batch lacks \['teacher_logits'\]"):
+  with pytest.raises(ValueError, match=r"'cmdp': the step lacks \['teacher_logits'\]"):
     run("cmdp", ObjectiveConfig(group_size=G), params, batch)
   params, batch, _ = make_batch()
   del batch["ref_logprobs"]
@@ -251,7 +290,7 @@ def test_missing_batch_field_is_named():
     run("grpo", ObjectiveConfig(group_size=G, ref_kl_coef=0.1), params, batch)
 
 
-@pytest.mark.parametrize("name", ["cmdp", "gkd", "dual_lagrangian"])
+@pytest.mark.parametrize("name", ["cmdp", "gkd", "dual_lagrangian", "soft_lagrangian"])
 def test_time_chunked_vocabulary_terms_change_nothing(name):
   params, batch, _ = make_batch(seed=3)
   hp = ObjectiveConfig(budget=1.0, group_size=G)

@@ -10,30 +10,62 @@ from . import reference as ref
 
 
 @pytest.mark.parametrize("mode", ["grpo", "loo", "none"])
-@pytest.mark.parametrize("normalize_std", [True, False])
-def test_group_baseline_matches_numpy(mode, normalize_std):
+def test_group_baseline_matches_numpy(mode):
   values = np.random.default_rng(0).normal(size=12)
-  baseline, scale = pg.group_baseline(jnp.asarray(values, jnp.float32), 4, mode, normalize_std)
-  want_b, want_s = ref.group_baseline(values, 4, mode, normalize_std)
-  np.testing.assert_allclose(baseline, want_b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(scale, want_s, rtol=1e-5, atol=1e-6)
+  baseline = pg.group_baseline(jnp.asarray(values, jnp.float32), 4, mode)
+  np.testing.assert_allclose(baseline, ref.group_baseline(values, 4, mode), rtol=1e-5, atol=1e-6)
 
 
 def test_group_baseline_by_hand():
-  # One group [1, 2, 6]: mean 3, std (ddof=1) sqrt(((4 + 1 + 9) / 2)) = sqrt(7).
   v = jnp.array([1.0, 2.0, 6.0])
-  b, s = pg.group_baseline(v, 3, "grpo", True)
-  np.testing.assert_allclose(b, [3, 3, 3])
-  np.testing.assert_allclose(s, [np.sqrt(7) + 1e-6] * 3, rtol=1e-6)
-  b, _ = pg.group_baseline(v, 3, "loo", False)
-  np.testing.assert_allclose(b, [4.0, 3.5, 1.5])
+  np.testing.assert_allclose(pg.group_baseline(v, 3, "grpo"), [3, 3, 3])
+  np.testing.assert_allclose(pg.group_baseline(v, 3, "loo"), [4.0, 3.5, 1.5])
 
 
 def test_group_baseline_rejects_partial_groups_and_singletons():
   with pytest.raises(ValueError, match="whole number of groups"):
-    pg.group_baseline(jnp.zeros(5), 2, "grpo", True)
+    pg.group_baseline(jnp.zeros(5), 2, "grpo")
   with pytest.raises(ValueError, match="group_size >= 2"):
-    pg.group_baseline(jnp.zeros(4), 1, "loo", True)
+    pg.group_baseline(jnp.zeros(4), 1, "loo")
+
+
+def test_rms_scale_by_hand():
+  # Group 1: advantages 3 and 4 on one token each, rms 5/sqrt(2); group 2: all zero -> 1.
+  adv = jnp.array([[3.0, 9.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+  mask = jnp.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+  np.testing.assert_allclose(pg.group_rms_scale(adv, mask, 2),
+                             [5 / np.sqrt(2)] * 2 + [1.0, 1.0], rtol=1e-6)
+
+
+def degenerate_batch():
+  """Two groups in which every sample is violated at the same (second) token under a
+  constant penalty: equal sequence returns G0 = -2, per-token returns -2, -2, -1 (group 1), and
+  a group whose returns are all equal (group 2)."""
+  mask = jnp.array([[1.0, 1.0, 1.0, 0.0]] * 4)
+  rewards = jnp.array([[0.0, -1.0, -1.0, 0.0], [0.0, -1.0, -1.0, 0.0],
+                       [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+  batch = dict(mask=mask, old_logprobs=jnp.zeros((4, 4)), num_tokens=mask.sum(),
+               num_sequences=jnp.float32(4))
+  return rewards, batch
+
+
+@pytest.mark.parametrize("normalize_std", [False, True])
+@pytest.mark.parametrize("mode", ["loo", "grpo"])
+def test_advantages_are_bounded_in_degenerate_groups(normalize_std, mode):
+  """Equal G0 with different per-token returns: the advantages stay on the rewards' scale
+  (G0's std is 0 there; dividing by it made them ~1e6)."""
+  from cmdp.objectives import ObjectiveConfig
+  rewards, batch = degenerate_batch()
+  hp = ObjectiveConfig(group_size=2, advantage=mode, normalize_std=normalize_std)
+  logp = jnp.zeros((4, 4))
+  _, metrics = pg.policy_gradient_loss(logp, batch, rewards, hp)
+  # Unscaled: token returns -2, -2, -1 minus the baseline -2 -> 0, 0, 1 (group 1); 0 (group 2).
+  want_abs = 2 / 12
+  if normalize_std:
+    want_abs = want_abs / np.sqrt(2 / 6)  # group 1's RMS over its 6 tokens
+  np.testing.assert_allclose(metrics["advantage_abs_mean"], want_abs, rtol=1e-5)
+  grad = jax.grad(lambda lp: pg.policy_gradient_loss(lp, batch, rewards, hp)[0])(logp)
+  assert np.abs(np.asarray(grad)).max() <= np.sqrt(6) / 4 + 1e-6  # |A| <= sqrt(group tokens)
 
 
 def test_ppo_clip_by_hand():

@@ -22,11 +22,15 @@ def test_train_then_evaluate(tmp_path):
   assert report["step"] == 2
   assert set(report["models"]) == {"student", "teacher", "initial_student"}
   student = report["models"]["student"]
-  assert student["num_examples"] == 4
+  assert student["num_examples"] == student["num_greedy"] == 4
+  assert student["num_sampled"] == 8  # pass@2: two samples per prompt at the rollout temperature
   assert 0.0 <= student["pass@2"] <= 1.0
-  q = [student[f"kl_seq_q{p}"] for p in (10, 50, 90)]
-  assert q == sorted(q) and student["kl_seq_mean"] >= 0
-  assert "constraint_satisfaction" not in report["models"]["teacher"]  # no cost vs itself
+  for kind in ("greedy", "sampled"):
+    q = [student[f"kl_seq_{kind}_q{p}"] for p in (10, 50, 90)]
+    assert q == sorted(q) and student[f"kl_seq_{kind}_mean"] >= 0
+    assert student[f"satisfaction_{kind}"] in {i / student[f"num_{kind}"]
+                                              for i in range(student[f"num_{kind}"] + 1)}
+  assert "satisfaction_greedy" not in report["models"]["teacher"]  # no cost vs itself
   # The end-of-training evaluation is logged too.
   last = read_metrics(workdir)[-1]
   assert last["eval/student/accuracy"] == student["accuracy"]
@@ -35,6 +39,7 @@ def test_train_then_evaluate(tmp_path):
 
   # The command-line evaluation of the final checkpoint reproduces the student's numbers.
   results = evaluate.run(config, workdir)
-  for key in ("accuracy", "kl_seq_mean", "constraint_satisfaction", "response_length"):
+  for key in ("accuracy", "kl_seq_greedy_mean", "satisfaction_greedy", "satisfaction_sampled",
+              "accuracy_sampled", "response_length"):
     assert results["student"][key] == pytest.approx(student[key], rel=1e-5), key
   assert np.isclose(results["student"]["budget"], student["budget"])

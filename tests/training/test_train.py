@@ -40,6 +40,10 @@ def test_every_objective_trains(tmp_path, objective):
     # Random models never answer right: every reward in every group is 0, so the
     # group-normalised advantages and the update are exactly 0.
     assert all(r["train/task_reward"] == 0.0 and r["train/update_norm"] == 0.0 for r in rows)
+  elif objective == "dual_lagrangian":
+    # lambda starts at 0 (grpo, no reward: no update) and moves only if C(y) exceeds d.
+    assert rows[0]["train/lambda"] == 0.0 and rows[0]["train/update_norm"] == 0.0
+    assert rows[1]["train/lambda"] == 0.0 or rows[1]["train/update_norm"] > 0
   else:
     # Divergence / constraint terms give a gradient: the student moved.
     assert rows[0]["train/update_norm"] > 0
@@ -51,11 +55,28 @@ def test_dual_lambda_moves_with_the_violation(tmp_path):
   rows, _ = _run(tmp_path, objective="dual_lagrangian", num_steps=2,
                  **{"loss.lambda_lr": 0.5, "loss.lambda_init": 1.0})
   r = rows[0]
-  # lambda logged at step 1 is the initial one; the step's update is projected ascent on
-  # (constraint_value - budget) / budget in log space (cmdp.objectives.lagrangian).
+  # lambda logged at step 1 is the initial one; the step's update is projected ascent of
+  # lambda * d by lr * (constraint_value - d) / d (cmdp.objectives.lagrangian), d = 0.25.
   assert r["train/lambda"] == pytest.approx(1.0)
-  expected = np.exp(0.5 * (r["train/constraint_value"] - 0.25) / 0.25)
-  assert rows[1]["train/lambda"] == pytest.approx(min(expected, 10.0), rel=1e-4)
+  expected = 1.0 + 0.5 * (r["train/constraint_value"] - 0.25) / 0.25 / 0.25
+  assert rows[1]["train/lambda"] == pytest.approx(min(max(expected, 0.0), 100.0), rel=1e-4)
+
+
+def test_lambda_and_accuracy_are_logged_only_where_they_mean_something(tmp_path):
+  cmdp_rows, _ = _run(tmp_path, "cmdp", objective="cmdp", num_steps=1)
+  sft_rows, _ = _run(tmp_path, "sft", objective="sft", num_steps=1)
+  assert "train/lambda" not in cmdp_rows[0]  # no multiplier
+  assert "train/accuracy" in cmdp_rows[0]  # the student's own samples
+  assert "train/accuracy" not in sft_rows[0]  # reference text is not the student's answer
+
+
+def test_worst_case_step_is_bounded(tmp_path):
+  """Its constant penalty makes groups whose samples all violate at the same token: the
+  advantages and the gradient stay on the rewards' scale (were ~5e6)."""
+  rows, _ = _run(tmp_path, objective="worst_case", num_steps=1,
+                 **{"loss.normalize_std": True})
+  assert rows[0]["train/advantage_abs_mean"] < 10.0
+  assert rows[0]["train/grad_norm"] < 1e3
 
 
 def test_sharded_mesh_matches_single_device(tmp_path):
@@ -129,3 +150,30 @@ def test_ppo_ratio_is_one_on_policy_at_any_temperature(tmp_path):
   rows, _ = _run(tmp_path, objective="grpo", num_steps=1, **{"rollout.temperature": 0.7})
   assert rows[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
   assert rows[0]["train/clip_fraction"] == 0.0
+
+
+def test_training_calibration_and_evaluation_measure_one_constraint(tmp_path):
+  """At rollout temperature 0.7, the step's KL and satisfaction equal the scorer's that
+  calibration and evaluation use, on the same batch: all read the deployed student."""
+  config = tiny_config(objective="cmdp", **{"rollout.temperature": 0.7})
+  exp = experiment.build(config)
+  state, shardings = trainer.create_state(exp, exp.student.params)
+  batch, _ = trainer.make_batch(exp, state.params, exp.train_examples[:4],
+                                jax.random.PRNGKey(3), True)
+  scores = exp.score_sequences(state.params, batch)
+  _, metrics = exp.make_train_step(exp.hp, shardings)(state, batch)
+  assert float(metrics["kl_seq"]) == pytest.approx(scores["kl_seq"].mean(), rel=1e-4)
+  assert float(metrics["constraint_satisfaction"]) == pytest.approx(scores["satisfied"].mean())
+  assert float(metrics["constraint_value"]) == pytest.approx(scores["sequence_cost"].mean(),
+                                                             rel=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["cmdp", "worst_case", "soft_lagrangian",
+                                       "dual_lagrangian"])
+def test_calibrated_quantile_gives_that_first_step_satisfaction(tmp_path, objective):
+  """Calibrating d at the median of the initial student's C(y) leaves about half of the
+  first step's fresh samples within it, whatever the objective's constraint."""
+  rows, _ = _run(tmp_path, objective=objective, num_steps=1, batch_size=48,
+                 calibrate_budget_quantile=0.5, calibration_prompts=32)
+  # 64 calibration samples, 48 step samples: binomial sd about 0.07 each.
+  assert rows[0]["train/constraint_satisfaction"] == pytest.approx(0.5, abs=0.25)
