@@ -95,7 +95,7 @@ def main():
     batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
     jax.block_until_ready(batch["teacher_logits"])
     t3 = time.perf_counter()
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, exp.step_teacher_params, batch)
     jax.block_until_ready(metrics)
     t4 = time.perf_counter()
     if step == 0:

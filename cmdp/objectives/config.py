@@ -55,6 +55,9 @@ class ObjectiveConfig:
   # divide the advantages by the RMS of the group's advantages (bounded, but biased): off
   normalize_std: bool = False
   clip_eps: float = 0.2  # PPO ratio clip: ratio kept in [1 - eps, 1 + eps]
+  # truncated importance sampling: weight each token's surrogate by
+  # min(pi_trainer / pi_sampler, tis_cap) when the sampler's numerics differ (0 = off)
+  tis_cap: float = 0.0
   # sequence_mean (sum over tokens / sequences: unbiased) | token_mean |
   # sequence_mean_token_mean (the last two divide by the sampled length: biased)
   aggregation: str = "sequence_mean"
@@ -102,6 +105,7 @@ class ObjectiveConfig:
         ("group_size", self.group_size >= 1, "must be >= 1"),
         ("chunk_size", self.chunk_size >= 0, "must be >= 0 (0 = unchunked)"),
         ("clip_eps", self.clip_eps > 0, "must be > 0 (e.g. 0.2)"),
+        ("tis_cap", self.tis_cap == 0 or self.tis_cap >= 1, "must be 0 (off) or >= 1 (e.g. 2)"),
         ("entropy_coef", self.entropy_coef >= 0, "must be >= 0"),
         ("ref_kl_coef", self.ref_kl_coef >= 0, "must be >= 0 (0 = off)"),
         ("gkd_beta", 0 <= self.gkd_beta <= 1, "must be in [0, 1]"),
@@ -144,4 +148,4 @@ _KIND = dict(
     advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
     entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,
     lambda_init=float, lambda_lr=float, lambda_max=float, lambda_warmup_steps=int,
-    chunk_size=int, temperature=float, dual_target=DUAL_TARGETS, violation_target=float)
+    chunk_size=int, temperature=float, tis_cap=float, dual_target=DUAL_TARGETS, violation_target=float)

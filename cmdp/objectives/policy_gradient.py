@@ -32,7 +32,11 @@ construction, also when every `G0` of the group is equal while the per-token ret
 differ (where a std of `G0` would be 0). Any data-dependent scale biases the estimator
 (it correlates with the sample), which is why it is off by default.
 
-PPO surrogate per token, ratio `rho = exp(logp - old_logp)` of the sampling policy.
+PPO surrogate per token, ratio `rho = exp(logp - old_logp)`; `old_logp` is the trainer's
+own recomputation before the step's first update (`batch["trainer_logprobs"]`) when the step
+made one, else the sampler's log-probabilities. With `tis_cap > 0` each token's surrogate
+is weighted by `min(pi_trainer_old / pi_sampler, tis_cap)` (truncated importance sampling),
+which corrects for a sampler whose numerics differ from the trainer's (e.g. bfloat16).
 
 Aggregation of per-token values `x_bt` over response tokens `m_bt`, normalised by the FULL
 batch's counts so that the gradients of microbatches of whole groups sum to the full-batch
@@ -194,7 +198,7 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
     `(loss, metrics)`; the loss is full-batch normalised; the metrics (shares of
     full-batch means, see `token_sum`) are pg_loss, exact_loss, clip_fraction, ratio_mean,
     advantage_mean, advantage_abs_mean, approx_kl_old (k3 estimate of kl(pi_old||pi_theta)),
-    return (mean G0).
+    abs_logprob_diff (mean |log pi_theta - log pi_old|), return (mean G0), tis_weight_mean.
   """
   mask = batch["mask"]
   rewards = jax.lax.stop_gradient(rewards)
@@ -210,8 +214,17 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
   else:
     scale = jnp.ones(adv.shape[:1], jnp.float32)
   adv = adv / scale[:, None]
-  old = batch["old_logprobs"]
+  sampler = batch["old_logprobs"]
+  old = batch.get("trainer_logprobs")
+  old = sampler if old is None else old
   per_token, ratio, clipped = ppo_clip(logp, old, adv, mask, hp.clip_eps)
+  tis = None
+  if hp.tis_cap > 0:
+    if batch.get("trainer_logprobs") is None:
+      raise ValueError("ObjectiveConfig.tis_cap > 0 needs batch['trainer_logprobs'] (the "
+                       "trainer's log-probs before the update); the train step adds them.")
+    tis = jnp.minimum(jnp.exp(jnp.where(mask > 0, old - sampler, 0.0)), hp.tis_cap)
+    per_token = per_token * jax.lax.stop_gradient(tis)
   pg = aggregate(per_token, mask, hp.aggregation, batch["num_tokens"], batch["num_sequences"])
   loss = pg
   metrics = dict(
@@ -223,8 +236,11 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
       approx_kl_old=token_sum(divergences.k3(
           jnp.where(mask > 0, old, 0.0), jnp.where(mask > 0, jax.lax.stop_gradient(logp), 0.0)),
           batch),
+      abs_logprob_diff=token_sum(jnp.abs(jax.lax.stop_gradient(logp) - old), batch),
       **{"return": sequence_sum(g0, batch)},
   )
+  if tis is not None:
+    metrics["tis_weight_mean"] = token_sum(tis, batch)
   if exact is not None:
     term = exact_weight(hp) * aggregate(exact / scale[:, None], mask, hp.aggregation,
                                         batch["num_tokens"], batch["num_sequences"])

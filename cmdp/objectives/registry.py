@@ -37,7 +37,7 @@ CONSTRAINT_FIELDS = frozenset({"budget", "cost", "constraint", "cost_discount", 
                                "temperature", "group_size"})
 # Fields of the policy-gradient core (cmdp.objectives.policy_gradient).
 PG_FIELDS = frozenset({"gamma", "advantage", "normalize_std", "clip_eps", "aggregation",
-                       "entropy_coef"})
+                       "entropy_coef", "tis_cap"})
 
 
 def _no_state(hp):

@@ -88,7 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.batch_size = 8  # sequences per step (prompts x loss.group_size)
-  c.grad_accum_steps = 1  # microbatches per step; batch_size / grad_accum_steps whole groups
+  c.grad_accum_steps = 1  # microbatches per optimiser update (each holds whole groups)
+  c.ppo_epochs = 1  # passes over each rollout batch (GRPO's mu, purejaxrl's UPDATE_EPOCHS)
+  c.ppo_minibatches = 1  # optimiser updates per pass, each on 1/ppo_minibatches of the groups
   c.num_steps = 100  # optimiser steps
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw",  # adamw | adam | sgd
@@ -162,9 +164,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % g:
     fail("batch_size", f"{config.batch_size} is not a multiple of loss.group_size={g}: "
          "each prompt is sampled group_size times.")
-  if config.grad_accum_steps < 1 or config.batch_size % (config.grad_accum_steps * g):
-    fail("grad_accum_steps", f"{config.grad_accum_steps} must split batch_size="
-         f"{config.batch_size} into microbatches of whole groups of {g}.")
+  if config.ppo_epochs < 1:
+    fail("ppo_epochs", "must be >= 1.")
+  if config.ppo_minibatches < 1 or config.batch_size % (config.ppo_minibatches * g):
+    fail("ppo_minibatches", f"{config.ppo_minibatches} must split batch_size="
+         f"{config.batch_size} into minibatches of whole groups of {g}.")
+  mini = config.batch_size // max(config.ppo_minibatches, 1)
+  if config.grad_accum_steps < 1 or mini % (config.grad_accum_steps * g):
+    fail("grad_accum_steps", f"{config.grad_accum_steps} must split each minibatch of "
+         f"{mini} rows into microbatches of whole groups of {g}.")
   if config.num_steps < 0:
     fail("num_steps", "must be >= 0.")
   if not 0.0 <= config.calibrate_budget_quantile < 1.0:

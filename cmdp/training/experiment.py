@@ -16,12 +16,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cmdp import data, models, objectives, sharding
+from cmdp import data, sharding
 from cmdp.objectives import ObjectiveConfig, get_objective
-from cmdp.rollout import make_sampler
 from cmdp.training import config as config_lib
 from cmdp.training import models as model_lib
 from cmdp.training import optimizer as optimizer_lib
+from cmdp.training import programs
 from cmdp.training import step as step_lib
 
 
@@ -95,24 +95,40 @@ class Experiment:
   def optimizer(self):
     return optimizer_lib.make_optimizer(self.config.optimizer, self.config.num_steps)
 
-  def make_train_step(self, hp: ObjectiveConfig, state_shardings):
-    """The jitted update: state donated, state shardings preserved, batch rows split."""
-    fn = step_lib.make_train_step(self.objective, hp, self.student.config, self.optimizer,
-                                  self.config.grad_accum_steps)
-    return jax.jit(fn, in_shardings=(state_shardings, self.batch_sharding()),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  @property
+  def teacher_inside_step(self) -> bool:
+    """The teacher shares the student's mesh, so it runs inside the train step."""
+    return self.teacher_mesh is self.student_mesh
 
   @property
-  def teacher_logits_fn(self):
-    """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh."""
-    return _teacher_logits_fn(self.teacher.config, self.teacher_mesh,
-                              self.config.rollout.teacher_logits_dtype)
+  def step_config(self) -> step_lib.StepConfig:
+    c = self.config
+    return step_lib.StepConfig(grad_accum_steps=c.grad_accum_steps, ppo_epochs=c.ppo_epochs,
+                               ppo_minibatches=c.ppo_minibatches,
+                               teacher_logits_dtype=c.rollout.teacher_logits_dtype)
+
+  def make_train_step(self, hp: ObjectiveConfig, state_shardings):
+    """The compiled update `(state, teacher_params, batch) -> (state, metrics)`
+    (cmdp.training.programs); with a teacher on its own mesh, teacher_params is None and
+    the batch brings the teacher's logits (`teacher_logits`)."""
+    inside = self.teacher_inside_step
+    return programs.train_step(self.objective, hp, self.student.config, self.optimizer,
+                               self.step_config, self.student_mesh, state_shardings,
+                               self.teacher.config if inside else None)
+
+  @property
+  def step_teacher_params(self):
+    """What the train step takes as `teacher_params`."""
+    return self.teacher.params if self.teacher_inside_step else None
 
   def teacher_logits(self, inputs, input_mask):
-    """Teacher logits for student-side arrays, moved back to the student's mesh."""
+    """Teacher logits for student-side arrays, computed on the teacher's mesh and moved to
+    the student's (only for a teacher on its own devices, and for evaluation scoring)."""
+    fn = programs.teacher_logits(self.teacher.config, self.teacher_mesh,
+                                 self.config.rollout.teacher_logits_dtype)
     if self.teacher_mesh is not self.student_mesh:
       inputs, input_mask = self.put_batch((inputs, input_mask), self.teacher_mesh)
-    out = self.teacher_logits_fn(self.teacher.params, inputs, input_mask)
+    out = fn(self.teacher.params, inputs, input_mask)
     if self.teacher_mesh is not self.student_mesh:
       out = jax.device_put(out, self.batch_sharding())
     return out
@@ -123,18 +139,21 @@ class Experiment:
     r = self.config.rollout
     m = self.student if model == "student" else self.teacher
     mesh = self.student_mesh if model == "student" else self.teacher_mesh
-    return _sampler(m.config, mesh, max_new_tokens or r.max_new_tokens,
-                    r.temperature if temperature is None else temperature, r.top_k, r.top_p,
-                    greedy, self.eos_ids, self.pad_id)
+    return programs.sampler(m.config, mesh, max_new_tokens or r.max_new_tokens,
+                            r.temperature if temperature is None else temperature, r.top_k,
+                            r.top_p, greedy, self.eos_ids, self.pad_id)
 
   def score_sequences(self, params, batch: dict, hp: ObjectiveConfig | None = None) -> dict:
     """Host numpy per-sequence scores (`cmdp.objectives.sequence_scores`: the constraint's
     cost, satisfaction, KL(student||teacher) sum, length) of a batch from
     `batch_lib.from_rollout`, for the deployed student with `params`."""
     batch = dict(batch)
-    batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
-    scorer = _sequence_scorer(self.student.config, hp or self.hp)
-    return jax.tree.map(np.asarray, scorer(params, batch))
+    teacher_params = self.step_teacher_params
+    if teacher_params is None:
+      batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
+    fn = programs.scorer(self.student.config, self.teacher.config, hp or self.hp,
+                         self.config.rollout.teacher_logits_dtype)
+    return jax.tree.map(np.asarray, fn(params, teacher_params, batch))
 
   # ---- prompts ----
 
@@ -148,30 +167,6 @@ class Experiment:
     """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
     return data.encode_prompts(self.tokenizer, [self.prompt_text(ex.question) for ex in examples],
                                self.config.data.max_prompt_len)
-
-
-@functools.lru_cache(maxsize=16)
-def _teacher_logits_fn(cfg, mesh, dtype: str):
-  fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(jnp.dtype(dtype))
-  abstract = jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))
-  b = sharding.batch_spec()
-  return sharding.jit_sharded(fn, mesh, (sharding.param_specs(abstract, mesh, cfg), b, b), b)
-
-
-@functools.lru_cache(maxsize=16)
-def _sequence_scorer(cfg, hp: ObjectiveConfig):
-  """The jitted `(student_params, batch) -> sequence_scores` of the deployed student."""
-  def fn(params, batch):
-    logits = models.forward(cfg, params, batch["inputs"], batch["input_mask"])
-    return objectives.sequence_scores(logits.astype(jnp.float32),
-                                      batch["teacher_logits"].astype(jnp.float32), batch, hp)
-  return jax.jit(fn)
-
-
-@functools.lru_cache(maxsize=16)
-def _sampler(cfg, mesh, max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id):
-  return make_sampler(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                      top_p=top_p, greedy=greedy, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
 
 
 def _load_split(config: ml_collections.ConfigDict, which: str) -> list:

@@ -5,8 +5,9 @@ One iteration:
   2. student rollouts with the KV-cache sampler (or reference / teacher sequences for
      off-policy steps of `sft` and `gkd`);
   3. task rewards from the verifier on the decoded responses (host);
-  4. teacher logits on the student's own prefixes (the teacher's mesh);
-  5. the jitted update `train_step(state, batch) -> (state, metrics)`.
+  4. the jitted update `train_step(state, teacher_params, batch) -> (state, metrics)`, which
+     runs the frozen teacher on the student's own prefixes microbatch by microbatch (a
+     teacher on its own devices scores the batch here instead and hands over its logits).
 """
 from __future__ import annotations
 
@@ -83,8 +84,10 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
     new_tokens = int(loss_mask.sum())
   task_reward, correct = batch_lib.task_rewards(completions, group, cfg.format_reward_weight)
   batch["task_reward"] = exp.put_batch(task_reward)
-  # Every objective's step measures the constraint, so the teacher scores every batch.
-  batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
+  # Every step measures the constraint, so the teacher scores every batch: inside the step
+  # when it shares the student's mesh, here (on its own devices) otherwise.
+  if not exp.teacher_inside_step:
+    batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
   host = {"new_tokens": new_tokens}
   if on_policy:  # the student's own accuracy; off-policy rows are reference text
     host["accuracy"] = float(correct.mean())
@@ -160,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
         rng = jax.random.fold_in(state.rng, step)
         batch, host = make_batch(exp, state.params, it.next_batch(), rng, on_policy)
         t1 = time.perf_counter()
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, exp.step_teacher_params, batch)
         metrics = jax.device_get(metrics)
         t2 = time.perf_counter()
         if metrics["nonfinite"]:

@@ -80,9 +80,11 @@ def test_worst_case_step_is_bounded(tmp_path):
 
 
 def test_sharded_mesh_matches_single_device(tmp_path):
-  single, _ = _run(tmp_path, "one", num_steps=1, **{"mesh.num_devices": 1})
+  """Also with two PPO epochs of two minibatches and two microbatches each."""
+  ppo = {"ppo_epochs": 2, "ppo_minibatches": 2, "grad_accum_steps": 2}
+  single, _ = _run(tmp_path, "one", num_steps=1, **{"mesh.num_devices": 1}, **ppo)
   sharded, _ = _run(tmp_path, "mesh", num_steps=1,
-                    **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+                    **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}, **ppo)
   assert len(jax.devices()) == 8
   for key in ("train/kl_token", "train/kl_seq", "train/loss", "train/grad_norm",
               "train/response_length", "train/constraint_satisfaction"):
@@ -98,7 +100,8 @@ def test_teacher_on_its_own_devices(tmp_path):
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
-  straight, _ = _run(tmp_path, "straight", num_steps=4)
+  """Under two PPO epochs (several optimiser updates per rollout)."""
+  straight, _ = _run(tmp_path, "straight", num_steps=4, ppo_epochs=2)
 
   def preempt_after_step_2(exp, params, step, hp):
     del exp, params, hp
@@ -107,10 +110,10 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     return {}
 
   first, workdir = _run(tmp_path, "resumed", num_steps=4, eval_every=1,
-                        evaluate_fn=preempt_after_step_2)
+                        evaluate_fn=preempt_after_step_2, ppo_epochs=2)
   assert [r["step"] for r in first] == [1, 2]  # SIGTERM: saved at step 2 and stopped
   assert ckpt_lib.Checkpointer(workdir).latest_step() == 2
-  resumed, _ = _run(tmp_path, "resumed", num_steps=4)
+  resumed, _ = _run(tmp_path, "resumed", num_steps=4, ppo_epochs=2)
   assert [r["step"] for r in resumed] == [1, 2, 3, 4]
   for a, b in zip(straight[2:], resumed[2:]):
     for key, v in a.items():
@@ -161,7 +164,7 @@ def test_training_calibration_and_evaluation_measure_one_constraint(tmp_path):
   batch, _ = trainer.make_batch(exp, state.params, exp.train_examples[:4],
                                 jax.random.PRNGKey(3), True)
   scores = exp.score_sequences(state.params, batch)
-  _, metrics = exp.make_train_step(exp.hp, shardings)(state, batch)
+  _, metrics = exp.make_train_step(exp.hp, shardings)(state, exp.step_teacher_params, batch)
   assert float(metrics["kl_seq"]) == pytest.approx(scores["kl_seq"].mean(), rel=1e-4)
   assert float(metrics["constraint_satisfaction"]) == pytest.approx(scores["satisfied"].mean())
   assert float(metrics["constraint_value"]) == pytest.approx(scores["sequence_cost"].mean(),
