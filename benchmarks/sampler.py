@@ -13,10 +13,13 @@ Also checks that greedy tokens agree with HF, and that prompts of other lengths 
 the same P) reuse the compiled sampler: the compile count is printed.
 
     python benchmarks/sampler.py [--reps 2] [--new-tokens 128] [--batch 16]
+        [--settings greedy,sampled,greedy_bf16,sampled_bf16] [--no-hf]
 
 Cost on a 2-core CPU: about 10 minutes (8 compiled samplers, about 15 s each). Timings
 are the best of `--reps` interleaved rounds (ours and HF alternate), so a busy machine
-slows both sides alike.
+slows both sides alike. A quick check of our side alone (about 2 minutes):
+
+    python benchmarks/sampler.py --settings greedy,greedy_bf16 --no-hf --new-tokens 32 --reps 3
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ def main():
   ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--prompt-len", type=int, default=64)
+  ap.add_argument("--settings", default="greedy,sampled,greedy_bf16,sampled_bf16",
+                  help="comma-separated subset of greedy,sampled,greedy_bf16,sampled_bf16")
+  ap.add_argument("--no-hf", action="store_true",
+                  help="time cmdp only (no Hugging Face side, no token agreement check)")
   args = ap.parse_args()
   import torch
 
@@ -88,13 +95,20 @@ def main():
   bf16 = config.replace(dtype="bfloat16")
   settings = {"greedy": (config, dict(greedy=True)), "sampled": (config, SAMPLED),
               "greedy bf16": (bf16, dict(greedy=True)), "sampled bf16": (bf16, SAMPLED)}
+  wanted = [name.strip().replace("_", " ") for name in args.settings.split(",")]
+  unknown = sorted(set(wanted) - set(settings))
+  if unknown:
+    ap.error(f"--settings: unknown {unknown}; pick from greedy,sampled,greedy_bf16,sampled_bf16")
+  settings = {name: settings[name] for name in wanted}
   # Each setting also with 1 new token: its time is the prefill (and set-up), and the
   # difference gives the decode loop's own rate.
   samplers = {(name, new): rollout.make_sampler(c, max_new_tokens=new, pad_id=pad_id, **kw)
               for name, (c, kw) in settings.items() for new in (n, 1)}
-  with tempfile.TemporaryDirectory() as workdir:
-    hf = {dtype: hf_model(config, params, tokenizer, workdir, dtype)
-          for dtype in ("float32", "bfloat16")}
+  hf = {}
+  if not args.no_hf:
+    with tempfile.TemporaryDirectory() as workdir:
+      hf = {dtype: hf_model(config, params, tokenizer, workdir, dtype)
+            for dtype in ("float32", "bfloat16")}
   ids, am = torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
   def ours(name, new_tokens=n):
@@ -111,7 +125,8 @@ def main():
     return call
 
   calls = {}
-  for side, make in (("cmdp", ours), ("HF generate", theirs)):
+  sides = (("cmdp", ours),) if args.no_hf else (("cmdp", ours), ("HF generate", theirs))
+  for side, make in sides:
     for name in settings:
       for new in (n, 1):
         calls[f"{side} {name}", new] = make(name, new)
@@ -129,7 +144,6 @@ def main():
   labels = [label for label, new in calls if new == n]
   speed = {label: b * n / best[label, n] for label in labels}
   decode = {label: b * (n - 1) / (best[label, n] - best[label, 1]) for label in labels}
-  ours_greedy, hf_greedy = outputs["cmdp greedy", n], outputs["HF generate greedy", n]
 
   print(f"\n| {'sampler':24s} | {'new tok/s':>9s} | {'best s':>6s} | {'1-token s':>9s} | "
         f"{'decode tok/s':>12s} | {'first call s':>12s} |")
@@ -137,24 +151,21 @@ def main():
   for label in labels:
     print(f"| {label:24s} | {speed[label]:9.0f} | {best[label, n]:6.2f} | {best[label, 1]:9.2f} | "
           f"{decode[label]:12.0f} | {first[label]:>12s} |")
-  for name in settings:
-    mode = name.split()[0]
-    same = speed["cmdp " + name] / speed["HF generate " + name]
-    fastest = max(speed[f"HF generate {mode}"], speed[f"HF generate {mode} bf16"])
-    print(f"speed-up cmdp {name}: {same:.2f}x vs HF {name}, "
-          f"{speed['cmdp ' + name] / fastest:.2f}x vs HF's faster {mode}; decode loop alone "
-          f"{decode['cmdp ' + name] / decode['HF generate ' + name]:.2f}x vs HF {name}")
-
-  # HF's min_new_tokens forbids EOS, so compare greedy tokens up to our first EOS.
-  ours_tok = np.asarray(ours_greedy.tokens)[:, p:]
-  hf_tok = hf_greedy[:, p:].numpy()
-  eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-  agree = 0
-  for row_ours, row_hf in zip(ours_tok, hf_tok):
-    stop = np.flatnonzero(np.isin(row_ours, eos))
-    end = stop[0] if stop.size else n
-    agree += bool((row_ours[:end] == row_hf[:end]).all())
-  print(f"greedy tokens identical to HF (up to the first EOS) in {agree}/{b} rows")
+  if not args.no_hf:
+    compare_with_hf(settings, speed, decode)
+  if "greedy" not in settings:
+    return
+  if not args.no_hf:
+    # HF's min_new_tokens forbids EOS, so compare greedy tokens up to our first EOS.
+    ours_tok = np.asarray(outputs["cmdp greedy", n].tokens)[:, p:]
+    hf_tok = outputs["HF generate greedy", n][:, p:].numpy()
+    eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    agree = 0
+    for row_ours, row_hf in zip(ours_tok, hf_tok):
+      stop = np.flatnonzero(np.isin(row_ours, eos))
+      end = stop[0] if stop.size else n
+      agree += bool((row_ours[:end] == row_hf[:end]).all())
+    print(f"greedy tokens identical to HF (up to the first EOS) in {agree}/{b} rows")
 
   # Prompts of other lengths, padded to the same P: no new compilation.
   sampler = samplers["greedy", n]
@@ -164,6 +175,19 @@ def main():
     jax.block_until_ready(sampler(params, t2, m2, jax.random.key(1)))
   print(f"compilations of the greedy sampler after 3 prompt batches of different lengths: "
         f"{sampler.jitted._cache_size()}")
+
+
+def compare_with_hf(settings, speed, decode):
+  """Prints our speed-up over HF per setting: same dtype, HF's faster dtype, decode loop."""
+  for name in settings:
+    mode = name.split()[0]
+    same = speed["cmdp " + name] / speed["HF generate " + name]
+    fastest = max(speed.get(f"HF generate {mode}", 0.0),
+                  speed.get(f"HF generate {mode} bf16", 0.0))
+    print(f"speed-up cmdp {name}: {same:.2f}x vs HF {name}, "
+          f"{speed['cmdp ' + name] / fastest:.2f}x vs HF's faster {mode} timed here; decode "
+          f"loop alone {decode['cmdp ' + name] / decode['HF generate ' + name]:.2f}x vs HF "
+          f"{name}")
 
 
 if __name__ == "__main__":

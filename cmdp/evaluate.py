@@ -20,9 +20,8 @@ def run(config, workdir: str, checkpoint: int | None = None) -> dict:
   """Evaluates the checkpoint of `workdir`; returns the results keyed by model name."""
   from cmdp import evaluation  # pylint: disable=g-import-not-at-top
   from cmdp.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
+  from cmdp.training import eval_loop, experiment, trainer  # pylint: disable=g-import-not-at-top
   exp = experiment.build(config)
-  exp.workdir = workdir
   checkpointer = ckpt_lib.Checkpointer(workdir)
   step = checkpoint if checkpoint is not None else checkpointer.latest_step()
   if step is None:
@@ -30,9 +29,9 @@ def run(config, workdir: str, checkpoint: int | None = None) -> dict:
   state, _ = trainer.create_state(exp, exp.student.params)
   state, meta = checkpointer.restore(state, exp.student.config, step)
   checkpointer.close()
-  exp.hp = exp.hp.replace(budget=meta["budget"])
-  results = evaluation.evaluate_baselines(exp, exp.student.params, exp.hp)
-  results["student"] = evaluation.evaluate_model(exp, state.params, "student", exp.hp)
+  exp = exp.with_hp(exp.hp.replace(budget=meta["budget"]))
+  results = eval_loop.evaluate_baselines(exp, exp.student.params, exp.hp)
+  results["student"] = eval_loop.evaluate(exp, state.params, "student", exp.hp)
   evaluation.write_results(workdir, step, results)
   return results
 

@@ -144,23 +144,15 @@ def batch_spec() -> P:
 
 
 def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
-  """Specs for a `KVCache`: batch over ("data", "fsdp"), kv heads over "tensor" (if divisible).
+  """Specs for a `cmdp.models.KVCache`: batch over ("data", "fsdp"), kv heads over "tensor"
+  (each where divisible).
 
-  k, v `[L, B, S, KVH, hd]`; mask `[B, S]`; index `[]`; pos `[B]`.
+  k, v: one `[B, KVH, ...]` buffer per layer; mask `[B, S]`; index `[]`; pos `[B]`.
   """
-  kv = fit_spec(P(None, BATCH_AXES, None, "tensor", None), cache.k.shape, mesh, "cache.k")
+  kv = tuple(fit_spec(P(BATCH_AXES, "tensor"), x.shape, mesh, "cache.k") for x in cache.k)
   return KVCache(k=kv, v=kv,
                  mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, "cache.mask"),
                  index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, "cache.pos"))
-
-
-def decode_cache_specs(cache, mesh: Mesh):
-  """Specs for a `cmdp.rollout.decode.DecodeCache`: per-layer `[B, KVH, ...]` buffers split
-  over batch ("data", "fsdp") and kv heads ("tensor"), where divisible."""
-  kv = tuple(fit_spec(P(BATCH_AXES, "tensor"), x.shape, mesh, "decode_cache.k") for x in cache.k)
-  return type(cache)(k=kv, v=kv,
-                     mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, "cache.mask"),
-                     index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, "cache.pos"))
 
 
 def named(mesh: Mesh, specs: Any) -> Any:

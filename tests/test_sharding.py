@@ -86,10 +86,11 @@ def test_cache_and_batch_specs():
   from cmdp.models import init_cache
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   specs = sharding.cache_specs(jax.eval_shape(lambda: init_cache(CONFIG, 8, 5)), mesh)
-  assert specs.k == P(None, ("data", "fsdp"), None, "tensor", None)
+  layers = CONFIG.num_layers  # one [B, KVH, ...] buffer per layer
+  assert specs.k == specs.v == (P(("data", "fsdp"), "tensor", None, None),) * layers
   assert specs.mask == P(("data", "fsdp"), None) and specs.pos == P(("data", "fsdp"))
   odd = sharding.cache_specs(jax.eval_shape(lambda: init_cache(ODD, 6, 5)), mesh)
-  assert odd.k == P(None, None, None, None, None)  # batch 6 / 4 and 3 kv heads / 2
+  assert odd.k == (P(None, None, None, None),) * layers  # batch 6 / 4 and 3 kv heads / 2
   assert sharding.batch_spec() == P(("data", "fsdp"))
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from cmdp.data import Example
 from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
-from cmdp.rewards.math_answer import last_boxed
+from cmdp.text import last_boxed
 
 DEFAULT_MATH_SYSTEM_PROMPT = (
     "Please reason step by step, and put your final answer within \\boxed{}.")

@@ -1,3 +1,7 @@
-"""Evaluation of students (and baselines): accuracy, pass@k, constraint satisfaction, KL."""
-from cmdp.evaluation.evaluator import (evaluate_and_write, evaluate_baselines, evaluate_model,
-                                       markdown_table, write_results)
+"""Evaluation of students (and baselines): accuracy, pass@k, constraint satisfaction, KL.
+
+It is given functions (`ModelFns`: prompts, samplers, decoding, the verifier, the scorer)
+and examples, and imports nothing from training.
+"""
+from cmdp.evaluation.evaluator import (ModelFns, evaluate_model, markdown_table, scalars,
+                                       write_results)

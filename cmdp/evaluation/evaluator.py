@@ -14,10 +14,28 @@ import os
 import jax
 import numpy as np
 
-from cmdp.objectives import ObjectiveConfig
-from cmdp.training import batch as batch_lib
+from typing import Callable, NamedTuple
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+class ModelFns(NamedTuple):
+  """What evaluation needs of one model, as functions (built by the trainer's layer).
+
+  prompts: `examples -> (tokens, mask)` left-padded prompts, placed where the model runs.
+  greedy, sample: `(params, tokens, mask, rng) -> Rollout` (sample: at the training
+    temperature).
+  decode: `Rollout -> list[str]` the responses' text.
+  reward: `(completions, examples) -> correct [B]` the verifier's 0/1.
+  score: `(params, Rollout) -> {"sequence_cost", "satisfied", "kl_seq"} [B]` of the run's
+    constraint, or None (the teacher is not scored against itself).
+  """
+  prompts: Callable
+  greedy: Callable
+  sample: Callable
+  decode: Callable
+  reward: Callable
+  score: Callable | None
 
 
 def _batches(examples: list, size: int):
@@ -27,7 +45,7 @@ def _batches(examples: list, size: int):
     yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
 
 
-def _summary(prefix: str, correct, costs, kls, satisfied, hp: ObjectiveConfig) -> dict:
+def _summary(prefix: str, correct, costs, kls, satisfied) -> dict:
   out = {f"accuracy_{prefix}": float(np.mean(correct)), f"num_{prefix}": len(correct)}
   if len(costs):
     costs, kls = np.asarray(costs), np.asarray(kls)
@@ -40,56 +58,50 @@ def _summary(prefix: str, correct, costs, kls, satisfied, hp: ObjectiveConfig) -
   return out
 
 
-def evaluate_model(exp, params, which: str = "student", hp: ObjectiveConfig | None = None,
-                   examples: list | None = None) -> dict:
-  """Metrics of one model (`which` = "student" or "teacher") with `params`.
+def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pass_k: int,
+                   budget: float | None = None) -> dict:
+  """Metrics of one model with `params` on `examples`.
 
-  Greedy decodes, and `eval.pass_k` samples per prompt at the training temperature (the
-  distribution training enforces the constraint on): accuracy of each, pass@k, and for
-  the student the constraint `C(y) <= d` of `hp` (cmdp.objectives.sequence_scores) on
-  each, with the KL(student||teacher) per sequence; `num_greedy` / `num_sampled` count
-  the responses behind each figure.
+  Greedy decodes, and `pass_k` samples per prompt at the training temperature (the
+  distribution training enforces the constraint on): accuracy of each, pass@k, and when
+  `fns.score` is given the constraint `C(y) <= d` (its `satisfied`) on each, with the
+  KL(student||teacher) per sequence; `num_greedy` / `num_sampled` count the responses
+  behind each figure.
   """
-  cfg = exp.config.eval
-  hp = hp or exp.hp
-  examples = examples or exp.test_examples
-  mesh = exp.student_mesh if which == "student" else exp.teacher_mesh
-  greedy = exp.sampler(which, greedy=True, max_new_tokens=cfg.max_new_tokens)
-  sampled = exp.sampler(which, max_new_tokens=cfg.max_new_tokens)  # training temperature
   acc = {"greedy": dict(correct=[], costs=[], kls=[], satisfied=[]),
          "sampled": dict(correct=[], costs=[], kls=[], satisfied=[])}
   passed, lengths = [], []
 
   def record(kind, rollout, chunk, n):
-    _, ok = batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, rollout), chunk)
+    ok = np.asarray(fns.reward(fns.decode(rollout), chunk))
     a = acc[kind]
     a["correct"].extend(ok[:n])
-    if which == "student":
-      scores = exp.score_sequences(params, batch_lib.from_rollout(rollout), hp)
+    if fns.score is not None:
+      scores = fns.score(params, rollout)
       a["costs"].extend(scores["sequence_cost"][:n])
       a["kls"].extend(scores["kl_seq"][:n])
       a["satisfied"].extend(scores["satisfied"][:n])
     return ok
 
-  for step, (chunk, n) in enumerate(_batches(examples, cfg.batch_size)):
-    prompts = exp.put_batch(exp.encode_prompts(chunk), mesh)
-    rollout = greedy(params, *prompts, jax.random.PRNGKey(step))
+  for step, (chunk, n) in enumerate(_batches(examples, batch_size)):
+    tokens, mask = fns.prompts(chunk)
+    rollout = fns.greedy(params, tokens, mask, jax.random.PRNGKey(step))
     record("greedy", rollout, chunk, n)
     lengths.extend(np.asarray(rollout.lengths)[:n])
     any_ok = np.zeros(len(chunk), bool)
-    for k in range(cfg.pass_k):
-      r = sampled(params, *prompts, jax.random.PRNGKey(10_000 * (k + 1) + step))
+    for k in range(pass_k):
+      r = fns.sample(params, tokens, mask, jax.random.PRNGKey(10_000 * (k + 1) + step))
       any_ok |= record("sampled", r, chunk, n) > 0
     passed.extend(any_ok[:n])
 
   out = {"accuracy": float(np.mean(acc["greedy"]["correct"])),
          "response_length": float(np.mean(lengths)), "num_examples": len(lengths)}
-  out.update(_summary("greedy", **acc["greedy"], hp=hp))
-  if cfg.pass_k:
-    out.update(_summary("sampled", **acc["sampled"], hp=hp))
-    out[f"pass@{cfg.pass_k}"] = float(np.mean(passed))
-  if which == "student":
-    out["budget"] = float(hp.budget)
+  out.update(_summary("greedy", **acc["greedy"]))
+  if pass_k:
+    out.update(_summary("sampled", **acc["sampled"]))
+    out[f"pass@{pass_k}"] = float(np.mean(passed))
+  if fns.score is not None and budget is not None:
+    out["budget"] = float(budget)
   return out
 
 
@@ -119,21 +131,7 @@ def write_results(workdir: str, step: int, results: dict) -> None:
     f.write(f"Evaluation at step {step}\n\n" + markdown_table(merged))
 
 
-def evaluate_baselines(exp, initial_params, hp: ObjectiveConfig | None = None) -> dict:
-  """The teacher and the initial student, as `eval.include_*` ask (run once, before training)."""
-  results = {}
-  if exp.config.eval.include_initial_student:
-    results["initial_student"] = evaluate_model(exp, initial_params, "student", hp)
-  if exp.config.eval.include_teacher:
-    results["teacher"] = evaluate_model(exp, exp.teacher.params, "teacher", hp)
-  return results
-
-
-def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig | None = None,
-                       extra: dict | None = None) -> dict:
-  """Evaluates the student, writes `eval.json` / `eval.md` (with `extra` models, e.g. the
-  baselines) under `exp.workdir`, and returns `eval/<model>/<metric>` scalars for the log."""
-  results = {**(extra or {}), "student": evaluate_model(exp, params, "student", hp)}
-  write_results(exp.workdir, step, results)
+def scalars(results: dict) -> dict:
+  """`eval/<model>/<metric>` scalars of `{model: metrics}` for the metric log."""
   return {f"eval/{m}/{k}": v for m, r in results.items() for k, v in r.items()
           if isinstance(v, (int, float))}

@@ -1,7 +1,13 @@
-"""Models: a Flax causal decoder for the Llama / Qwen2 / Qwen3 / SmolLM2 families."""
+"""Models: a Flax causal decoder for the Llama / Qwen2 / Qwen3 / SmolLM2 families.
+
+`forward` is the training forward (all positions, `nn.scan` over layers); `init_cache` and
+`forward_with_cache` are the one cached path (prefill and one-token steps, what the sampler
+runs), in `cmdp.models.decode`, with `decode_params` laying the weights out once per rollout.
+"""
 from cmdp.models.config import ModelConfig
-from cmdp.models.transformer import (KVCache, forward, forward_with_cache, init_cache,
-                                     init_params)
+from cmdp.models.transformer import forward, init_params
+from cmdp.models.decode import (DecodeParams, KVCache, decode_params, forward_with_cache,
+                                init_cache)
 from cmdp.models.loading import CheckpointError, load_pretrained
 from cmdp.models.saving import save_pretrained
 from cmdp.models.tokenizer import tokenizer_from_gguf

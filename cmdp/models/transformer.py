@@ -1,7 +1,9 @@
-"""A causal decoder (Llama / Qwen2 / Qwen3 / SmolLM2) in Flax linen, with a KV cache.
+"""A causal decoder (Llama / Qwen2 / Qwen3 / SmolLM2) in Flax linen: the training forward.
 
 Layers are stacked with `nn.scan`: every per-layer parameter has a leading `[L]` axis, which
-keeps compile time flat in depth and makes the partition rules one line per weight.
+keeps compile time flat in depth and makes the partition rules one line per weight. Cached
+decoding (prefill and one-token steps, what the sampler runs) is `cmdp.models.decode`: same
+parameters, same math, laid out for speed; this module's RMSNorm and RoPE serve both.
 
 Parameter tree (names mirror Hugging Face so loading is a rename and a transpose):
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,33 +33,9 @@ from cmdp.models.config import ModelConfig
 _MASK_VALUE = -1e30  # finite, so fully masked rows (left padding) give zeros, never NaN
 
 
-class KVCache(NamedTuple):
-  """Decoding state. Slots are shared by the batch; positions are per row (left padding).
-
-  k, v:   [L, B, S, num_kv_heads, head_dim]  keys/values written so far.
-  mask:   [B, S] bool, True where a slot holds a real (non-pad) token.
-  index:  [] int32, next slot to write.
-  pos:    [B] int32, RoPE position of the next real token of each row.
-  """
-  k: jax.Array
-  v: jax.Array
-  mask: jax.Array
-  index: jax.Array
-  pos: jax.Array
-
-
 def compute_dtype(config: ModelConfig):
+  """The activations' dtype: bfloat16 when `config.dtype` says so, else float32."""
   return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
-  """An empty cache of `max_len` slots."""
-  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
-  dtype = compute_dtype(config)
-  return KVCache(
-      k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-      mask=jnp.zeros((batch_size, max_len), bool),
-      index=jnp.zeros((), jnp.int32), pos=jnp.zeros((batch_size,), jnp.int32))
 
 
 def rope_inv_freq(config: ModelConfig) -> jax.Array:
@@ -117,10 +94,11 @@ def _dense(features, name, dtype, bias=False):
 
 
 class Attention(nn.Module):
+  """Causal grouped-query self-attention of `x [B, T, D]` over its own T tokens."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, layer_cache, index):
+  def __call__(self, x, positions, key_mask):
     c = self.config
     dtype = compute_dtype(c)
     b, t, _ = x.shape
@@ -137,27 +115,16 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
 
-    if layer_cache is None:  # keys are this call's tokens, slots 0..t-1
-      keys, values, q_slots = k, v, jnp.arange(t)
-      new_cache = None
-    else:
-      ck, cv = layer_cache
-      keys = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
-      values = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
-      q_slots = index + jnp.arange(t)
-      new_cache = (keys, values)
-
-    s = keys.shape[1]
-    allowed = (jnp.arange(s)[None, :] <= q_slots[:, None])[None] & key_mask[:, None, :]  # [B,T,S]
+    allowed = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]  # [B, T, T]
     groups = c.num_heads // c.num_kv_heads
     qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(dtype),
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k,
                         preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
     scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(dtype))
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     out = out.reshape(b, t, c.num_heads * c.head_dim)
-    return _dense(c.hidden_size, "o_proj", dtype)(out), new_cache
+    return _dense(c.hidden_size, "o_proj", dtype)(out)
 
 
 class MLP(nn.Module):
@@ -176,15 +143,14 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, key_mask, index):
+  def __call__(self, x, positions, key_mask):
+    """One pre-norm layer; returns `(x, None)`, the carry and (no) output of `nn.scan`."""
     c = self.config
     dtype = compute_dtype(c)
-    h, new_cache = Attention(c, name="self_attn")(
-        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x),
-        positions, key_mask, layer_cache, index)
-    x = x + h
+    x = x + Attention(c, name="self_attn")(
+        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask)
     x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
-    return x, new_cache
+    return x, None
 
 
 class Decoder(nn.Module):
@@ -192,7 +158,7 @@ class Decoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, positions, key_mask, cache_kv=None, index=0):
+  def __call__(self, tokens, positions, key_mask):
     c = self.config
     dtype = compute_dtype(c)
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
@@ -203,9 +169,8 @@ class Decoder(nn.Module):
       block = nn.remat(Block, prevent_cse=False)
     layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=c.num_layers)(c, name="layers")
-    x, new_kv = layers(x, cache_kv, positions, key_mask, index)
+        in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers)(c, name="layers")
+    x, _ = layers(x, positions, key_mask)
     x = RMSNorm(c.rms_norm_eps, dtype, name="norm")(x)
     if c.tie_word_embeddings:
       logits = embed.attend(x)
@@ -213,7 +178,7 @@ class Decoder(nn.Module):
       logits = _dense(c.vocab_size, "lm_head", dtype)(x)
     if c.output_vocab:
       logits = logits[..., :c.output_vocab]
-    return logits.astype(jnp.float32), new_kv
+    return logits.astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -228,7 +193,12 @@ def init_params(config: ModelConfig, rng: jax.Array) -> dict:
   return _init_fn(config)(rng)
 
 
-def _positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+def token_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+  """RoPE positions `[B, T]`: `start` plus the number of real tokens before each real slot.
+
+  Pad slots get some valid position; they are never attended to. Shared by `forward` and
+  `cmdp.models.decode` (there `start` is each row's count of real tokens already cached).
+  """
   return start + jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
@@ -250,26 +220,5 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
   if attention_mask is None:
     attention_mask = jnp.ones(tokens.shape, bool)
   attention_mask = attention_mask.astype(bool)
-  logits, _ = Decoder(config).apply(
-      {"params": params}, tokens, _positions(attention_mask), attention_mask)
-  return logits
-
-
-def forward_with_cache(config: ModelConfig, params: dict, tokens: jax.Array, cache: KVCache,
-                       attention_mask: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
-  """Runs `tokens [B, T]` after what `cache` holds; returns logits `[B, T, V]` and the new cache.
-
-  Used for prefill (T = prompt length, left padded, `attention_mask` marking real tokens) and
-  for decoding (T = 1). The caller keeps `cache.index + T <= max_len`.
-  """
-  if attention_mask is None:
-    attention_mask = jnp.ones(tokens.shape, bool)
-  attention_mask = attention_mask.astype(bool)
-  t = tokens.shape[1]
-  key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
-  positions = _positions(attention_mask, cache.pos[:, None])
-  logits, (k, v) = Decoder(config).apply(
-      {"params": params}, tokens, positions, key_mask, (cache.k, cache.v), cache.index)
-  new_cache = KVCache(k=k, v=v, mask=key_mask, index=cache.index + t,
-                      pos=cache.pos + attention_mask.sum(-1).astype(jnp.int32))
-  return logits, new_cache
+  return Decoder(config).apply(
+      {"params": params}, tokens, token_positions(attention_mask), attention_mask)

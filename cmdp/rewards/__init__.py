@@ -15,11 +15,12 @@ import numpy as np
 
 from cmdp.rewards.format import boxed_format_reward, format_reward
 from cmdp.rewards.math_answer import (Check, answers_match, check_answer, extract_answer,
-                                      last_boxed, math_reward, parse_number)
+                                      math_reward, parse_number)
 from cmdp.rewards.math_symbolic import (check_math_answer, extract_math_answer,
                                         math_symbolic_reward, normalize_math_answer)
 from cmdp.rewards.reasoning_gym import (TaskScore, extract_final_answer, get_dataset,
                                         reasoning_gym_score)
+from cmdp.text import last_boxed
 
 if TYPE_CHECKING:
   from cmdp.data import Example

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from cmdp.rewards.math_answer import last_boxed
 from cmdp.rewards.math_symbolic import MAX_MATH_ANSWER_CHARS
+from cmdp.text import last_boxed
 
 # "#### 42", "#### -3.5", "#### 1,234": a bare number, no units, no currency, no LaTeX.
 _FINAL_LINE_RE = re.compile(r"####[ \t]*[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")

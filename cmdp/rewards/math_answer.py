@@ -10,7 +10,8 @@ only works in the main thread):
 * Completions are cut to their last `MAX_COMPLETION_CHARS` characters before extraction;
   the extracted answer is rejected beyond `MAX_ANSWER_CHARS`, a number beyond
   `MAX_NUMBER_CHARS` digits.
-* All regexes here are linear (no ambiguous quantifiers); brace matching is a single scan.
+* All regexes here are linear (no ambiguous quantifiers); brace matching is a single scan
+  (`cmdp.text.last_boxed`).
 * Numbers are parsed by our own grammar into exact `fractions.Fraction`s. math-verify (sympy)
   is only a fallback for answers our grammar cannot read (e.g. `\\sqrt{2}`), and only for
   short strings whose LaTeX commands are on a whitelist, with no words and only single-digit
@@ -27,13 +28,14 @@ import re
 import threading
 from typing import NamedTuple
 
+from cmdp.text import last_boxed
+
 logger = logging.getLogger(__name__)
 
 MAX_COMPLETION_CHARS = 20_000  # only the tail of a completion is searched for its answer
 MAX_ANSWER_CHARS = 256  # longer extracted answers are not parsed (reward 0)
 MAX_NUMBER_CHARS = 64  # longer digit strings are not parsed (reward 0)
 MAX_SYMPY_CHARS = 96  # longest answer handed to math-verify
-MAX_BRACE_DEPTH = 16  # deeper \boxed{...} nesting is rejected
 # A predicted decimal matches within REL_TOL * max(1, |gold|), capped at half its last place.
 REL_TOL = fractions.Fraction(1, 10 ** 6)
 
@@ -106,62 +108,13 @@ def extract_answer(text: str) -> str | None:
     line = tail[pos + 4:].lstrip(" \t#").split("\n", 1)[0].strip()
     if line:
       return line
-  boxed = last_boxed(tail)
+  boxed = last_boxed(tail, max_chars=MAX_ANSWER_CHARS)
   if boxed:
     return boxed
   last = None
   for last in _ANY_NUMBER_RE.finditer(tail[-4_000:]):
     pass
   return last.group(0) if last else None
-
-
-def last_boxed(text: str, *, max_chars: int | None = MAX_ANSWER_CHARS) -> str | None:
-  """Content of the last `\\boxed{...}` or `\\fbox{...}` in `text`, stripped, or None.
-
-  Nested braces are matched; escaped braces (`\\{`, `\\}`) do not count. The brace-less
-  form `\\boxed 5` (found in a few MATH solutions) gives the text up to the next `$` or
-  line end. Only the last occurrence is read: None when it is unbalanced, nested deeper than
-  `MAX_BRACE_DEPTH`, longer than `max_chars`, or empty.
-
-  Args:
-    text: a completion or a reference solution.
-    max_chars: longest content read (bounds the scan); None reads any length.
-  """
-  if not isinstance(text, str):
-    return None
-  start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-  if start < 0:
-    return None
-  after = start + (6 if text.startswith("\\boxed", start) else 5)
-  open_at = after
-  while open_at < len(text) and text[open_at] in " \t":
-    open_at += 1
-  if open_at >= len(text):
-    return None
-  if text[open_at] != "{":
-    if open_at == after:  # "\boxedx": not the command
-      return None
-    segment = text[open_at:] if max_chars is None else text[open_at:open_at + max_chars + 1]
-    content = segment.split("$", 1)[0].split("\n", 1)[0].strip().rstrip(".")
-    too_long = max_chars is not None and len(content) > max_chars
-    return content if content and not too_long else None
-  stop = len(text) if max_chars is None else min(len(text), open_at + max_chars + 2)
-  depth, i = 0, open_at
-  while i < stop:
-    ch = text[i]
-    if ch == "\\":
-      i += 2  # an escaped character, e.g. "\{": never structural
-      continue
-    if ch == "{":
-      depth += 1
-      if depth > MAX_BRACE_DEPTH:
-        return None
-    elif ch == "}":
-      depth -= 1
-      if depth == 0:
-        return text[open_at + 1:i].strip() or None
-    i += 1
-  return None
 
 
 def _clean(s: str) -> str:

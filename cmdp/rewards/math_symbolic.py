@@ -39,9 +39,9 @@ import re
 import threading
 from typing import Any
 
-from cmdp.rewards.math_answer import (MAX_COMPLETION_CHARS, Check, last_boxed,
-                                      numbers_match, parse_number,
+from cmdp.rewards.math_answer import (MAX_COMPLETION_CHARS, Check, numbers_match, parse_number,
                                       quiet_math_verify_timeout_warning, screen_answer_pair)
+from cmdp.text import last_boxed
 
 MAX_MATH_ANSWER_CHARS = 512  # longer extracted answers are not compared (reward 0)
 MAX_SYMBOLIC_CHARS = 160  # longest normalised answer handed to math-verify

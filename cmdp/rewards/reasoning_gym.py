@@ -13,6 +13,7 @@ import functools
 from typing import Any, Mapping, NamedTuple
 
 from cmdp.rewards import math_answer
+from cmdp.text import last_boxed
 
 MAX_ANSWER_CHARS = 1_000  # extracted answers are cut to this length before scoring
 
@@ -68,7 +69,7 @@ def extract_final_answer(completion: str) -> str | None:
     line = tail[pos + 4:].lstrip(" \t#").split("\n", 1)[0].strip()
     if line:
       return line[:MAX_ANSWER_CHARS]
-  boxed = math_answer.last_boxed(tail)
+  boxed = last_boxed(tail)
   if boxed:
     return boxed[:MAX_ANSWER_CHARS]
   lines = tail.rstrip().rsplit("\n", 1)

@@ -1,4 +1,4 @@
-"""Logit processing for sampling: temperature, top-k, top-p (nucleus), and token log-probs.
+"""Logit processing for sampling: temperature, top-k, top-p (nucleus), argmax and draws.
 
 The *sampling distribution* of a step is what these functions define: logits divided by the
 temperature, restricted to the `top_k` largest, then to the smallest prefix (in descending
@@ -23,21 +23,6 @@ def check_settings(temperature: float, top_k: int, top_p: float) -> None:
     raise ValueError(f"top_k={top_k!r} must be an int >= 0 (0 turns top-k off).")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 turns nucleus sampling off).")
-
-
-def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """`log softmax(logits)[target]`.
-
-  Args:
-    logits: float `[..., V]`.
-    targets: int `[...]`, token ids in `[0, V)`.
-
-  Returns:
-    float32 `[...]`: the log-probability of each target under `softmax(logits)` (natural log).
-  """
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 _BLOCK = 128  # vocabulary block of the two-level argmax and draw (see `_blocks`)

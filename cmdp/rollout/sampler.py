@@ -11,8 +11,8 @@ Everything static (config, `max_new_tokens`, the sampling settings, stop ids, pa
 is bound by `make_sampler`; `B` and `P` are fixed by the first call's shapes, so pad prompts to
 a fixed `P` to avoid recompiling. `Sampler.jitted._cache_size()` counts the compilations.
 
-Algorithm (model math in `cmdp.rollout.decode`, checked against `cmdp.models.forward`): the
-weights are laid out for decoding once per call, one prefill pass over the left-padded prompt
+Algorithm (model math: `cmdp.models.forward_with_cache`, checked against `cmdp.models.forward`):
+the weights are laid out for decoding once per call, one prefill pass over the left-padded prompt
 fills a cache of `P + N - 1` slots and gives the first token, then a `lax.while_loop` of
 single-token steps runs until every row has emitted a stop token or N tokens exist. The cache
 lives in the loop carry, so XLA updates it in place; nothing goes to the host until the end.
@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmdp import sharding
-from cmdp.models import ModelConfig, forward
-from cmdp.rollout import decode
+from cmdp import models, sharding
+from cmdp.models import ModelConfig
 from cmdp.rollout.processors import check_settings, process_logits, sample_token
 
 
@@ -96,13 +95,14 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
       done = done | jnp.isin(tok, eos)
     return tok, lp, done
 
-  dparams = decode.decode_params(
+  # Laid out once, outside the loop; unfused under tensor parallelism (see `decode_params`).
+  dparams = models.decode_params(
       config, params, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
-  cache = decode.init_decode_cache(config, b, p + n - 1)  # the last token is never fed
+  cache = models.init_cache(config, b, p + n - 1)  # the last token is never fed
   if mesh is not None:
-    cache = jax.tree.map(constrain, cache, sharding.decode_cache_specs(cache, mesh))
-  logits, cache = decode.decode_step(config, dparams, prompt_tokens, prompt_mask, cache,
-                                     last_only=True)
+    cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
+  logits, cache = models.forward_with_cache(config, dparams, prompt_tokens, cache, prompt_mask,
+                                            last_only=True)
   tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
   out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)
@@ -114,7 +114,8 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
 
   def body(state):
     step, tok, done, cache, out_tok, out_lp, out_mask = state
-    logits, cache = decode.decode_step(config, dparams, tok[:, None], ~done[:, None], cache)
+    logits, cache = models.forward_with_cache(config, dparams, tok[:, None], cache,
+                                              ~done[:, None])
     new_tok, new_lp, new_done = pick(step, logits[:, 0], done)
     out_tok = jax.lax.dynamic_update_slice_in_dim(out_tok, new_tok[:, None], step, axis=1)
     out_lp = jax.lax.dynamic_update_slice_in_dim(out_lp, new_lp[:, None], step, axis=1)
@@ -135,7 +136,8 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
 def check_prompts(prompt_tokens, prompt_mask) -> None:
   """Raises ValueError unless prompts are `[B, P]`, left padded, with >= 1 real token per row.
 
-  Skipped for traced arrays (inside an outer jit).
+  Skipped for traced arrays (inside an outer jit); a multi-process global array is checked
+  on the rows this process holds.
   """
   if isinstance(prompt_tokens, jax.core.Tracer) or isinstance(prompt_mask, jax.core.Tracer):
     return
@@ -143,7 +145,12 @@ def check_prompts(prompt_tokens, prompt_mask) -> None:
     raise ValueError(
         f"prompt_tokens {np.shape(prompt_tokens)} and prompt_mask {np.shape(prompt_mask)} must "
         "both be [B, P].")
-  mask = np.asarray(prompt_mask).astype(bool)
+  if isinstance(prompt_mask, jax.Array) and not prompt_mask.is_fully_addressable:
+    # A global array of a multi-process run: each process checks the rows it holds.
+    mask = np.concatenate([np.asarray(s.data) for s in prompt_mask.addressable_shards])
+  else:
+    mask = np.asarray(prompt_mask)
+  mask = mask.astype(bool)
   if not mask[:, -1].all():
     rows = np.flatnonzero(~mask[:, -1]).tolist()
     raise ValueError(
@@ -188,8 +195,8 @@ class Sampler:
                   jax.sharding.PartitionSpec()),
         out_specs=Rollout(*([batch] * len(Rollout._fields))))
 
-  def __call__(self, params, prompt_tokens, prompt_mask, rng) -> Rollout:
-    check_prompts(prompt_tokens, prompt_mask)
+  def _compiled_for(self, params, prompt_tokens) -> Callable:
+    """The jitted sampler, built for `params` on a mesh; checks the batch splits over it."""
     if self.mesh is not None:
       shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
       if np.shape(prompt_tokens)[0] % shards:
@@ -198,7 +205,21 @@ class Sampler:
             "of the mesh; pad the batch or change the mesh.")
       if self._jitted is None:
         self._jitted = self._build_sharded(params)
-    return self._jitted(params, prompt_tokens, prompt_mask, rng)
+    return self._jitted
+
+  def lower(self, params, prompt_tokens, prompt_mask, rng) -> jax.stages.Lowered:
+    """The sampler lowered for these arguments, without running it.
+
+    Arguments may be arrays or `jax.ShapeDtypeStruct`s (with shardings on a mesh), so a
+    planner can compile the sampler ahead of time and read XLA's memory and cost analyses
+    (`.compile().memory_analysis()`). Prompts are not inspected beyond their shape.
+    """
+    return self._compiled_for(params, prompt_tokens).lower(params, prompt_tokens, prompt_mask,
+                                                           rng)
+
+  def __call__(self, params, prompt_tokens, prompt_mask, rng) -> Rollout:
+    check_prompts(prompt_tokens, prompt_mask)
+    return self._compiled_for(params, prompt_tokens)(params, prompt_tokens, prompt_mask, rng)
 
 
 def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
@@ -273,7 +294,7 @@ def rollout_logprobs(config: ModelConfig, params, tokens: jax.Array, attention_m
     float32 `[B, T]`: `log p(tokens[t] | tokens[<t])` under the processed distribution where
     `response_mask`, else 0. Jittable (settings static).
   """
-  logits = forward(config, params, tokens, attention_mask)[:, :-1]
+  logits = models.forward(config, params, tokens, attention_mask)[:, :-1]
   logp = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
   picked = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
   picked = jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)

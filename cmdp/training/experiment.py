@@ -49,9 +49,13 @@ def build_meshes(mesh_cfg: ml_collections.ConfigDict):
   return student, teacher
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Experiment:
-  """The built run (not a pytree: host-side handles to models, data and compiled steps)."""
+  """The built run (not a pytree: host-side handles to models, data and compiled steps).
+
+  Frozen: a run whose budget is calibrated or restored gets a new one (`with_hp`), so no
+  compiled function can keep an old `hp`.
+  """
   config: ml_collections.ConfigDict
   student_mesh: Any
   teacher_mesh: Any
@@ -61,7 +65,10 @@ class Experiment:
   train_examples: list
   test_examples: list
   hp: ObjectiveConfig
-  workdir: str = ""  # where eval.json / eval.md go
+
+  def with_hp(self, hp: ObjectiveConfig) -> "Experiment":
+    """The same experiment with another objective config (e.g. the calibrated budget)."""
+    return dataclasses.replace(self, hp=hp)
 
   @property
   def objective(self):

@@ -11,6 +11,7 @@ One iteration:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from cmdp import constraint, data, evaluation, sharding
 from cmdp.training import batch as batch_lib
 from cmdp.training import checkpoint as ckpt_lib
+from cmdp.training import eval_loop
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import logging as log_lib
 from cmdp.training import step as step_lib
@@ -118,9 +120,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   """Runs (or resumes) the experiment in `workdir`; returns the last logged metrics.
 
   `evaluate_fn(exp, params, step, hp) -> dict` runs at `eval_every` and at the end
-  (default `cmdp.evaluation.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
+  (default `eval_loop.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
   """
-  evaluate_fn = evaluate_fn or evaluation.evaluate_and_write
+  evaluate_fn = evaluate_fn or functools.partial(eval_loop.evaluate_and_write, workdir=workdir)
   os.makedirs(workdir, exist_ok=True)
   exp = experiment_lib.build(config)
   hp = exp.hp
@@ -141,9 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
       budget = calibrate_budget(exp, state.params, jax.random.PRNGKey(config.seed + 1))
       hp = hp.replace(budget=budget)
       log.info("Calibrated budget: %.4f", budget)
-  exp.hp, exp.workdir = hp, workdir
+  exp = exp.with_hp(hp)  # the calibrated or restored budget
   if start_fresh and (config.eval.include_teacher or config.eval.include_initial_student):
-    evaluation.write_results(workdir, 0, evaluation.evaluate_baselines(exp, state.params, hp))
+    evaluation.write_results(workdir, 0, eval_loop.evaluate_baselines(exp, state.params, hp))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 

@@ -1,5 +1,7 @@
 """MATH loading from hand-written records in every accepted layout, and malformed inputs."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -215,3 +217,12 @@ def test_reference_solutions_earn_the_math_reward(tmp_path):
   assert own.tolist() == [1.0] * n
   shifted = score_completions([examples[(i + 1) % n].solution for i in range(n)], examples)
   assert shifted.tolist() == [0.0] * n
+
+
+def test_data_does_not_import_rewards():
+  """Layering: rewards may use `cmdp.data.Example`; data reads gold `\\boxed{}` answers with
+  `cmdp.text.last_boxed` and never imports `cmdp.rewards` (checked in a fresh interpreter)."""
+  code = ("import sys, cmdp.data; "
+          "print(sorted(m for m in sys.modules if m.startswith('cmdp.rewards')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"

@@ -1,22 +1,25 @@
-"""The sampler's model step: prefill and one-token decoding, laid out for speed.
+"""Cached decoding: a prefill and one-token steps over a KV cache, laid out for speed.
 
-Same math as `cmdp.models.forward` (the tests check Llama-3, Qwen2 and Qwen3 configs, float32
-and bfloat16, against it), but not `forward_with_cache`: measured with SmolLM2-135M at B=16 on a
-2-core CPU, its `nn.scan` over layers re-copies each layer's weights out of the stacked `[L, ...]`
-arrays at every decode step (XLA CPU materialises the dynamic slice), passes the cache as
-scanned inputs/outputs (whole-cache copies per step) and transposes the `[B, S, KVH, hd]` cache
-for attention; together that cost as much as the matmuls. Here, once per rollout:
+The model's one cached path (`cmdp.models.forward_with_cache`, `init_cache`, `KVCache`); the
+sampler's loop runs it. Same parameters and same math as `cmdp.models.forward` (the tests check
+Llama-3, Qwen2 and Qwen3 configs, float32 and bfloat16, against it), but not the same program:
+measured with SmolLM2-135M at B=16 on a 2-core CPU, an `nn.scan` over layers re-copies each
+layer's weights out of the stacked `[L, ...]` arrays at every decode step (XLA CPU materialises
+the dynamic slice), passes a stacked cache as scanned inputs/outputs (whole-cache copies per
+step) and transposes a `[B, S, KVH, hd]` cache for attention; together that cost as much as
+the matmuls. Here:
 
-  * per-layer weights are sliced out of the stacked tree outside the decode loop (and cast to
-    the compute dtype), so the loop's matmuls read them in place; q/k/v become one `[D, q+k+v]`
-    matmul and gate/up one `[D, 2F]` matmul (fewer, larger matmuls: with a few rows per step
-    each one costs a fixed overhead); a tied embedding becomes a `[D, V]` head;
-  * the cache is one buffer per layer (`DecodeCache`) in the layouts the attention matmuls
-    read directly; each step writes only its new slot, in place;
-  * the prefill computes logits for the last position only; RoPE's cos/sin tables are built
+  * per-layer weights are sliced out of the stacked tree once (`decode_params`, outside the
+    decode loop) and cast to the compute dtype, so the loop's matmuls read them in place; q/k/v
+    become one `[D, q+k+v]` matmul and gate/up one `[D, 2F]` matmul (fewer, larger matmuls:
+    with a few rows per step each one costs a fixed overhead); a tied embedding becomes a
+    `[D, V]` head;
+  * the cache is one buffer per layer (`KVCache`) in the layouts the attention matmuls read
+    directly; each step writes only its new slot, in place;
+  * a prefill can ask for the last position's logits only; RoPE's cos/sin tables are built
     once per step, not once per layer.
 
-RMSNorm and RoPE are the model's own (`transformer.RMSNorm`, `transformer.rotate`).
+RMSNorm and RoPE are the training forward's own (`transformer.RMSNorm`, `transformer.rotate`).
 """
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cmdp.models import ModelConfig
 from cmdp.models import transformer
+from cmdp.models.config import ModelConfig
 
 _MASK_VALUE = -1e30  # as in transformer.py: finite, so an all-masked row stays finite
 
 
 class DecodeParams(NamedTuple):
-  """Weights laid out for decoding.
+  """Weights laid out for decoding (`decode_params`).
 
   layers: L per-layer subtrees: the keys of `params["layers"]` without the `[L]` axis, except
     that, when fused, `self_attn/qkv` replaces `self_attn/{q,k,v}_proj` and `mlp/gate_up`
@@ -48,8 +51,9 @@ class DecodeParams(NamedTuple):
   head: jax.Array
 
 
-class DecodeCache(NamedTuple):
-  """Decoding state with one buffer per layer.
+class KVCache(NamedTuple):
+  """Decoding state with one buffer per layer; slots are shared by the batch, positions are
+  per row (left padding).
 
   k:      L-tuple of keys: `[B, KVH, hd, S]` (transposed) for a float32 cache, `[B, KVH, S, hd]`
           for a 16-bit one (see `keys_transposed`).
@@ -112,15 +116,15 @@ def keys_transposed(dtype) -> bool:
   return jnp.dtype(dtype).itemsize == 4
 
 
-def init_decode_cache(config: ModelConfig, batch_size: int, max_len: int) -> DecodeCache:
-  """An empty cache of `max_len` slots in the compute dtype."""
+def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+  """An empty cache of `max_len` slots in the compute dtype (see `KVCache` for the layout)."""
   b, kvh, hd = batch_size, config.num_kv_heads, config.head_dim
   dtype = transformer.compute_dtype(config)
   zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
   k_shape = (b, kvh, hd, max_len) if keys_transposed(dtype) else (b, kvh, max_len, hd)
-  return DecodeCache(zeros(k_shape), zeros((b, kvh, max_len, hd)),
-                     jnp.zeros((batch_size, max_len), bool),
-                     jnp.zeros((), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+  return KVCache(zeros(k_shape), zeros((b, kvh, max_len, hd)),
+                 jnp.zeros((batch_size, max_len), bool),
+                 jnp.zeros((), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
 
 
 def _dense(x, p, dtype):
@@ -156,8 +160,8 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   """Self-attention of T new tokens over the cache.
 
   x: [B, T, D]; rope: `transformer.rope_tables` of the T positions; bias: [B, 1, 1, T, S]
-  additive mask (0 or -1e30); k_cache, v_cache: see `DecodeCache`. Returns the
-  output [B, T, D] and the updated caches.
+  additive mask (0 or -1e30); k_cache, v_cache: one layer's buffers (see `KVCache`). Returns
+  the output [B, T, D] and the updated buffers.
   """
   dtype = transformer.compute_dtype(c)
   b, t, _ = x.shape
@@ -193,39 +197,45 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   return _dense(out, p["o_proj"], dtype), k_cache, v_cache
 
 
-def decode_step(config: ModelConfig, dparams: DecodeParams, tokens: jax.Array,
-                token_mask: jax.Array, cache: DecodeCache, *,
-                last_only: bool = False) -> tuple[jax.Array, DecodeCache]:
+def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens: jax.Array,
+                       cache: KVCache, attention_mask: jax.Array | None = None, *,
+                       last_only: bool = False) -> tuple[jax.Array, KVCache]:
   """Runs `tokens [B, T]` after what `cache` holds (prefill: T = P; decoding: T = 1).
 
   Args:
     config: the model's config.
-    dparams: from `decode_params`.
+    params: `decode_params(config, params)`, or the parameter tree itself, which is then laid
+      out at this call (inside a decode loop, lay it out once outside instead).
     tokens: int32 `[B, T]`.
-    token_mask: bool `[B, T]`; False marks padding (left padding of prompts, or the feed of a
-      finished row): its slot is never attended to and positions do not count it.
-    cache: the state; the caller keeps `cache.index + T <= max_len`.
+    cache: from `init_cache` or a previous call; the caller keeps `cache.index + T <= max_len`.
+    attention_mask: optional bool `[B, T]`; False marks padding (left padding of prompts, or
+      the feed of a finished row): its slot is never attended to and positions do not count it.
     last_only: return logits of the last position only (what a prefill needs).
 
   Returns:
     float32 logits `[B, T, V]` (`[B, V]` if `last_only`; V is `output_vocab` when set) and
-    the updated cache. Same numbers as `cmdp.models.forward` on the whole sequence.
+    the updated cache. Same numbers as `cmdp.models.forward` on the whole sequence; pure and
+    jittable.
   """
   c = config
+  if not isinstance(params, DecodeParams):
+    params = decode_params(c, params)
   dtype = transformer.compute_dtype(c)
-  token_mask = token_mask.astype(bool)
+  if attention_mask is None:
+    attention_mask = jnp.ones(tokens.shape, bool)
+  token_mask = attention_mask.astype(bool)
   t = tokens.shape[1]
   s = cache.mask.shape[1]
   mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, token_mask, cache.index, axis=1)
   q_slots = cache.index + jnp.arange(t)
   allowed = mask[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slots[None, :, None])
   bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None, None]  # [B, 1, 1, T, S], shared by layers
-  positions = transformer._positions(token_mask, cache.pos[:, None])
+  positions = transformer.token_positions(token_mask, cache.pos[:, None])
   rope = transformer.rope_tables(positions, transformer.rope_inv_freq(c))
-  x = dparams.embedding[tokens].astype(dtype)
+  x = params.embedding[tokens].astype(dtype)
   norm = transformer.RMSNorm(c.rms_norm_eps, dtype)
   ks, vs = [], []
-  for layer, k_cache, v_cache in zip(dparams.layers, cache.k, cache.v):
+  for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
     h = norm.apply({"params": layer["input_layernorm"]}, x)
     h, k_cache, v_cache = _attention(c, layer["self_attn"], h, rope, bias, k_cache, v_cache,
                                      cache.index)
@@ -235,11 +245,11 @@ def decode_step(config: ModelConfig, dparams: DecodeParams, tokens: jax.Array,
     vs.append(v_cache)
   if last_only:
     x = x[:, -1]
-  x = norm.apply({"params": dparams.norm}, x)
-  logits = jnp.dot(x.astype(dtype), dparams.head.astype(dtype),
+  x = norm.apply({"params": params.norm}, x)
+  logits = jnp.dot(x.astype(dtype), params.head.astype(dtype),
                    preferred_element_type=jnp.float32)
   if c.output_vocab:
     logits = logits[..., :c.output_vocab]
-  new_cache = DecodeCache(tuple(ks), tuple(vs), mask, cache.index + t,
-                          cache.pos + token_mask.sum(-1).astype(jnp.int32))
+  new_cache = KVCache(tuple(ks), tuple(vs), mask, cache.index + t,
+                      cache.pos + token_mask.sum(-1).astype(jnp.int32))
   return logits.astype(jnp.float32), new_cache

@@ -1,0 +1,55 @@
+"""Evaluation inside a run: the trainer's layer hands `cmdp.evaluation` its functions.
+
+`model_fns(exp, which, hp)` builds what evaluation needs of the student or the teacher
+(prompts on the model's mesh, greedy and sampled decoders, decoding, the verifier and, for
+the student, the scorer of the run's constraint); the rest is bookkeeping of eval.json.
+"""
+from __future__ import annotations
+
+from cmdp import evaluation
+from cmdp.objectives import ObjectiveConfig
+from cmdp.training import batch as batch_lib
+
+
+def model_fns(exp, which: str, hp: ObjectiveConfig) -> evaluation.ModelFns:
+  """`evaluation.ModelFns` of the student (scored against the teacher) or the teacher."""
+  cfg = exp.config.eval
+  mesh = exp.student_mesh if which == "student" else exp.teacher_mesh
+  greedy = exp.sampler(which, greedy=True, max_new_tokens=cfg.max_new_tokens)
+  sampled = exp.sampler(which, max_new_tokens=cfg.max_new_tokens)  # training temperature
+  score = None
+  if which == "student":
+    score = lambda params, rollout: exp.score_sequences(params, batch_lib.from_rollout(rollout),
+                                                        hp)
+  return evaluation.ModelFns(
+      prompts=lambda examples: exp.put_batch(exp.encode_prompts(examples), mesh),
+      greedy=greedy, sample=sampled,
+      decode=lambda rollout: batch_lib.decode_responses(exp.tokenizer, rollout),
+      reward=lambda completions, examples: batch_lib.task_rewards(completions, examples)[1],
+      score=score)
+
+
+def evaluate(exp, params, which: str, hp: ObjectiveConfig) -> dict:
+  """Metrics of the student or the teacher (`which`) with `params` on the test split."""
+  cfg = exp.config.eval
+  return evaluation.evaluate_model(model_fns(exp, which, hp), params, exp.test_examples,
+                                   batch_size=cfg.batch_size, pass_k=cfg.pass_k,
+                                   budget=hp.budget)
+
+
+def evaluate_baselines(exp, initial_params, hp: ObjectiveConfig) -> dict:
+  """The teacher and the initial student, as `eval.include_*` ask (run once, before training)."""
+  results = {}
+  if exp.config.eval.include_initial_student:
+    results["initial_student"] = evaluate(exp, initial_params, "student", hp)
+  if exp.config.eval.include_teacher:
+    results["teacher"] = evaluate(exp, exp.teacher.params, "teacher", hp)
+  return results
+
+
+def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig, *, workdir: str) -> dict:
+  """Evaluates the student, writes `eval.json` / `eval.md` under `workdir` (merged with the
+  models already there), and returns `eval/<model>/<metric>` scalars for the log."""
+  results = {"student": evaluate(exp, params, "student", hp)}
+  evaluation.write_results(workdir, step, results)
+  return evaluation.scalars(results)
