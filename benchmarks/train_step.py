@@ -5,10 +5,12 @@ r"""Times one training step by phase and the update's model-FLOPs utilisation.
         --set batch_size=8 --set rollout.max_new_tokens=64
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher
-scoring (teacher forward on the student's sequences), update (the jitted train step).
-Each is timed after a warm-up step that compiles it. The update's MFU is its model FLOPs
-(6 x params x tokens for the matmuls, plus attention) per second over this machine's
-own float32 matmul peak, measured in the same run with a large jitted matmul.
+scoring (the teacher's forward on the student's sequences, timed alone for reference: with
+the teacher on the student's mesh it runs INSIDE the update, microbatch by microbatch),
+update (the jitted train step). Each is timed after a warm-up step that compiles it. The
+update's MFU is its model FLOPs (6 x params x tokens for the student's matmuls, plus
+attention; 2 x for the teacher's forward when it runs inside the step) per second over
+this machine's own float32 matmul peak, measured in the same run with a large matmul.
 """
 import argparse
 import importlib.util
@@ -92,8 +94,11 @@ def main():
     batch = batch_lib.from_rollout(rollout)
     batch["task_reward"] = exp.put_batch(reward)
     t2 = time.perf_counter()
-    batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
-    jax.block_until_ready(batch["teacher_logits"])
+    teacher_logits = exp.teacher_logits(batch["inputs"], batch["input_mask"])
+    jax.block_until_ready(teacher_logits)
+    if not exp.teacher_inside_step:
+      batch["teacher_logits"] = teacher_logits
+    del teacher_logits
     t3 = time.perf_counter()
     state, metrics = train_step(state, exp.step_teacher_params, batch)
     jax.block_until_ready(metrics)
@@ -111,7 +116,9 @@ def main():
   gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
   scfg, tcfg = exp.student.config, exp.teacher.config
   L = batch["inputs"].shape[1]
-  update_flops = model_flops_per_token(scfg, L) * seq
+  update_flops = model_flops_per_token(scfg, L) * seq * config.ppo_epochs
+  if exp.teacher_inside_step:  # its forward (a third of a training pass) per epoch
+    update_flops += model_flops_per_token(tcfg, L) / 3 * seq * config.ppo_epochs
   peak = matmul_peak()
   print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens, "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
@@ -120,9 +127,11 @@ def main():
   print("| --- | --- | --- |")
   print(f"| student rollout | {med['rollout']:.3f} | {gen / med['rollout']:.0f} generated |")
   print(f"| reward (host) | {med['reward']:.3f} | {config.batch_size / med['reward']:.0f} seqs/s |")
-  print(f"| teacher scoring | {med['teacher']:.3f} | {seq / med['teacher']:.0f} |")
+  where = " (inside the update)" if exp.teacher_inside_step else ""
+  print(f"| teacher scoring{where} | {med['teacher']:.3f} | {seq / med['teacher']:.0f} |")
   print(f"| update (fwd+bwd+adam) | {med['update']:.3f} | {seq / med['update']:.0f} |")
-  print(f"| whole step | {sum(med.values()):.3f} | {gen / sum(med.values()):.0f} generated |")
+  whole = sum(med.values()) - (med["teacher"] if exp.teacher_inside_step else 0.0)
+  print(f"| whole step | {whole:.3f} | {gen / whole:.0f} generated |")
   mfu = update_flops / med["update"] / peak
   print(f"\nupdate: {update_flops / med['update'] / 1e9:.1f} GFLOP/s of model FLOPs; "
         f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {100 * mfu:.1f}%")
