@@ -26,9 +26,15 @@ setup(
         "tensorboardX>=2.6",
         "numpy>=1.26",
         "absl-py>=2.1",
+        "scipy==1.17.1",  # confidence intervals in reports
+        "matplotlib==3.11.2",  # the end-of-run and study plots
     ],
     extras_require={
-        # torch is only used by tests that compare against the Hugging Face PyTorch models.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        # torch is only used by tests that compare against the Hugging Face PyTorch models;
+        # libtpu lets tests/test_plan.py compile for a TPU topology without a TPU (quiet and
+        # unused under JAX_PLATFORMS=cpu, which tests/conftest.py sets).
+        "test": ["pytest>=8", "torch==2.13.0", "libtpu==0.0.42.1"],
+        # libtpu: the TPU runtime on a TPU VM, and `python -m cmdp.plan` for TPU topologies.
+        "tpu": ["libtpu==0.0.42.1"],
     },
 )

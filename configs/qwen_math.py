@@ -2,7 +2,9 @@ r"""The paper's accelerator setting: Qwen2.5-Math-7B teacher -> Qwen2.5-Math-1.5
 
     python -m cmdp.train --config configs/qwen_math.py:objective=cmdp,task=gsm8k \
         --workdir gs://bucket/runs/qwen_cmdp
-    launch/tpu_pod.sh TPU_NAME ZONE configs/qwen_math.py:task=math gs://bucket/runs/math
+    python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128
+    launch/tpu_pod.sh --accelerator-type=v5p-128 TPU_NAME ZONE configs/qwen_math.py:task=math \
+        gs://bucket/runs/math
 
 Arguments (`configs/qwen_math.py:objective=...,task=...,teacher=...,student=...`):
   objective  any registered objective (default cmdp).
@@ -10,20 +12,33 @@ Arguments (`configs/qwen_math.py:objective=...,task=...,teacher=...,student=...`
              (`math_dir`: the Hendrycks MATH release, a MATH-500 jsonl, or a hub id).
   teacher, student
              Hugging Face model directories or hub ids; hub ids are read from the local
-             Hugging Face cache only (`huggingface-cli download Qwen/Qwen2.5-Math-7B` first).
+             Hugging Face cache only (`huggingface-cli download Qwen/Qwen2.5-Math-7B` first);
+             or `preset:qwen2.5-math-7b` / `preset:qwen2.5-math-1.5b` (the architecture
+             with random weights, see cmdp/models/presets.py).
   small      swaps both models for tiny random ones and shrinks everything (a CPU smoke
              test of this config's plumbing).
 
 The two models pad their embedding tables differently (152,064 vs 151,936 rows, one
-tokenizer); the trainer compares logits over the shared rows. Meshes: the student is
-fully sharded (fsdp) across the slice and the teacher is tensor-parallel on the same
-devices; compute is bfloat16, parameters and optimiser state float32.
+tokenizer); the trainer compares logits over the shared rows. Compute is bfloat16,
+parameters and optimiser state float32; teacher and student share one mesh.
 
-Cost: on a v4-64 / v5p-64 slice (or 8 x H100) one step of 64 prompts x 8 samples x 512
-new tokens is dominated by generation; expect about a minute per step and ~200 steps.
+Sized for `SLICE` (v5p-128: 64 chips of 95 GiB): mesh data=16 x tensor=4, 512 sequences
+per step (64 prompts x 8 samples), prompts 512 + 512 new tokens, 8 microbatches. The planner
+(`python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128`, no weights needed:
+the hub ids fall back to the architecture presets; 13 minutes of compiling on 2 busy CPU
+cores) gives per device: student params 1.50 GiB, optimiser 3.00 GiB, teacher params 7.09
+GiB, KV cache 0.87 GiB; peak 21.1 GiB in the train step, which runs the teacher on each
+64-sequence microbatch (rollout 13.2 GiB): fits. XLA's estimate (its `optimal_seconds`, an
+ideal lower bound) is 7.4 s per step: rollout 3.3 s, update 4.1 s of which the teacher's
+forward 1.4 s; 2.5e14 FLOPs per device per step; 200 steps. A v5e-32 (16 GiB chips, with
+`--config.mesh.data=-1`: data=8 x tensor=4) does not fit: peak 22.1 GiB in the train step,
+and neither more microbatches (16 to 64: 21.0 to 20.0 GiB) nor an fsdp=32 mesh (18.9 GiB,
+rollout) brings it under 16 GiB.
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
-from cmdp.training.config import base_config, model_fields, parse_arg
+from cmdp.training.config import base_config, parse_arg, set_objective, shrink_for_cpu
+
+SLICE = "v5p-128"  # the Cloud TPU slice this config is sized for (64 chips, 95 GiB each)
 
 
 def get_config(arg=None):
@@ -31,7 +46,7 @@ def get_config(arg=None):
                   math_dir="HuggingFaceH4/MATH-500", teacher="Qwen/Qwen2.5-Math-7B",
                   student="Qwen/Qwen2.5-Math-1.5B", small=False)
   c = base_config()
-  c.objective = arg.objective
+  set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
   c.teacher.path = arg.teacher
   c.student.path = arg.student
   c.teacher.dtype = c.student.dtype = "bfloat16"
@@ -51,7 +66,8 @@ def get_config(arg=None):
   c.loss.group_size = 8
   c.calibrate_budget_quantile = 0.5  # budget = median sequence cost of the initial student
   c.calibration_prompts = 64
-  c.loss.penalty_scale = 0.1
+  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
+    c.loss.penalty_scale = 0.1  # a violating token costs 0.1 x its cost
   c.batch_size = 512  # 64 prompts x 8 samples
   c.grad_accum_steps = 8
   c.num_steps = 200
@@ -60,9 +76,12 @@ def get_config(arg=None):
   c.optimizer.schedule = "cosine"
   c.optimizer.weight_decay = 0.01
 
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.mesh.tensor = 1
+  # 64 chips: 16-way data parallel x 4-way tensor parallel (28 / 12 query heads split 4
+  # ways). Rows are split over "data", so activations stay batch-sharded; an fsdp-only mesh
+  # makes XLA keep whole-batch activations per device (see the planner's report).
+  c.mesh.data = 16
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 4
   c.checkpoint_every = 20
   c.eval_every = 50
   c.eval.batch_size = 256
@@ -71,19 +90,6 @@ def get_config(arg=None):
   c.eval.include_teacher = True
   c.eval.include_initial_student = True
 
-  if arg.small:
-    c.tokenizer = "char"
-    c.teacher.path = c.student.path = ""
-    c.teacher.dtype = c.student.dtype = "float32"
-    c.teacher.random_init = model_fields(num_layers=2, attention_bias=True)
-    c.student.random_init = model_fields(num_layers=1, attention_bias=True)
-    c.data.train = c.data.test = "reasoning_gym:basic_arithmetic"
-    c.data.train_size, c.data.test_size = 16, 4
-    c.data.max_prompt_len = 160
-    c.rollout.max_new_tokens = c.eval.max_new_tokens = 8
-    c.loss.group_size, c.batch_size, c.grad_accum_steps = 2, 8, 2
-    c.calibration_prompts = 2
-    c.num_steps, c.eval_every, c.eval.batch_size, c.eval.pass_k = 2, 0, 8, 2
-    c.eval.include_teacher = c.eval.include_initial_student = False
-    c.mesh.fsdp = -1
+  if arg.small:  # CPU smoke test (tests/training/test_evaluate.py, tests/test_plan.py)
+    shrink_for_cpu(c, mesh=(1, -1, 1), attention_bias=True)
   return c

@@ -28,6 +28,7 @@ class Example:
 
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from cmdp.data.arith import load_arith
 from cmdp.data.gsm8k import load_gsm8k
 from cmdp.data.iterator import PromptIterator, split_examples
 from cmdp.data.math_dataset import DEFAULT_MATH_SYSTEM_PROMPT, load_math
@@ -82,6 +83,7 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
     spec = spec.to_dict()
   options = {**(dict(spec) if isinstance(spec, Mapping) else {"task": spec}), **options}
   task = options.pop("task", None)
+  task = "arith:" if task == "arith" else task  # the arith generator needs no target
   if not isinstance(task, str) or ":" not in task:
     raise ValueError(f"load_task: task={task!r}; write 'gsm8k:<path or hub id>', "
                      "'math:<path or hub id>' or 'reasoning_gym:<task name>'.")
@@ -96,6 +98,9 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
     size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
     seed = options.pop("seed", 0)
     examples = load_reasoning_gym(target, size, split_seed(seed, split), **options)
+  elif kind == "arith":  # generated word problems (cmdp.data.arith): size, seed, its kwargs
+    examples = load_arith(options.pop("size", DEFAULT_REASONING_GYM_SIZE),
+                          split_seed(options.pop("seed", 0), split), split, **options)
   else:
     raise ValueError(f"load_task: unknown task kind {kind!r} in {task!r}; use 'gsm8k', "
                      "'math' or 'reasoning_gym'.")
@@ -109,6 +114,6 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
 __all__ = [
     "DEFAULT_MATH_SYSTEM_PROMPT", "DEFAULT_SYSTEM_PROMPT", "Example", "PromptIterator",
     "TEST_SEED_OFFSET", "build_prompt", "encode_prompts", "encode_sft", "encode_sft_batch",
-    "load_gsm8k", "load_math", "load_reasoning_gym", "load_task", "split_examples",
+    "load_arith", "load_gsm8k", "load_math", "load_reasoning_gym", "load_task", "split_examples",
     "split_seed",
 ]

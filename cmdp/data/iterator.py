@@ -4,6 +4,12 @@ Epoch `e` visits the examples in the order `np.random.default_rng((seed, e)).per
 (or in file order with `shuffle=False`). The iterator's whole position is `(epoch, index)`,
 so a checkpoint that stores `state()` and calls `restore()` resumes with exactly the batches
 an uninterrupted run would have seen.
+
+In a multi-process run every process walks the same global order and takes its own part of
+each global batch (`shard=(jax.process_index(), jax.process_count())`): process i gets the
+i-th of `count` equal contiguous blocks, so the processes' parts, concatenated in process
+order, are exactly the batch one process would have seen. The position is global, so
+`state()` is the same on every process.
 """
 from __future__ import annotations
 
@@ -25,10 +31,13 @@ class PromptIterator(Generic[T]):
     drop_last: skip an epoch's final partial batch so every batch has `batch_size` examples
       (static shapes); otherwise the final batch is short.
     num_epochs: stop after this many epochs; None iterates forever.
+    shard: `(index, count)`: yield only block `index` of `count` equal contiguous blocks of
+      each global batch of `batch_size` examples (one per process); `(0, 1)` yields it whole.
   """
 
   def __init__(self, examples: Sequence[T], batch_size: int, seed: int, *, shuffle: bool = True,
-               drop_last: bool = True, num_epochs: int | None = None):
+               drop_last: bool = True, num_epochs: int | None = None,
+               shard: tuple[int, int] = (0, 1)):
     if not len(examples):
       raise ValueError("PromptIterator: no examples given.")
     if batch_size <= 0 or (drop_last and batch_size > len(examples)):
@@ -40,6 +49,15 @@ class PromptIterator(Generic[T]):
     self.shuffle = shuffle
     self.drop_last = drop_last
     self.num_epochs = num_epochs
+    index, count = (int(v) for v in shard)
+    if count < 1 or not 0 <= index < count:
+      raise ValueError(f"PromptIterator: shard={tuple(shard)} must be (index, count) with "
+                       "0 <= index < count.")
+    if count > 1 and (self.batch_size % count or not drop_last):
+      raise ValueError(f"PromptIterator: a batch of {self.batch_size} examples cannot be split "
+                       f"into {count} equal parts (shard={tuple(shard)}); use a batch size "
+                       "divisible by the number of processes, with drop_last=True.")
+    self.shard = (index, count)
     self._epoch, self._index = 0, 0
     self._order_epoch, self._order = -1, None
 
@@ -57,7 +75,8 @@ class PromptIterator(Generic[T]):
     return self._order
 
   def next_batch(self) -> list[T]:
-    """The next batch; raises StopIteration after `num_epochs` epochs."""
+    """The next batch (this shard's part of it); raises StopIteration after `num_epochs`
+    epochs."""
     n = len(self.examples)
     if self._index >= n or (self.drop_last and self._index + self.batch_size > n):
       self._epoch, self._index = self._epoch + 1, 0
@@ -66,7 +85,9 @@ class PromptIterator(Generic[T]):
     order = self._epoch_order()
     picked = order[self._index:self._index + self.batch_size]
     self._index += len(picked)
-    return [self.examples[i] for i in picked]
+    index, count = self.shard
+    part = len(picked) // count
+    return [self.examples[i] for i in picked[index * part:(index + 1) * part]]
 
   def __iter__(self) -> "PromptIterator[T]":
     return self

@@ -53,6 +53,7 @@ def _summary(prefix: str, correct, costs, kls, satisfied) -> dict:
         f"satisfaction_{prefix}": float(np.mean(satisfied)),
         f"sequence_cost_{prefix}_mean": float(costs.mean()),
         f"kl_seq_{prefix}_mean": float(kls.mean()),
+        f"kl_seq_{prefix}_std": float(kls.std(ddof=1)) if len(kls) > 1 else 0.0,
         **{f"kl_seq_{prefix}_q{int(q * 100)}": float(np.quantile(kls, q)) for q in QUANTILES},
     })
   return out

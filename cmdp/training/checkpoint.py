@@ -1,5 +1,8 @@
 """Checkpoints with orbax: the train state plus a JSON record of everything else.
 
+In a multi-process run every process calls save and restore with its global arrays; orbax
+writes each array's shards from the processes that hold them and the JSON from process 0.
+
 A checkpoint holds the student's params, the optimiser state, lambda, the step and the
 PRNG key (`TrainState`), and as JSON the data position, the calibrated budget and the
 student's architecture. Restoring into a run whose student has another shape is refused
@@ -13,7 +16,9 @@ import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from cmdp import models
 
@@ -94,11 +99,23 @@ def check_model_matches(saved: dict, config: models.ModelConfig, where: str, ste
 
 
 class PreemptionGuard:
-  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks each step."""
+  """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks each step.
+
+  A save is collective, so in a multi-process run all processes must stop at the same step:
+  `requested` is true on every process once any of them got the signal (a one-integer
+  all-gather per check).
+  """
 
   def __init__(self):
-    self.requested = False
+    self._signalled = False
     self._previous = None
+
+  @property
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self._signalled
+    flags = multihost_utils.process_allgather(np.asarray([self._signalled], np.int32))
+    return bool(np.asarray(flags).any())
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -107,7 +124,7 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
 
   def __exit__(self, *exc):
     if self._previous is not None:

@@ -132,6 +132,26 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_for_cpu(c: ml_collections.ConfigDict, *, mesh=(-1, 1, 1), **model) -> None:
+  """The `small` switch of the accelerator configs: tiny random models with the char
+  tokenizer on easy arithmetic, 2 steps, a few examples, on the CPU's (data, fsdp, tensor)
+  `mesh`; `model` overrides both models' `model_fields` (e.g. attention_bias=True)."""
+  c.tokenizer = "char"
+  c.teacher.path = c.student.path = ""
+  c.teacher.dtype = c.student.dtype = "float32"
+  c.teacher.random_init = model_fields(num_layers=2, **model)
+  c.student.random_init = model_fields(num_layers=1, **model)
+  c.data.train = c.data.test = "reasoning_gym:basic_arithmetic"
+  c.data.train_size, c.data.test_size = 16, 4
+  c.data.max_prompt_len = 160
+  c.rollout.max_new_tokens = c.eval.max_new_tokens = 8
+  c.loss.group_size, c.batch_size, c.grad_accum_steps = 2, 8, 2
+  c.calibration_prompts = 2
+  c.num_steps, c.eval_every, c.eval.batch_size, c.eval.pass_k = 2, 0, 8, 2
+  c.eval.include_teacher = c.eval.include_initial_student = False
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+
+
 def set_objective(config: ml_collections.ConfigDict, name: str) -> None:
   """Sets `config.objective = name` and applies the objective's preset to `config.loss`
   (e.g. worst_case: cost=teacher_nll, constraint=prefix_mean, penalty=constant)."""

@@ -53,3 +53,20 @@ def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig, *, workdir: 
   results = {"student": evaluate(exp, params, "student", hp)}
   evaluation.write_results(workdir, step, results)
   return evaluation.scalars(results)
+
+
+def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
+  """The end-of-run report from `eval.json` and `metrics.jsonl`: a table of every evaluated
+  model with 95% intervals (returned, for the console) and `run.png` (training curves and
+  before/after, `cmdp.evaluation.plots`)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from cmdp.evaluation import plots, report  # pylint: disable=g-import-not-at-top
+  from cmdp.training import logging as log_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "eval.json")) as f:
+    results = json.load(f)["models"]
+  png = plots.training_figure(log_lib.read_metrics(workdir), results,
+                              os.path.join(workdir, "run.png"), budget=hp.budget,
+                              kl_is_cost=kl_is_cost)
+  return (f"\nResults ({workdir}; budget d = {hp.budget:.4g}, 95% intervals):\n\n"
+          + report.table(results) + f"\nCurves: {png}\n")

@@ -25,9 +25,13 @@ from cmdp.training import programs
 from cmdp.training import step as step_lib
 
 
-def build_meshes(mesh_cfg: ml_collections.ConfigDict):
-  """Returns `(student_mesh, teacher_mesh)`; they are one mesh unless configured apart."""
-  devices = jax.devices()
+def build_meshes(mesh_cfg: ml_collections.ConfigDict, devices=None):
+  """Returns `(student_mesh, teacher_mesh)`; they are one mesh unless configured apart.
+
+  `devices` defaults to `jax.devices()` (every process's devices in a multi-host run); the
+  planner passes a TPU topology's compile-only devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
   if mesh_cfg.num_devices:
     if mesh_cfg.num_devices > len(devices):
       raise ValueError(f"config.mesh.num_devices={mesh_cfg.num_devices} but only "
@@ -91,10 +95,25 @@ class Experiment:
     return NamedSharding(mesh or self.student_mesh, sharding.batch_spec())
 
   def put_batch(self, tree, mesh=None):
-    """Places host arrays `[B, ...]` on the mesh, rows split over the batch axes."""
+    """Places arrays `[B, ...]` on the mesh, rows split over the batch axes (scalars
+    replicated).
+
+    Host (numpy) arrays hold this process's rows: all of them in a one-process run; in a
+    multi-process run, the rows this process's devices hold (a contiguous block, process
+    order; see `cmdp.data.PromptIterator`'s `shard`), from which the global array is built
+    (`jax.make_array_from_process_local_data`). jax Arrays are global already and only move
+    (e.g. from the teacher's mesh to the student's).
+    """
     s = self.batch_sharding(mesh)
     rep = NamedSharding(mesh or self.student_mesh, P())
-    return jax.tree.map(lambda x: jax.device_put(x, s if np.ndim(x) else rep), tree)
+    multi = jax.process_count() > 1
+
+    def put(x):
+      target = s if np.ndim(x) else rep
+      if multi and not isinstance(x, jax.Array):
+        return jax.make_array_from_process_local_data(target, np.asarray(x))
+      return jax.device_put(x, target)
+    return jax.tree.map(put, tree)
 
   # ---- compiled functions (built once per run) ----
 

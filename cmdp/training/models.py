@@ -3,7 +3,9 @@
 The teacher comes from a checkpoint (`teacher.path`) or a random init; the student from its
 own checkpoint, from a subset of the teacher's layers (`student.cut_layers`, the usual way
 to make a small student from a big model), from another run's final checkpoint
-(`student.init_workdir`, e.g. after a supervised "healing" stage) or a random init.
+(`student.init_workdir`, e.g. after a supervised "healing" stage) or a random init. A path
+`preset:NAME` (`cmdp.models.presets`) is a random init with a published architecture; it
+has no tokenizer, so such a run sets `config.tokenizer='char'`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cmdp import models
+from cmdp.models import presets
 from cmdp.models.char_tokenizer import char_tokenizer
 
 
@@ -52,8 +55,8 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
   t_rng, s_rng = jax.random.split(rng)
   tokenizer = char_tokenizer() if config.tokenizer == "char" else None
   if config.teacher.path:
-    t_cfg, t_params, t_tok = models.load_pretrained(config.teacher.path)
-    teacher = LoadedModel(t_cfg.replace(dtype=config.teacher.dtype), t_params)
+    teacher, t_tok = _load(config.teacher.path, "teacher", tokenizer, t_rng)
+    teacher = LoadedModel(teacher.config.replace(dtype=config.teacher.dtype), teacher.params)
     tokenizer = tokenizer or t_tok
   else:
     if tokenizer is None:
@@ -64,8 +67,7 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
 
   s = config.student
   if s.path:
-    s_cfg, s_params, s_tok = models.load_pretrained(s.path)
-    student = LoadedModel(s_cfg, s_params)
+    student, s_tok = _load(s.path, "student", tokenizer, s_rng)
     _check_same_tokenizer(tokenizer, s_tok)
   elif s.cut_layers:
     student = cut_layers(teacher, tuple(s.cut_layers))
@@ -74,6 +76,20 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
   student = LoadedModel(student.config.replace(dtype=s.dtype, remat=s.remat), student.params)
 
   return (*share_vocabulary(teacher, student, len(tokenizer) if tokenizer else 0), tokenizer)
+
+
+def _load(path: str, field: str, tokenizer, rng: jax.Array):
+  """`(LoadedModel, tokenizer or None)` of `config.<field>.path`: a checkpoint, or a random
+  init of a preset's architecture (no tokenizer: `tokenizer` must be given)."""
+  if presets.is_preset(path):
+    if tokenizer is None:
+      raise ValueError(
+          f"config.{field}.path={path!r} is an architecture preset (random weights) and has no "
+          "tokenizer; set config.tokenizer='char', or name a checkpoint.")
+    cfg = presets.get(path)
+    return LoadedModel(cfg, models.init_params(cfg, rng)), None
+  cfg, params, tok = models.load_pretrained(path)
+  return LoadedModel(cfg, params), tok
 
 
 def share_vocabulary(teacher: LoadedModel, student: LoadedModel, tokenizer_size: int):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from cmdp import constraint, data, evaluation, sharding
@@ -57,8 +58,34 @@ def create_state(exp: experiment_lib.Experiment, params):
   return jax.jit(init, out_shardings=shardings)(params), shardings
 
 
+def process_rows(tree):
+  """Host (numpy) copies of this process's rows of row-sharded global arrays: every row in a
+  one-process run, else the contiguous block this process's devices hold."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+
+  def rows(x):
+    blocks = {}
+    for shard in x.addressable_shards:  # replicas (e.g. over "tensor") hold the same rows
+      blocks.setdefault(shard.index[0].start or 0, shard.data)
+    return np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)])
+  return jax.tree.map(rows, tree)
+
+
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """`values` summed over the processes (a small host vector; itself with one process)."""
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+
+
 def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool):
-  """Builds one step's batch on the student's mesh; returns `(batch, host_metrics)`."""
+  """Builds one step's batch on the student's mesh; returns `(batch, host_metrics)`.
+
+  `examples` are this process's prompts (`PromptIterator(shard=...)`): every prompt of the
+  step in a one-process run. The verifier scores this process's rows on its host; the
+  host metrics cover every process's rows.
+  """
   cfg = exp.config
   g = exp.hp.group_size
   group = [ex for ex in examples for _ in range(g)]
@@ -68,14 +95,16 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
     model = exp.student if on_policy else exp.teacher
     mesh = exp.student_mesh if on_policy else exp.teacher_mesh
     prompts, prompt_mask = exp.put_batch((prompts, prompt_mask), mesh)
-    rollout = exp.sampler(who)(model.params, prompts, prompt_mask, rng)
+    # On-policy: the student being trained (`params`), never the initial one.
+    rollout = exp.sampler(who)(params if on_policy else model.params, prompts, prompt_mask, rng)
     if not on_policy:
       rollout = exp.put_batch(rollout)
     batch = batch_lib.from_rollout(rollout)
     if not on_policy:  # teacher samples are supervised targets: no sampler log-probs
       batch["old_logprobs"] = jnp.zeros_like(batch["old_logprobs"])
-    completions = batch_lib.decode_responses(exp.tokenizer, rollout)
-    new_tokens = int(np.asarray(rollout.lengths).sum())
+    local = process_rows(rollout)
+    completions = batch_lib.decode_responses(exp.tokenizer, local)
+    new_tokens = int(np.asarray(local.lengths).sum())
   else:
     seqs = [data.encode_sft(exp.tokenizer, exp.prompt_text(ex.question),
                             ex.solution or f"#### {ex.answer}", cfg.data.sft_max_len)
@@ -90,9 +119,11 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
   # when it shares the student's mesh, here (on its own devices) otherwise.
   if not exp.teacher_inside_step:
     batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
-  host = {"new_tokens": new_tokens}
+  tokens, right, rows = sum_over_processes(
+      np.asarray([new_tokens, correct.sum(), len(correct)], np.float64))
+  host = {"new_tokens": int(tokens)}
   if on_policy:  # the student's own accuracy; off-policy rows are reference text
-    host["accuracy"] = float(correct.mean())
+    host["accuracy"] = float(right / rows)
   return batch, host
 
 
@@ -103,11 +134,38 @@ def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   n = max(cfg.calibration_prompts, 1)
   costs = []
   it = data.PromptIterator(exp.train_examples, cfg.batch_size // exp.hp.group_size,
-                           seed=cfg.seed + 7)
+                           seed=cfg.seed + 7, shard=_process_shard())
   while len(costs) < n * exp.hp.group_size:
     batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
     costs.extend(exp.score_sequences(params, batch)["sequence_cost"].tolist())
   return float(constraint.calibrate_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
+
+
+def _process_shard() -> tuple[int, int]:
+  """This process's part of each batch of prompts: `(process_index, process_count)`."""
+  return jax.process_index(), jax.process_count()
+
+
+def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> None:
+  """Raises before any work what a multi-process run cannot do yet: budget calibration and
+  the built-in evaluation read every row's sequence scores on the host
+  (`Experiment.score_sequences`, `eval_loop`), which needs a gather across processes."""
+  n = jax.process_count()
+  if n == 1:
+    return
+  prompts = config.batch_size // config.loss.group_size
+  if prompts % n:
+    raise ValueError(f"config.batch_size: {prompts} prompts per step do not split over {n} "
+                     "processes; use a multiple of the process count.")
+  if config.calibrate_budget_quantile > 0:
+    raise ValueError(f"config.calibrate_budget_quantile: budget calibration does not run "
+                     f"across {n} processes yet; calibrate in a one-host run and set "
+                     "config.loss.budget, with calibrate_budget_quantile=0.")
+  evaluates = default_eval and (config.eval_every or config.eval_at_end)
+  if evaluates or config.eval.include_teacher or config.eval.include_initial_student:
+    raise ValueError(f"config.eval_at_end / eval_every / eval.include_*: evaluation does not "
+                     f"run across {n} processes yet; turn them off and evaluate the "
+                     "checkpoint on one host (python -m cmdp.evaluate).")
 
 
 def _meta(exp, it, hp) -> dict:
@@ -122,6 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   `evaluate_fn(exp, params, step, hp) -> dict` runs at `eval_every` and at the end
   (default `eval_loop.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
   """
+  default_eval = evaluate_fn is None
+  _check_processes(config, default_eval=default_eval)
   evaluate_fn = evaluate_fn or functools.partial(eval_loop.evaluate_and_write, workdir=workdir)
   os.makedirs(workdir, exist_ok=True)
   exp = experiment_lib.build(config)
@@ -129,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
   state, shardings = create_state(exp, exp.student.params)
   it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
-                           seed=config.seed)
+                           seed=config.seed, shard=_process_shard())
   start_fresh = checkpointer.latest_step() is None
   if not start_fresh:
     state, meta = checkpointer.restore(state, exp.student.config)
@@ -146,8 +206,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   exp = exp.with_hp(hp)  # the calibrated or restored budget
   if start_fresh and (config.eval.include_teacher or config.eval.include_initial_student):
     evaluation.write_results(workdir, 0, eval_loop.evaluate_baselines(exp, state.params, hp))
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   train_step = exp.make_train_step(hp, shardings)
   start = int(state.step)
@@ -202,6 +263,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
     progress.close()
     writer.close()
     checkpointer.close()
+  if default_eval and config.eval_at_end and jax.process_index() == 0:
+    print(eval_loop.final_report(workdir, hp, kl_is_cost=(hp.cost, hp.constraint) == (
+        "reverse_kl", "sum")))
   return last
 
 

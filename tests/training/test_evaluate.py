@@ -1,5 +1,6 @@
 """Evaluation during training and from the command line (qwen_math.py:small plumbing)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ def test_train_then_evaluate(tmp_path):
   # The end-of-training evaluation is logged too.
   last = read_metrics(workdir)[-1]
   assert last["eval/student/accuracy"] == student["accuracy"]
+  assert os.path.getsize(f"{workdir}/run.png") > 10_000  # the end-of-run picture
   table = open(f"{workdir}/eval.md").read()
   assert "| initial_student |" in table and "| teacher |" in table
 

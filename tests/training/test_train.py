@@ -36,6 +36,10 @@ def test_every_objective_trains(tmp_path, objective):
     assert r["train/nonfinite"] == 0.0
     # The rollout fills every response slot or stops at EOS: lengths are within the cap.
     assert 0 < r["train/response_length"] <= 12
+    if "train/mismatch_abs_logprob" in r:
+      # Rollouts come from the student being trained: after the first update too, the
+      # sampler's log-probs equal the trainer's (they came from the initial student before).
+      assert r["train/mismatch_abs_logprob"] < 1e-4, (r["step"], objective)
   if objective == "grpo":
     # Random models never answer right: every reward in every group is 0, so the
     # group-normalised advantages and the update are exactly 0.

@@ -1,0 +1,51 @@
+"""The end-of-run report: each evaluated model's figures with 95% confidence intervals.
+
+Proportions over problems (accuracy, satisfaction) get Wilson intervals; the mean sequence
+KL gets a Student-t interval from its sample standard deviation. Greedy and sampled figures
+are reported side by side where both exist.
+"""
+from __future__ import annotations
+
+import math
+
+import scipy.stats
+
+from cmdp.evaluation import stats
+
+ORDER = ("teacher", "initial_student", "student")
+
+
+def _proportion(r: dict, key: str, n_key: str) -> str:
+  if key not in r or not r.get(n_key):
+    return "-"
+  n = int(r[n_key])
+  ci = stats.wilson_interval(round(r[key] * n), n)
+  return f"{100 * r[key]:.1f}% [{100 * ci.lo:.1f}, {100 * ci.hi:.1f}]"
+
+
+def _mean(r: dict, kind: str) -> str:
+  mean, sd, n = (r.get(f"kl_seq_{kind}_mean"), r.get(f"kl_seq_{kind}_std"),
+                 int(r.get(f"num_{kind}", 0)))
+  if mean is None:
+    return "-"
+  if sd is None or n < 2:
+    return f"{mean:.2f}"
+  half = scipy.stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+  return f"{mean:.2f} ± {half:.2f}"
+
+
+def table(results: dict) -> str:
+  """A markdown table, one row per model (teacher, initial student, student first)."""
+  names = [n for n in ORDER if n in results] + [n for n in results if n not in ORDER]
+  lines = ["| model | accuracy greedy | accuracy sampled | satisfaction greedy | "
+           "satisfaction sampled | KL greedy (nats/seq) | KL sampled |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name in names:
+    r = results[name]
+    lines.append(" | ".join([
+        f"| {name.replace('_', ' ')}", _proportion(r, "accuracy", "num_greedy"),
+        _proportion(r, "accuracy_sampled", "num_sampled"),
+        _proportion(r, "satisfaction_greedy", "num_greedy"),
+        _proportion(r, "satisfaction_sampled", "num_sampled"),
+        _mean(r, "greedy"), _mean(r, "sampled")]) + " |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,368 @@
+"""The compiled programs of a training step, lowered and compiled with abstract inputs.
+
+    rollout          the sampler (prefill + `lax.while_loop` decode), one call per step
+    teacher scoring  the teacher's logits on the rollout: a program of its own for a teacher
+                     on its own mesh; else the teacher runs inside the train step, microbatch
+                     by microbatch, and this phase is only that forward's share of its cost
+    train step       `Experiment.make_train_step` (the objective, grad accumulation, optimizer
+                     and, for a teacher on the student's mesh, the teacher's forward)
+
+Every program is the trainer's own (`cmdp.training.programs`, through the `Experiment`).
+
+Memory comes from `compiled.memory_analysis()` (per device). Cost comes from
+`compiled.cost_analysis()` (per device: flops, bytes accessed and, on TPU, XLA's
+`optimal_seconds`), with one correction: XLA counts the body of a while loop once, whatever
+its trip count. Three loops matter here, and each gets its trip count back:
+
+  * the `nn.scan` over layers (forward and backward, student and teacher): a zero-layer
+    copy of the same program gives the cost outside the layers, so cost = outside + L x
+    (full - outside);
+  * gradient accumulation (a `lax.scan` over A microbatches): the zero-layer program with
+    A = 1 gives the optimizer plus A x the per-microbatch cost outside the layers;
+  * the decode loop (N - 1 steps after the prefill): one decode step is compiled alone and
+    added N - 2 more times (the cached decode path unrolls its layers: counted in full).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cmdp import models, sharding
+from cmdp.plan import abstract
+from cmdp.rollout.processors import sample_token
+from cmdp.training import experiment as experiment_lib
+from cmdp.training import programs
+
+# Stop ids only change a constant the decode loop compares tokens with, never a shape or a
+# cost, and the planner has no tokenizer: it samples with stop id 0 and pad id 0.
+_STOP_IDS, _PAD_ID = (0,), 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """Per-device cost of running a program (additive, so loop trip counts can be applied).
+
+  seconds is XLA's `optimal_seconds`, None where XLA gives none (CPU) or an invalid one (< 0).
+  """
+  flops: float
+  bytes_accessed: float
+  seconds: float | None
+
+  def __add__(self, other: "Cost") -> "Cost":
+    s = None if self.seconds is None or other.seconds is None else self.seconds + other.seconds
+    return Cost(self.flops + other.flops, self.bytes_accessed + other.bytes_accessed, s)
+
+  def __sub__(self, other: "Cost") -> "Cost":
+    return self + other * -1
+
+  def __mul__(self, k: float) -> "Cost":
+    return Cost(self.flops * k, self.bytes_accessed * k,
+                None if self.seconds is None else self.seconds * k)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """Per-device figures of one compiled program."""
+  argument: int  # bytes of the arguments
+  output: int  # bytes of the outputs
+  alias: int  # output bytes that reuse donated arguments
+  temp: int  # temporaries (activations, caches in loop carries, collectives' buffers)
+  cost: Cost  # as XLA reports it (loop bodies once)
+  # Why XLA refused to compile the program (lack of memory or a compiler error), else None;
+  # the figures are then lower bounds.
+  oom: str | None = None
+
+  @property
+  def peak(self) -> int:
+    return self.argument + self.output - self.alias + self.temp
+
+
+def measure(compiled) -> Program:
+  """Reads `memory_analysis()` and `cost_analysis()` of a compiled program."""
+  mem = compiled.memory_analysis()
+  ca = compiled.cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  seconds = ca.get("optimal_seconds")
+  seconds = float(seconds) if seconds is not None and seconds >= 0 else None
+  cost = Cost(float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), seconds)
+  return Program(int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes),
+                 int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes), cost)
+
+
+def _compiler_options(args) -> dict:
+  """TPU: compile even when the program exceeds HBM (XLA then fails with RESOURCE_EXHAUSTED;
+  the planner wants to know by how much), via `xla_tpu_no_crash_on_oom`."""
+  for leaf in jax.tree.leaves(args):
+    sharding_ = getattr(leaf, "sharding", None)
+    if sharding_ is not None:
+      platform = next(iter(sharding_.device_set)).platform
+      return {"xla_tpu_no_crash_on_oom": True} if platform == "tpu" else {}
+  return {}
+
+
+def compile_program(fn, *args) -> Program:
+  """`fn.lower(*args).compile()`, measured; a program XLA refuses for lack of memory is
+  returned with `oom` set (see `_refused`)."""
+  return compile_lowered(fn.lower(*args), args)
+
+
+def compile_lowered(lowered, args) -> Program:
+  """Compiles a lowered program whose arguments were `args` (see `compile_program`)."""
+  try:
+    return measure(lowered.compile(compiler_options=_compiler_options(args)))
+  except jax.errors.JaxRuntimeError as err:
+    return _refused(lowered, args, str(err))
+
+
+_NEEDED = (re.compile(r"Allocation \(size=(\d+)\)"),
+           re.compile(r"HLO temporaries \(([\d.]+)G\)"))
+
+
+def _refused(lowered, args, message: str) -> Program:
+  """A program XLA would not compile: one buffer or its temporaries exceed HBM
+  (RESOURCE_EXHAUSTED), or the compiler failed (e.g. an INTERNAL RET_CHECK).
+
+  Memory: the arguments' per-device bytes plus, for lack of memory, the smallest amount XLA
+  says it needed (lower bounds). Cost: the unpartitioned program's cost analysis divided by
+  the device count.
+  """
+  m = _NEEDED[0].search(message)
+  needed = int(m.group(1)) if m else 0
+  m = _NEEDED[1].search(message)
+  needed = max(needed, int(float(m.group(1)) * (1 << 30)) if m else 0)
+  leaves = [x for x in jax.tree.leaves(args) if getattr(x, "sharding", None) is not None]
+  n = len(leaves[0].sharding.device_set) if leaves else 1
+  ca = lowered.cost_analysis() or {}
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  cost = Cost(float(ca.get("flops", 0.0)) / n, float(ca.get("bytes accessed", 0.0)) / n, None)
+  first = message.splitlines()[0].split(" :: ")[0]
+  if "RESOURCE_EXHAUSTED" not in first:
+    first = "compiler error: " + first[:300]
+  return Program(shard_bytes(args), 0, 0, needed, cost, oom=first)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One compiled phase of a step.
+
+  name: "rollout", "teacher scoring" or "train step".
+  side: "student" or "teacher": whose mesh runs it.
+  program: the phase's main program (its memory is the phase's).
+  cost: per-device cost of the whole phase per training step (trip counts applied).
+  params_in_args: which resident trees are arguments of the program.
+  kv_cache: per-device bytes of the decode cache (rollout only; inside `program.temp`).
+  within: the phase whose program runs this one (teacher scoring inside the train step):
+    `cost` is then a share of that phase's cost, and `program` (the same computation
+    compiled alone) says nothing about memory.
+  layer_cost: one layer's cost, when the phase is a layer scan another program repeats
+    (teacher scoring: one teacher layer on the whole step's batch).
+  """
+  name: str
+  side: str
+  program: Program
+  cost: Cost
+  params_in_args: tuple[str, ...]
+  kv_cache: int = 0
+  within: str | None = None
+  layer_cost: Cost | None = None
+
+
+def shard_bytes(tree) -> int:
+  """Per-device bytes of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    total += jnp.dtype(x.dtype).itemsize * math.prod(shape)
+  return total
+
+
+def _zero_layer(exp: experiment_lib.Experiment, devices, *, teacher=False, student=False,
+                grad_accum_steps=None) -> experiment_lib.Experiment:
+  """The same experiment with zero-layer teacher and/or student (and other accumulation)."""
+  config = copy.deepcopy(exp.config)
+  if grad_accum_steps is not None:
+    config.grad_accum_steps = grad_accum_steps
+  t, s = exp.teacher.config, exp.student.config
+  cfgs = (t.replace(num_layers=0) if teacher else t, s.replace(num_layers=0) if student else s)
+  return abstract.abstract_experiment(config, devices, model_cfgs=cfgs)
+
+
+# ---- rollout ----
+
+def _sampler(exp, model: str):
+  """`(model, mesh, sampler)`: the trainer's sampler (`cmdp.training.programs.sampler`) for
+  the config's rollout settings."""
+  r = exp.config.rollout
+  m = exp.student if model == "student" else exp.teacher
+  mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
+  sampler = programs.sampler(m.config, mesh, r.max_new_tokens, r.temperature, r.top_k, r.top_p,
+                             False, _STOP_IDS, _PAD_ID)
+  return m, mesh, sampler
+
+
+def _rng(mesh) -> jax.ShapeDtypeStruct:
+  """A raw uint32 PRNG key (the train state's `rng`), replicated."""
+  return jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
+
+
+def _sampler_program(exp, model: str) -> Program:
+  """The sampler the trainer calls, compiled for the config's batch and lengths."""
+  c = exp.config
+  m, mesh, sampler = _sampler(exp, model)
+  prompts = abstract.rows(exp, (c.batch_size, c.data.max_prompt_len), jnp.int32, mesh)
+  mask = abstract.rows(exp, prompts.shape, jnp.bool_, mesh)
+  args = (m.params, prompts, mask, _rng(mesh))
+  return compile_lowered(sampler.lower(*args), args)
+
+
+def _decode_step_cost(exp, model: str) -> Cost:
+  """Cost of one decode-loop iteration: a one-token `forward_with_cache` and the draw."""
+  c = exp.config
+  m = exp.student if model == "student" else exp.teacher
+  mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
+  cfg, b = m.config, c.batch_size
+  # As the sampler lays the weights out: fused unless under tensor parallelism.
+  layout = functools.partial(models.decode_params, cfg, fuse=mesh.shape["tensor"] == 1)
+  dshapes = jax.eval_shape(layout, m.params)
+  compiled = jax.jit(layout).lower(m.params).compile(
+      compiler_options=_compiler_options(m.params))
+  dparams = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         dshapes, compiled.output_shardings)
+  cache = _decode_cache(exp, model)
+  cache = abstract.place(cache, sharding.cache_specs(cache, mesh), mesh)
+  tokens = abstract.rows(exp, (b, 1), jnp.int32, mesh)
+  mask = abstract.rows(exp, (b, 1), jnp.bool_, mesh)
+  r = c.rollout
+
+  def step(dp, tok, tok_mask, kv, key):
+    logits, kv = models.forward_with_cache(cfg, dp, tok, kv, tok_mask)
+    new, lp = sample_token(key, logits[:, 0], temperature=r.temperature, top_k=r.top_k,
+                           top_p=r.top_p, greedy=False)
+    return new, lp, kv
+
+  fn = jax.jit(step, donate_argnums=(3,))
+  return compile_program(fn, dparams, tokens, mask, cache, _rng(mesh)).cost
+
+
+def _decode_cache(exp, model: str):
+  """The sampler's decode cache (P + N - 1 slots) as ShapeDtypeStructs."""
+  c = exp.config
+  cfg = (exp.student if model == "student" else exp.teacher).config
+  slots = c.data.max_prompt_len + c.rollout.max_new_tokens - 1
+  return jax.eval_shape(lambda: models.init_cache(cfg, c.batch_size, slots))
+
+
+def kv_cache_bytes(exp, model: str) -> int:
+  """Per-device bytes of the sampler's decode cache (P + N - 1 slots)."""
+  mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
+  cache = _decode_cache(exp, model)
+  return shard_bytes(abstract.place(cache, sharding.cache_specs(cache, mesh), mesh))
+
+
+def rollout(exp, with_cost: bool = True) -> Phase | None:
+  """The rollout phase (None when the objective trains on reference sequences)."""
+  model = abstract.rollout_model(exp)
+  if model is None:
+    return None
+  program = _sampler_program(exp, model)
+  cost = program.cost
+  if with_cost:  # the loop body is in `program` once; the loop runs N - 1 times
+    cost = cost + _decode_step_cost(exp, model) * max(exp.config.rollout.max_new_tokens - 2, 0)
+  return Phase("rollout", model, program, cost,
+               ("student_params",) if model == "student" else ("teacher_params",),
+               kv_cache_bytes(exp, model))
+
+
+# ---- teacher scoring ----
+
+def scoring_rows(exp) -> int:
+  """Rows the teacher scores per call: the whole batch on its own mesh; one microbatch
+  inside the train step (when the microbatch still splits over the batch axes)."""
+  b, a = exp.config.batch_size, exp.config.grad_accum_steps
+  shards = exp.student_mesh.shape["data"] * exp.student_mesh.shape["fsdp"]
+  inside = exp.teacher_inside_step and a > 1 and (b // a) % shards == 0
+  return b // a if inside else b
+
+
+def _scoring_program(exp, rows: int | None = None) -> Program:
+  """`cmdp.training.programs.teacher_logits` on `rows` sequences (default: the whole step's
+  batch), on the teacher's mesh."""
+  fn = programs.teacher_logits(exp.teacher.config, exp.teacher_mesh,
+                               exp.config.rollout.teacher_logits_dtype)
+  length = abstract.sequence_length(exp)
+  inputs = abstract.rows(exp, (rows or exp.config.batch_size, length), jnp.int32,
+                         exp.teacher_mesh)
+  mask = abstract.rows(exp, inputs.shape, jnp.bool_, exp.teacher_mesh)
+  return compile_program(fn, exp.teacher.params, inputs, mask)
+
+
+def teacher_scoring(exp, devices, with_cost: bool = True) -> Phase | None:
+  """The teacher's forward over the step's batch; cost = outside + L x (one layer), the
+  layer from a zero-layer teacher.
+
+  A teacher on its own mesh: a phase of its own (memory and cost). A teacher on the
+  student's mesh runs inside the train step, once per microbatch: the phase is then
+  `within="train step"`, its cost (A x one microbatch's forward) a share of the train
+  step's, and its `layer_cost` lets the train step count every teacher layer. Without
+  costs (`with_cost=False`) such a share is not compiled: None.
+  """
+  inside = exp.teacher_inside_step
+  if inside and not with_cost:
+    return None
+  rows = scoring_rows(exp)
+  calls = exp.config.batch_size // rows
+  program = _scoring_program(exp, rows)
+  cost, layer = program.cost, None
+  if with_cost:
+    outside = _scoring_program(_zero_layer(exp, devices, teacher=True), rows).cost
+    layer = (program.cost - outside) * calls
+    cost = outside * calls + layer * exp.teacher.config.num_layers
+  return Phase("teacher scoring", "teacher", program, cost, ("teacher_params",),
+               within="train step" if inside else None, layer_cost=layer)
+
+
+# ---- train step ----
+
+def train_step_fn(exp: experiment_lib.Experiment, state_shardings):
+  """How the planner obtains the jitted train step: the trainer's own builder, called as
+  the trainer calls it, `(state, exp.step_teacher_params, batch)`.
+
+  The one place to adapt when the step's signature changes.
+  """
+  return exp.make_train_step(exp.hp, state_shardings)
+
+
+def _train_program(exp) -> Program:
+  state, shardings = abstract.abstract_state(exp)
+  return compile_program(train_step_fn(exp, shardings), state, exp.step_teacher_params,
+                         abstract.train_batch(exp))
+
+
+def train_step(exp, devices, with_cost: bool = True, teacher: Phase | None = None) -> Phase:
+  """The update phase; trip counts of the layer scans and of grad accumulation applied.
+
+  With A microbatches and L student layers: cost = C(L=0, A=1) + A x L x (C(L, A) -
+  C(L=0, A)). A teacher inside the step scans its L_t layers too, counted once in C(L=0,
+  A=1): `teacher.layer_cost` (one teacher layer on the whole batch) adds the other L_t - 1.
+  """
+  program = _train_program(exp)
+  cost = program.cost
+  if with_cost:
+    a, layers = exp.config.grad_accum_steps, exp.student.config.num_layers
+    outside_a = _train_program(_zero_layer(exp, devices, student=True)).cost
+    outside_1 = (outside_a if a == 1 else
+                 _train_program(_zero_layer(exp, devices, student=True, grad_accum_steps=1)).cost)
+    cost = outside_1 + (program.cost - outside_a) * (a * layers)
+    if exp.teacher_inside_step and teacher is not None and teacher.layer_cost is not None:
+      cost = cost + teacher.layer_cost * max(exp.teacher.config.num_layers - 1, 0)
+  params = ("student_params", "optimizer")
+  if exp.teacher_inside_step:
+    params += ("teacher_params",)
+  return Phase("train step", "student", program, cost, params)

@@ -1,0 +1,240 @@
+"""Plans a run on a topology: per-device memory of each phase, whether it fits, FLOPs and time.
+
+    plan = make_plan(config, topology, devices)      # compiles; loads no weights
+    plan.fits, plan.peak.total, plan.estimated_step_s
+
+Memory per device, per phase (`PhaseMemory`): what stays resident for the whole run (the
+student's params and optimiser state, the teacher's params; on the devices that hold them)
+plus what the phase's program adds (its inputs and outputs other than those trees, and its
+temporaries; the rollout's KV cache is shown apart from the other temporaries). A run needs
+the largest phase total (`peak`) to fit in the device's memory.
+
+A teacher on the student's mesh runs inside the train step: it has no phase of its own
+(`Plan.teacher_in_step` is its forward's share of the train step's cost).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+import time
+
+import jax
+import ml_collections
+
+from cmdp.plan import abstract, phases
+from cmdp.plan.topology import Topology, capacity_bytes
+
+RESIDENT = ("student_params", "optimizer", "teacher_params")
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseMemory:
+  """Per-device bytes while one phase runs; `total` is the sum of the other fields."""
+  phase: str
+  student_params: int
+  optimizer: int
+  teacher_params: int
+  kv_cache: int
+  temp: int  # the program's temporaries, without the KV cache
+  io: int  # the program's other inputs and outputs (batch, logits, rollout, metrics)
+  total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternative:
+  """A mesh / grad-accumulation setting tried when the config does not fit."""
+  mesh: dict
+  grad_accum_steps: int
+  peak_phase: str
+  peak_bytes: int
+  fits: bool
+
+
+@dataclasses.dataclass
+class Plan:
+  """What `make_plan` found (see the module docstring)."""
+  config: ml_collections.ConfigDict
+  topology: Topology
+  mesh: dict  # the student's mesh axis sizes
+  teacher_mesh: dict
+  grad_accum_steps: int
+  param_counts: dict  # {"teacher": n, "student": n}
+  phases: list  # phases.Phase with their own program, in step order
+  memory: list  # PhaseMemory, same order
+  capacity: int  # bytes one device may use
+  capacity_what: str
+  flops_per_step: float | None  # per device, all phases, trip counts applied
+  estimated_step_s: float | None
+  time_source: str
+  compile_s: float
+  alternatives: list = dataclasses.field(default_factory=list)
+  # The teacher's forward when it runs inside the train step (a share of its cost), else None.
+  teacher_in_step: phases.Phase | None = None
+
+  @property
+  def peak(self) -> PhaseMemory:
+    return max(self.memory, key=lambda m: m.total)
+
+  @property
+  def refused(self) -> list:
+    """Phases XLA would not compile for lack of memory (their figures are lower bounds)."""
+    return [p for p in self.phases if p.program.oom]
+
+  @property
+  def fits(self) -> bool:
+    return self.peak.total <= self.capacity and not self.refused
+
+
+def resident_bytes(exp) -> dict:
+  """Per-device bytes of the student's params and optimiser state and the teacher's params."""
+  state, _ = abstract.abstract_state(exp)
+  return {"student_params": phases.shard_bytes(state.params),
+          "optimizer": phases.shard_bytes(state.opt_state),
+          "teacher_params": phases.shard_bytes(exp.teacher.params)}
+
+
+def shares_devices(exp) -> bool:
+  """Whether teacher and student live on the same devices (else teacher_disjoint)."""
+  devices = lambda mesh: {d.id for d in mesh.devices.flat}
+  return devices(exp.student_mesh) == devices(exp.teacher_mesh)
+
+
+def phase_memory(phase: phases.Phase, resident: dict, shared: bool) -> PhaseMemory:
+  """The per-device bytes while `phase` runs (see the module docstring)."""
+  side = {"student": ("student_params", "optimizer"), "teacher": ("teacher_params",)}
+  present = RESIDENT if shared else side[phase.side]
+  parts = {k: (resident[k] if k in present else 0) for k in RESIDENT}
+  prog = phase.program
+  io = prog.argument + prog.output - prog.alias - sum(resident[k] for k in phase.params_in_args)
+  temp = prog.temp - phase.kv_cache
+  total = sum(parts.values()) + phase.kv_cache + temp + io
+  return PhaseMemory(phase.name, kv_cache=phase.kv_cache, temp=temp, io=io, total=total, **parts)
+
+
+def phase_seconds(phase: phases.Phase, topology: Topology) -> tuple[float | None, str]:
+  """XLA's optimal_seconds where it gives one; else flops / the chip's peak; else None."""
+  if phase.cost.seconds is not None:
+    return phase.cost.seconds, "XLA optimal_seconds"
+  if topology.chip is not None:
+    chip = topology.chip
+    return (phase.cost.flops / chip.peak_flops,
+            f"flops / {chip.kind} peak {chip.peak_flops / 1e12:.0f} TFLOP/s")
+  return None, "none: XLA gives no optimal_seconds on CPU and CPUs have no peak in the table"
+
+
+def compile_phases(exp, devices, with_cost: bool = True) -> tuple[list, phases.Phase | None]:
+  """`(phases, teacher_in_step)`: the step's phases in order (rollout if any, teacher
+  scoring for a teacher on its own mesh, train step), and the teacher's share of the train
+  step when it runs inside it (None otherwise, or without costs)."""
+  teacher = phases.teacher_scoring(exp, devices, with_cost)
+  found = [phases.rollout(exp, with_cost), teacher,
+           phases.train_step(exp, devices, with_cost, teacher)]
+  inside = teacher if teacher is not None and teacher.within else None
+  return [p for p in found if p is not None and p is not inside], inside
+
+
+def _param_count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def make_plan(config: ml_collections.ConfigDict, topology: Topology, devices: list,
+              search: int = 0) -> Plan:
+  """Compiles every phase of `config` for `devices` and sizes the run.
+
+  Args:
+    config: the experiment config.
+    topology: the target (`cmdp.plan.topology.parse`).
+    devices: its devices (`cmdp.plan.topology.devices`).
+    search: when the config does not fit, how many alternative settings to try at most.
+  """
+  start = time.perf_counter()
+  exp = abstract.abstract_experiment(config, devices)
+  found, teacher_in_step = compile_phases(exp, devices)
+  shared = shares_devices(exp)
+  resident = resident_bytes(exp)
+  memory = [phase_memory(p, resident, shared) for p in found]
+  timed = [phase_seconds(p, topology) for p in found]
+  seconds = None if any(s is None for s, _ in timed) else sum(s for s, _ in timed)
+  flops = sum(p.cost.flops for p in found)
+  source = ", ".join(sorted({src for _, src in timed}))
+  if any(p.program.oom for p in found):  # no compiled program, no cost
+    flops, seconds, source = None, None, "none (XLA did not compile every phase)"
+  capacity, what = capacity_bytes(topology)
+  plan = Plan(
+      config=config, topology=topology, mesh=dict(exp.student_mesh.shape),
+      teacher_mesh=dict(exp.teacher_mesh.shape), grad_accum_steps=config.grad_accum_steps,
+      param_counts={"teacher": _param_count(exp.teacher.params),
+                    "student": _param_count(exp.student.params)},
+      phases=found, memory=memory, capacity=capacity, capacity_what=what,
+      flops_per_step=flops, estimated_step_s=seconds, time_source=source,
+      compile_s=0.0, teacher_in_step=teacher_in_step)
+  if not plan.fits and search > 0:
+    plan.alternatives = search_alternatives(plan, devices, search)
+  plan.compile_s = time.perf_counter() - start
+  return plan
+
+
+# ---- alternatives ----
+
+def _meshes(n: int, base: dict) -> list[dict]:
+  """(data, fsdp, tensor) factorisations of n devices, tensor <= 8, most FSDP first."""
+  out = []
+  for tensor in (1, 2, 4, 8):
+    for data in (1, 2, 4, 8):
+      if n % (tensor * data) == 0:
+        mesh = {"data": data, "fsdp": n // (tensor * data), "tensor": tensor}
+        if mesh != base:
+          out.append(mesh)
+  return sorted(out, key=lambda m: (m["data"], m["tensor"]))
+
+
+def _accum_options(config, shards: int) -> list[int]:
+  """Larger grad_accum_steps that split the batch into whole groups, whole rows per device."""
+  b, g = config.batch_size, config.loss.group_size
+  return [a for a in (2 ** k for k in range(1, 12))
+          if a > config.grad_accum_steps and b % (a * g) == 0 and (b // a) % shards == 0]
+
+
+def _candidates(plan: Plan) -> list[tuple[dict, int]]:
+  """Settings to try, the likeliest first: more accumulation when the update is the peak,
+  then meshes (each with the config's accumulation)."""
+  n = plan.topology.num_devices
+  shards = plan.mesh["data"] * plan.mesh["fsdp"]
+  accum = [(plan.mesh, a) for a in _accum_options(plan.config, shards)]
+  meshes = [(m, plan.grad_accum_steps) for m in _meshes(n, plan.mesh)
+            if plan.config.batch_size % (m["data"] * m["fsdp"]) == 0]
+  first, second = (accum, meshes) if plan.peak.phase == "train step" else (meshes, accum)
+  return list(itertools.chain(first, second))
+
+
+def _variant(config, mesh: dict, accum: int):
+  c = copy.deepcopy(config)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh["data"], mesh["fsdp"], mesh["tensor"]
+  c.grad_accum_steps = accum
+  return c
+
+
+def search_alternatives(plan: Plan, devices: list, budget: int) -> list[Alternative]:
+  """Memory of up to `budget` alternative settings (compiled, costs skipped)."""
+  out = []
+  resident_cache = {}
+  for mesh, accum in _candidates(plan)[:budget]:
+    config = _variant(plan.config, mesh, accum)
+    exp = abstract.abstract_experiment(config, devices)
+    if mesh == plan.mesh:  # only the update changes with accumulation
+      found = [p for p in plan.phases if p.name != "train step"]
+      found.append(phases.train_step(exp, devices, with_cost=False))
+    else:
+      found, _ = compile_phases(exp, devices, with_cost=False)
+    key = tuple(sorted(mesh.items()))
+    if key not in resident_cache:
+      resident_cache[key] = resident_bytes(exp)
+    resident = resident_cache[key]
+    memory = [phase_memory(p, resident, shares_devices(exp)) for p in found]
+    peak = max(memory, key=lambda m: m.total)
+    refused = any(p.program.oom for p in found)
+    out.append(Alternative(dict(exp.student_mesh.shape), accum, peak.phase, peak.total,
+                           peak.total <= plan.capacity and not refused))
+  return out

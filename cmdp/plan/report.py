@@ -1,0 +1,170 @@
+"""The planner's outputs: a readable text report and a JSON dict."""
+from __future__ import annotations
+
+from cmdp.plan.planner import Plan
+
+GIB = float(1 << 30)
+_UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+_ROWS = (("student params", "student_params"), ("optimizer state", "optimizer"),
+         ("teacher params", "teacher_params"), ("KV cache", "kv_cache"),
+         ("temporaries", "temp"), ("inputs/outputs", "io"), ("total", "total"))
+
+
+def _gib(n: int) -> str:
+  return f"{n / GIB:.2f}"
+
+
+def _unit(largest: int) -> tuple[str, int]:
+  """The largest unit in which `largest` is at least 1 (tables of tiny models stay legible)."""
+  return next(((name, size) for name, size in _UNITS if largest >= size), ("bytes", 1))
+
+
+def _count(n: int) -> str:
+  """A parameter count: 7.62B, 1.54B, 81.0k."""
+  for suffix, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    if n >= size:
+      return f"{n / size:.3g}{suffix}"
+  return str(n)
+
+
+def _mesh(mesh: dict) -> str:
+  return " ".join(f"{k}={v}" for k, v in mesh.items())
+
+
+def _seconds(s: float | None) -> str:
+  return "n/a" if s is None else f"{s:.3g} s"
+
+
+def kv_cache_bytes(plan: Plan) -> int:
+  return max((p.kv_cache for p in plan.phases), default=0)
+
+
+def to_text(plan: Plan, config_name: str) -> str:
+  """The report printed by `python -m cmdp.plan`."""
+  t, c = plan.topology, plan.config
+  where = (f"{t.num_devices} x TPU {t.chip.kind} chips, compiled for {t.desc_name}" if t.chip
+           else f"{t.num_devices} simulated CPU devices")
+  s_cfg = _count(plan.param_counts["student"])
+  t_cfg = _count(plan.param_counts["teacher"])
+  unit, size = _unit(plan.peak.total)
+  teacher_mesh = ("the same mesh" if plan.teacher_mesh == plan.mesh
+                  else _mesh(plan.teacher_mesh))
+  if plan.teacher_in_step is not None:
+    teacher_mesh += ", inside the train step (per microbatch)"
+  lines = [
+      f"cmdp plan: {config_name} on {t.name} ({where})",
+      f"models   teacher {t_cfg} params ({c.teacher.dtype}), student {s_cfg} params "
+      f"({c.student.dtype}{', remat' if c.student.remat else ''}), objective {c.objective}",
+      f"mesh     student {_mesh(plan.mesh)}; teacher {teacher_mesh}",
+      f"step     {c.batch_size} sequences ({c.batch_size // c.loss.group_size} prompts x "
+      f"{c.loss.group_size}), prompts {c.data.max_prompt_len} + {c.rollout.max_new_tokens} new "
+      f"tokens, grad_accum_steps={c.grad_accum_steps}",
+      "",
+      f"{f'per device ({unit})':<18}" + "".join(f"{m.phase:>17}" for m in plan.memory),
+  ]
+  for label, key in _ROWS:
+    lines.append(f"  {label:<16}" +
+                 "".join(f"{getattr(m, key) / size:>17.2f}" for m in plan.memory))
+  peak = plan.peak
+  verdict = "fits" if plan.fits else "DOES NOT FIT"
+  lines += [
+      "",
+      f"memory   peak {peak.total / size:.2f} {unit} ({peak.phase}) of {_gib(plan.capacity)} GiB "
+      f"{plan.capacity_what}: {verdict}",
+  ]
+  for p in plan.refused:
+    lines.append(f"         {p.name}: XLA did not compile it ({p.program.oom}); its figures "
+                 "are lower bounds")
+  lines += [
+      _cost_line(plan),
+      "         " + ", ".join(f"{p.name} {_seconds(s)}" for p, s in _phase_seconds(plan))
+      + _teacher_share_text(plan),
+      f"compiled in {plan.compile_s:.0f} s",
+  ]
+  lines += _alternatives_text(plan)
+  return "\n".join(lines)
+
+
+def _phase_seconds(plan: Plan):
+  from cmdp.plan.planner import phase_seconds  # pylint: disable=g-import-not-at-top
+  return [(p, None if p.program.oom else phase_seconds(p, plan.topology)[0])
+          for p in plan.phases]
+
+
+def _teacher_share(plan: Plan) -> float | None:
+  """Seconds of the teacher's forward inside the train step (None if not inside or unknown)."""
+  from cmdp.plan.planner import phase_seconds  # pylint: disable=g-import-not-at-top
+  t = plan.teacher_in_step
+  return None if t is None or t.program.oom else phase_seconds(t, plan.topology)[0]
+
+
+def _teacher_share_text(plan: Plan) -> str:
+  if plan.teacher_in_step is None:
+    return ""
+  return f" (of which the teacher's forward {_seconds(_teacher_share(plan))})"
+
+
+def _cost_line(plan: Plan) -> str:
+  if plan.flops_per_step is None:
+    return f"cost     n/a: {plan.time_source}"
+  return (f"cost     {plan.flops_per_step:.3e} FLOPs per device per step; estimated "
+          f"{_seconds(plan.estimated_step_s)} per step ({plan.time_source})")
+
+
+def _alternatives_text(plan: Plan) -> list[str]:
+  if plan.fits or not plan.alternatives:
+    return [] if plan.fits else ["no alternatives searched (--search=0)"]
+  fitting = [a for a in plan.alternatives if a.fits]
+  out = ["", f"alternatives tried (memory only): {len(plan.alternatives)}, "
+         f"{len(fitting)} fit{'' if fitting else ' (raise the slice size or lower batch_size)'}"]
+  for a in plan.alternatives:
+    out.append(f"  {'fits' if a.fits else '    '}  --config.mesh.data={a.mesh['data']} "
+               f"--config.mesh.fsdp={a.mesh['fsdp']} --config.mesh.tensor={a.mesh['tensor']} "
+               f"--config.grad_accum_steps={a.grad_accum_steps}: peak {_gib(a.peak_bytes)} GiB "
+               f"({a.peak_phase})")
+  return out
+
+
+def to_json(plan: Plan, config_name: str) -> dict:
+  """The `--json` dict. `per_device_bytes` describes the peak phase, except `kv_cache`,
+  which is the rollout's cache (part of the total only when the rollout is the peak)."""
+  peak = plan.peak
+  t = plan.topology
+  return {
+      "config": config_name,
+      "topology": t.name,
+      "platform": t.platform,
+      "chip": t.chip.kind if t.chip else None,
+      "topology_desc": t.desc_name,
+      "num_devices": t.num_devices,
+      "mesh": plan.mesh,
+      "teacher_mesh": plan.teacher_mesh,
+      "grad_accum_steps": plan.grad_accum_steps,
+      "batch_size": plan.config.batch_size,
+      "param_counts": plan.param_counts,
+      "per_device_bytes": {
+          "student_params": peak.student_params, "optimizer": peak.optimizer,
+          "teacher_params": peak.teacher_params, "kv_cache": kv_cache_bytes(plan),
+          "temp": peak.temp, "io": peak.io, "total": peak.total},
+      "peak_phase": peak.phase,
+      "hbm_bytes": t.chip.hbm_bytes if t.chip else None,
+      "capacity_bytes": plan.capacity,
+      "capacity_what": plan.capacity_what,
+      "fits": plan.fits,
+      "flops_per_step": plan.flops_per_step,
+      "estimated_step_s": plan.estimated_step_s,
+      "time_source": plan.time_source,
+      "phases": {
+          p.name: {**{k: getattr(m, k) for _, k in _ROWS}, "flops": p.cost.flops,
+                   "bytes_accessed": p.cost.bytes_accessed, "xla_optimal_seconds": p.cost.seconds,
+                   "xla_refused": p.program.oom}
+          for p, m in zip(plan.phases, plan.memory)},
+      "teacher_in_train_step": None if plan.teacher_in_step is None else {
+          "flops": plan.teacher_in_step.cost.flops,
+          "xla_optimal_seconds": plan.teacher_in_step.cost.seconds,
+          "estimated_s": _teacher_share(plan)},
+      "alternatives": [
+          {"mesh": a.mesh, "grad_accum_steps": a.grad_accum_steps, "peak_phase": a.peak_phase,
+           "peak_bytes": a.peak_bytes, "fits": a.fits} for a in plan.alternatives],
+      "compile_s": plan.compile_s,
+  }

@@ -1,0 +1,21 @@
+"""The end-of-run table against hand-computed intervals."""
+import math
+
+from cmdp.evaluation import report
+
+
+def test_table_has_wilson_and_t_intervals():
+  # 50 of 100 right: Wilson 95% interval [40.4, 59.6]; KL mean 10, sd 5, n 100:
+  # t(0.975, 99) = 1.9842 -> half-width 0.99.
+  results = {"student": {"accuracy": 0.5, "num_greedy": 100, "satisfaction_greedy": 0.5,
+                         "kl_seq_greedy_mean": 10.0, "kl_seq_greedy_std": 5.0},
+             "teacher": {"accuracy": 0.9, "num_greedy": 100}}
+  text = report.table(results)
+  rows = text.strip().splitlines()
+  assert rows[2].startswith("| teacher |") and rows[3].startswith("| student |")
+  assert "50.0% [40.4, 59.6]" in rows[3]
+  assert "10.00 ± 0.99" in rows[3]
+  z = 1.959964
+  centre = (0.5 + z * z / 200) / (1 + z * z / 100)
+  half = z / (1 + z * z / 100) * math.sqrt(0.25 / 100 + z * z / 40000)
+  assert round(100 * (centre - half), 1) == 40.4

@@ -1,0 +1,237 @@
+"""The planner: topology names, presets, per-device bytes against hand counts, the CLI.
+
+Runs on the 8 simulated CPU devices of tests/conftest.py; the TPU case needs libtpu (the
+`tpu` extra) and is skipped without it.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from cmdp import models
+from cmdp.models import presets
+from cmdp.plan import abstract, phases, planner, topology
+from tests.training.tiny import _ROOT, load_config_file
+
+# ---- topology names ----
+
+
+@pytest.mark.parametrize("name, desc, chips, kind", [
+    ("v5e-32", "v5e:4x8", 32, "v5e"),
+    ("v5litepod-32", "v5e:4x8", 32, "v5e"),
+    ("v5e-8", "v5e:2x4", 8, "v5e"),
+    ("v4-8", "v4:2x2x1", 4, "v4"),
+    ("v4-64", "v4:2x4x4", 32, "v4"),  # v4 counts TensorCores: 64 cores = 32 chips
+    ("v4-128", "v4:4x4x4", 64, "v4"),
+    ("v5p-128", "v5p:4x4x4", 64, "v5p"),
+    ("v5p-256", "v5p:4x4x8", 128, "v5p"),
+    ("v6e-64", "v6e:8x8", 64, "v6e"),
+])
+def test_accelerator_types_map_to_chip_grids(name, desc, chips, kind):
+  t = topology.parse(name)
+  assert (t.platform, t.desc_name, t.num_devices, t.chip.kind) == ("tpu", desc, chips, kind)
+
+
+def test_cpu_topology_and_unknown_names():
+  t = topology.parse("cpu:8")
+  assert (t.platform, t.num_devices, t.chip) == ("cpu", 8, None)
+  for bad in ("v5e-33", "v4-63", "tpu-8", "cpu:0", "v7-8"):
+    with pytest.raises(ValueError, match=r"--topology=.*Valid: .*v5litepod-32.*cpu:N"):
+      topology.parse(bad)
+
+
+def test_hbm_table():
+  gib = 1 << 30
+  assert {k: c.hbm_bytes // gib for k, c in topology.CHIPS.items()} == {
+      "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+# ---- presets ----
+
+
+@pytest.mark.parametrize("name, published", [
+    ("qwen2.5-math-7b", 7_615_616_512),
+    ("qwen2.5-math-1.5b", 1_543_714_304),
+    ("llama-3.1-8b", 8_030_261_248),
+    ("llama-3.2-1b", 1_235_814_400),
+])
+def test_presets_have_the_published_parameter_counts(name, published):
+  cfg = presets.get("preset:" + name)
+  shapes = jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == published
+
+
+def test_unknown_preset_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"preset:qwen2.5-math-7b"):
+    presets.get("preset:qwen-9000")
+
+
+def test_hub_ids_without_files_fall_back_to_presets():
+  assert abstract.architecture("Qwen/Qwen2.5-Math-7B", "teacher.path") == presets.get(
+      "qwen2.5-math-7b")
+  with pytest.raises(ValueError, match=r"config\.student\.path='nobody/nothing'.*preset:NAME"):
+    abstract.architecture("nobody/nothing", "student.path")
+
+
+def test_a_preset_path_trains_from_a_random_init_of_its_architecture(monkeypatch):
+  from cmdp.training import models as model_lib  # pylint: disable=import-outside-toplevel
+  tiny = models.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=2, num_kv_heads=1, head_dim=16)
+  monkeypatch.setitem(presets.PRESETS, "tiny-test", tiny)
+  config = load_config_file("tiny.py")
+  config.teacher.path = config.student.path = "preset:tiny-test"
+  teacher, student, tokenizer = model_lib.load_teacher_and_student(config, jax.random.key(0))
+  assert teacher.config.num_layers == student.config.num_layers == 2
+  assert teacher.config.dtype == config.teacher.dtype and len(tokenizer) <= 128
+  assert teacher.params["embed_tokens"]["embedding"].shape == (128, 32)
+  config.tokenizer = ""  # a preset brings no tokenizer
+  with pytest.raises(ValueError,
+                     match=r"config\.teacher\.path='preset:tiny-test'.*tokenizer='char'"):
+    model_lib.load_teacher_and_student(config, jax.random.key(0))
+
+
+# ---- per-device bytes against hand counts ----
+
+D, F, H, KVH, HD, L, V = 64, 128, 4, 2, 16, 2, 256  # teacher; the student has 1 layer
+
+
+def _small_config(**mesh):
+  """A tiny teacher/student pair whose every sharded dimension divides 8."""
+  config = load_config_file("qwen_math.py", "small")
+  config.teacher.random_init.update(vocab_size=V, hidden_size=D, intermediate_size=F,
+                                    num_heads=H, num_kv_heads=KVH, head_dim=HD, num_layers=L)
+  config.student.random_init.update(vocab_size=V, hidden_size=D, intermediate_size=F,
+                                    num_heads=H, num_kv_heads=KVH, head_dim=HD, num_layers=1)
+  config.mesh.update(mesh)
+  return config
+
+
+def _hand_param_bytes(layers: int, fsdp: int) -> int:
+  """float32 bytes per device: matrices split over fsdp along D; biases and norms whole."""
+  q, kv = H * HD, KVH * HD
+  split = V * D + layers * (D * q + 2 * D * kv + q * D + 3 * D * F)  # tied embedding
+  whole = layers * (q + 2 * kv) + layers * 2 * D + D  # q/k/v biases, 2 norms per layer, final
+  return 4 * (split // fsdp + whole)
+
+
+def _hand_optimizer_bytes(layers: int, fsdp: int) -> int:
+  """AdamW's two moments mirror the params; two int32 step counters (adam, schedule)."""
+  return 2 * _hand_param_bytes(layers, fsdp) + 2 * 4
+
+
+@pytest.mark.parametrize("mesh, fsdp", [({"data": 1, "fsdp": 8, "tensor": 1}, 8),
+                                        ({"data": 2, "fsdp": 4, "tensor": 1}, 4)])
+def test_resident_bytes_equal_hand_counts_on_cpu8(mesh, fsdp):
+  exp = abstract.abstract_experiment(_small_config(**mesh), jax.devices()[:8])
+  got = planner.resident_bytes(exp)
+  assert got == {"student_params": _hand_param_bytes(1, fsdp),
+                 "optimizer": _hand_optimizer_bytes(1, fsdp),
+                 "teacher_params": _hand_param_bytes(L, fsdp)}
+
+
+def test_kv_cache_bytes_equal_hand_count():
+  config = _small_config(data=1, fsdp=8, tensor=1)
+  exp = abstract.abstract_experiment(config, jax.devices()[:8])
+  b, slots = config.batch_size // 8, config.data.max_prompt_len + config.rollout.max_new_tokens - 1
+  # float32 k and v per layer [B, KVH, hd, S]; mask bool [B, S]; pos int32 [B]; index int32.
+  assert (phases.kv_cache_bytes(exp, "student")
+          == 2 * 4 * b * KVH * HD * slots + b * slots + 4 * b + 4)
+
+
+def test_teacher_scoring_flops_count_every_layer():
+  """XLA counts a scanned layer once; the planner must count L of them."""
+  config = _small_config(data=1, fsdp=8, tensor=1)
+  devices = jax.devices()[:8]
+  exp = abstract.abstract_experiment(config, devices)
+  phase = phases.teacher_scoring(exp, devices)
+  rows, t = config.batch_size // 8, abstract.sequence_length(exp)
+  q, kv = H * HD, KVH * HD
+  matmuls = 2 * rows * t * (L * (D * q + 2 * D * kv + q * D + 3 * D * F) + D * V)
+  attention = 2 * 2 * rows * L * H * t * t * HD  # scores and weighted values, full [T, T]
+  hand = matmuls + attention
+  assert hand <= phase.cost.flops <= 1.25 * hand  # the rest: norms, softmax, RoPE, SiLU
+  assert phase.program.cost.flops < 0.8 * hand  # what XLA says without the trip count
+
+
+def test_train_step_needs_every_teacher_layer_added():
+  """The teacher runs inside the train step, where XLA counts its layer scan once whatever
+  the depth; the planner adds the other layers from the teacher-scoring phase's per-layer
+  cost (one teacher layer's forward on the whole batch)."""
+  devices = jax.devices()[:1]
+  raw = {}
+  for layers in (L, L + 2):
+    config = _small_config(data=1, fsdp=1, tensor=1)
+    config.grad_accum_steps = 1
+    config.teacher.random_init.num_layers = layers
+    exp = abstract.abstract_experiment(config, devices)
+    teacher = phases.teacher_scoring(exp, devices)
+    assert teacher.within == "train step"
+    raw[layers] = phases._train_program(exp).cost.flops  # pylint: disable=protected-access
+  rows, t = config.batch_size, abstract.sequence_length(exp)
+  q, kv = H * HD, KVH * HD
+  layer = 2 * rows * t * (D * q + 2 * D * kv + q * D + 3 * D * F) + 4 * rows * H * t * t * HD
+  assert abs(raw[L + 2] - raw[L]) < 0.2 * layer  # XLA: the scanned layer once
+  assert layer <= teacher.layer_cost.flops <= 1.25 * layer
+
+
+@pytest.mark.skipif(not topology.libtpu_available(),
+                    reason="libtpu is not installed (pip install -e '.[tpu]'); the CPU cases "
+                           "check the same byte counts")
+def test_tpu_topology_bytes_and_compile():
+  t = topology.parse("v5e-8")
+  devices = topology.devices(t)
+  assert [d.platform for d in devices] == ["tpu"] * 8
+  exp = abstract.abstract_experiment(_small_config(data=1, fsdp=8, tensor=1), devices)
+  assert planner.resident_bytes(exp) == {"student_params": _hand_param_bytes(1, 8),
+                                         "optimizer": _hand_optimizer_bytes(1, 8),
+                                         "teacher_params": _hand_param_bytes(L, 8)}
+  program = phases._scoring_program(exp)  # pylint: disable=protected-access
+  rows, t_len = exp.config.batch_size // 8, abstract.sequence_length(exp)
+  # bfloat16 teacher logits (the config's teacher_logits_dtype), rows split over 8; the TPU
+  # layout pads the second-minor dimension (positions) to a multiple of 8.
+  padded = -(-t_len // 8) * 8
+  assert program.output == rows * padded * V * 2
+  assert program.cost.seconds is not None and program.cost.seconds > 0
+
+
+# ---- the command line ----
+
+
+def test_cli_plans_the_small_qwen_config(tmp_path):
+  out = tmp_path / "plan.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "cmdp.plan", "--config",
+       os.path.join(_ROOT, "configs/qwen_math.py:small"), "--topology", "cpu:4",
+       "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=_ROOT, env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr.strip() == ""  # a quiet report
+  assert "per device" in proc.stdout and "fits" in proc.stdout
+  plan = json.loads(out.read_text())
+  assert set(plan["per_device_bytes"]) >= {"student_params", "optimizer", "teacher_params",
+                                           "kv_cache", "temp", "total"}
+  for key in ("hbm_bytes", "fits", "flops_per_step", "estimated_step_s", "mesh"):
+    assert key in plan
+  assert plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert plan["fits"] is True and plan["hbm_bytes"] is None
+  # The teacher shares the student's mesh: it runs inside the train step, no phase of its own.
+  assert set(plan["phases"]) == {"rollout", "train step"}
+  assert 0 < plan["teacher_in_train_step"]["flops"] < plan["phases"]["train step"]["flops"]
+  assert plan["flops_per_step"] > 0
+
+
+@pytest.mark.parametrize("name", ["llama_math.py", "qwen_math.py"])
+def test_paper_configs_name_their_slice_and_validate(name):
+  from cmdp.objectives import available_objectives  # pylint: disable=import-outside-toplevel
+  from cmdp.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  for objective in sorted(available_objectives()):
+    for arg in ("", ",task=math", ",small"):
+      config_lib.validate(load_config_file(name, f"objective={objective}{arg}"))
+  with open(os.path.join(_ROOT, "configs", name)) as f:
+    slice_line = [l for l in f if l.startswith("SLICE = ")]
+  assert len(slice_line) == 1
+  assert topology.parse(slice_line[0].split('"')[1]).platform == "tpu"
