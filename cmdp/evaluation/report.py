@@ -6,10 +6,6 @@ are reported side by side where both exist.
 """
 from __future__ import annotations
 
-import math
-
-import scipy.stats
-
 from cmdp.evaluation import stats
 
 ORDER = ("teacher", "initial_student", "student")
@@ -30,8 +26,7 @@ def _mean(r: dict, kind: str) -> str:
     return "-"
   if sd is None or n < 2:
     return f"{mean:.2f}"
-  half = scipy.stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-  return f"{mean:.2f} ± {half:.2f}"
+  return f"{mean:.2f} ± {stats.t_interval_from_moments(mean, sd, n).half:.2f}"
 
 
 def table(results: dict) -> str:

@@ -49,10 +49,17 @@ def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> Inte
   n = int(x.size)
   if n == 0:
     return Interval(math.nan, math.nan, math.nan, math.nan, 0)
-  mean = float(x.mean())
+  return t_interval_from_moments(float(x.mean()), float(x.std(ddof=1)) if n > 1 else math.nan,
+                                 n, confidence)
+
+
+def t_interval_from_moments(mean: float, sd: float, n: int,
+                            confidence: float = 0.95) -> Interval:
+  """`t_interval` from a mean, a sample standard deviation (ddof=1) and a count, for
+  reports that keep only those; n < 2 gives no interval."""
   if n < 2:
     return Interval(mean, math.nan, math.nan, math.nan, n)
-  half = float(scipy.stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+  half = float(scipy.stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n))
   return Interval(mean, mean - half, mean + half, half, n)
 
 
