@@ -5,11 +5,11 @@ r"""Times one training step by phase and the update's model-FLOPs utilisation.
         --set batch_size=8 --set rollout.max_new_tokens=64
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher
-scoring (the teacher's forward on the student's sequences, timed alone for reference: with
-the teacher on the student's mesh it runs INSIDE the update, microbatch by microbatch),
-update (the jitted train step). Each is timed after a warm-up step that compiles it. The
+scoring (the teacher's forward on the student's sequences, timed alone for reference: it
+runs INSIDE the update, microbatch by microbatch, on the student's mesh or on its own),
+update (the train step). Each is timed after a warm-up step that compiles it. The
 update's MFU is its model FLOPs (6 x params x tokens for the student's matmuls, plus
-attention; 2 x for the teacher's forward when it runs inside the step) per second over
+attention; 2 x for the teacher's forward) per second over
 this machine's own float32 matmul peak, measured in the same run with a large matmul.
 """
 import argparse
@@ -79,26 +79,24 @@ def main():
   it = iter(range(10 ** 6))
   from cmdp import data  # pylint: disable=g-import-not-at-top
   prompts_it = data.PromptIterator(exp.train_examples, config.batch_size // g, seed=0)
-  sampler = exp.sampler()
+  sampler = exp.sampler(group_size=exp.hp.group_size)  # repeats each prompt inside
   times = {k: [] for k in ("rollout", "reward", "teacher", "update")}
   gen_tokens, seq_tokens = [], []
   for step in range(args.steps + 1):
     examples = prompts_it.next_batch()
     group = [ex for ex in examples for _ in range(g)]
-    prompts = exp.put_batch(batch_lib.repeat_rows(exp.encode_prompts(examples), g))
+    prompts = exp.put_prompts(exp.encode_prompts(examples))
     t0 = time.perf_counter()
     rollout = sampler(state.params, *prompts, jax.random.PRNGKey(next(it)))
     jax.block_until_ready(rollout)
     t1 = time.perf_counter()
     reward, _ = batch_lib.task_rewards(batch_lib.decode_responses(exp.tokenizer, rollout), group)
-    batch = batch_lib.from_rollout(rollout)
+    batch = exp.shift_batch(rollout.tokens, rollout.attention_mask, rollout.response_mask,
+                            rollout.logprobs)
     batch["task_reward"] = exp.put_batch(reward)
     t2 = time.perf_counter()
-    teacher_logits = exp.teacher_logits(batch["inputs"], batch["input_mask"])
-    jax.block_until_ready(teacher_logits)
-    if not exp.teacher_inside_step:
-      batch["teacher_logits"] = teacher_logits
-    del teacher_logits
+    # The teacher's forward alone (the update runs it again, microbatch by microbatch).
+    jax.block_until_ready(exp.teacher_logits(batch["inputs"], batch["input_mask"]))
     t3 = time.perf_counter()
     state, metrics = train_step(state, exp.step_teacher_params, batch)
     jax.block_until_ready(metrics)
@@ -116,9 +114,9 @@ def main():
   gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
   scfg, tcfg = exp.student.config, exp.teacher.config
   L = batch["inputs"].shape[1]
-  update_flops = model_flops_per_token(scfg, L) * seq * config.ppo_epochs
-  if exp.teacher_inside_step:  # its forward (a third of a training pass) per epoch
-    update_flops += model_flops_per_token(tcfg, L) / 3 * seq * config.ppo_epochs
+  # The student's training pass and the teacher's forward (a third of one), per epoch.
+  update_flops = (model_flops_per_token(scfg, L) + model_flops_per_token(tcfg, L) / 3) * seq \
+      * config.ppo_epochs
   peak = matmul_peak()
   print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens, "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
@@ -127,10 +125,10 @@ def main():
   print("| --- | --- | --- |")
   print(f"| student rollout | {med['rollout']:.3f} | {gen / med['rollout']:.0f} generated |")
   print(f"| reward (host) | {med['reward']:.3f} | {config.batch_size / med['reward']:.0f} seqs/s |")
-  where = " (inside the update)" if exp.teacher_inside_step else ""
-  print(f"| teacher scoring{where} | {med['teacher']:.3f} | {seq / med['teacher']:.0f} |")
+  print(f"| teacher scoring (inside the update) | {med['teacher']:.3f} | "
+        f"{seq / med['teacher']:.0f} |")
   print(f"| update (fwd+bwd+adam) | {med['update']:.3f} | {seq / med['update']:.0f} |")
-  whole = sum(med.values()) - (med["teacher"] if exp.teacher_inside_step else 0.0)
+  whole = sum(med.values()) - med["teacher"]
   print(f"| whole step | {whole:.3f} | {gen / whole:.0f} generated |")
   mfu = update_flops / med["update"] / peak
   print(f"\nupdate: {update_flops / med['update'] / 1e9:.1f} GFLOP/s of model FLOPs; "

@@ -143,6 +143,12 @@ def batch_spec() -> P:
   return P(BATCH_AXES)
 
 
+def rows_spec(rows: int, mesh: Mesh) -> P:
+  """Spec for a `[rows, ...]` array that may not split over the batch axes (a microbatch,
+  un-repeated prompts): `batch_spec()` when `rows` divides data*fsdp, else replicated."""
+  return batch_spec() if rows % _axis_size(mesh, BATCH_AXES) == 0 else P()
+
+
 def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
   """Specs for a `cmdp.models.KVCache`: batch over ("data", "fsdp"), kv heads over "tensor"
   (each where divisible).

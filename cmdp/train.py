@@ -6,8 +6,9 @@ error. A workdir that holds checkpoints is resumed from its latest one.
 
 Multi-host (one process per host): `CMDP_MULTIHOST=1` calls `jax.distributed.initialize()`,
 with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID when set (SLURM; a TPU VM
-slice needs none). Each process then reads its own rows of every batch; process 0 writes the
-logs and evaluation results; checkpoints are written by all processes together (orbax).
+slice needs none). Each process then reads its own rows of every batch (of training, budget
+calibration and evaluation; their host figures are gathered); process 0 writes the logs and
+evaluation results; checkpoints are written by all processes together (orbax).
 """
 import logging as py_logging
 import os

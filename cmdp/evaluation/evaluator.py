@@ -19,16 +19,34 @@ from typing import Callable, NamedTuple
 QUANTILES = (0.1, 0.5, 0.9)
 
 
+def _host_rollout(rollout):
+  """`ModelFns.local` of a one-process run whose rollouts are host arrays already."""
+  return rollout
+
+
+def _one_process(tree):
+  """`ModelFns.gather` of a one-process run: each leaf with a leading axis of 1."""
+  return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+
+
 class ModelFns(NamedTuple):
   """What evaluation needs of one model, as functions (built by the trainer's layer).
 
-  prompts: `examples -> (tokens, mask)` left-padded prompts, placed where the model runs.
+  prompts: `examples -> (tokens, mask)` left-padded prompts of this process's examples,
+    placed where the model runs (in a multi-process run: the global batch built from every
+    process's rows).
   greedy, sample: `(params, tokens, mask, rng) -> Rollout` (sample: at the training
     temperature).
-  decode: `Rollout -> list[str]` the responses' text.
+  decode: `Rollout -> list[str]` the responses' text, of a rollout from `local`.
   reward: `(completions, examples) -> correct [B]` the verifier's 0/1.
   score: `(params, Rollout) -> {"sequence_cost", "satisfied", "kl_seq"} [B]` of the run's
-    constraint, or None (the teacher is not scored against itself).
+    constraint, for this process's rows, or None (the teacher is not scored against itself).
+  local: `Rollout -> Rollout` the rows this process holds, on the host (every row with one
+    process).
+  shard: `(index, count)`: this process takes block `index` of `count` equal contiguous
+    blocks of every batch.
+  gather: a pytree of host arrays with the same shapes on every process -> each leaf
+    stacked over the processes in process order, `[count, ...]`.
   """
   prompts: Callable
   greedy: Callable
@@ -36,26 +54,67 @@ class ModelFns(NamedTuple):
   decode: Callable
   reward: Callable
   score: Callable | None
+  local: Callable = _host_rollout
+  shard: tuple[int, int] = (0, 1)
+  gather: Callable = _one_process
 
 
-def _batches(examples: list, size: int):
-  """Fixed-size chunks (the last one padded by repeating its final example) and real counts."""
+def _blocks(examples: list, size: int, shard: tuple[int, int]):
+  """This process's block of each batch of `size` examples (the last batch padded by
+  repeating its final example): block `index` of `count` equal contiguous blocks."""
+  index, count = shard
+  if size % count:
+    raise ValueError(f"evaluate_model: batch_size={size} does not split over {count} "
+                     "processes; use a multiple of the process count.")
+  rows = size // count
   for i in range(0, len(examples), size):
     chunk = examples[i:i + size]
-    yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+    chunk = chunk + [chunk[-1]] * (size - len(chunk))
+    yield chunk[index * rows:(index + 1) * rows]
 
 
-def _summary(prefix: str, correct, costs, kls, satisfied) -> dict:
+def _real_rows(num_examples: int, size: int) -> np.ndarray:
+  """`[batches, size]` bool: the rows of the padded batches that are examples, not padding."""
+  batches = -(-num_examples // size)
+  return np.arange(batches * size).reshape(batches, size) < num_examples
+
+
+def _batch_rows(stacked: np.ndarray) -> np.ndarray:
+  """`[count, batches, decodes, rows]` processes' blocks -> `[batches, decodes, count * rows]`:
+  each batch's rows in order, as one process evaluating whole batches holds them."""
+  return np.concatenate(list(stacked), axis=-1)
+
+
+def _summary(prefix: str, rows: dict) -> dict:
+  """Accuracy of the responses `rows` (`correct` and, when scored, `cost`, `kl`,
+  `satisfied`: 1-D, one entry per response) and their constraint figures."""
+  correct = rows["correct"]
   out = {f"accuracy_{prefix}": float(np.mean(correct)), f"num_{prefix}": len(correct)}
-  if len(costs):
-    costs, kls = np.asarray(costs), np.asarray(kls)
+  if "cost" in rows:
+    costs, kls = rows["cost"], rows["kl"]
     out.update({
-        f"satisfaction_{prefix}": float(np.mean(satisfied)),
+        f"satisfaction_{prefix}": float(np.mean(rows["satisfied"])),
         f"sequence_cost_{prefix}_mean": float(costs.mean()),
         f"kl_seq_{prefix}_mean": float(kls.mean()),
         f"kl_seq_{prefix}_std": float(kls.std(ddof=1)) if len(kls) > 1 else 0.0,
         **{f"kl_seq_{prefix}_q{int(q * 100)}": float(np.quantile(kls, q)) for q in QUANTILES},
     })
+  return out
+
+
+def _metrics(rows: dict, real: np.ndarray, pass_k: int) -> dict:
+  """The metrics of per-row figures `rows` (`{figure: [batches, 1 + pass_k, batch_size]}`,
+  the greedy decode first) over the rows `real` (`[batches, batch_size]`) only."""
+  greedy = {key: v[:, 0][real] for key, v in rows.items() if key != "length"}
+  lengths = rows["length"][:, 0][real]
+  out = {"accuracy": float(np.mean(greedy["correct"])),
+         "response_length": float(np.mean(lengths)), "num_examples": len(lengths)}
+  out.update(_summary("greedy", greedy))
+  if pass_k:
+    sampled_real = np.broadcast_to(real[:, None], rows["correct"][:, 1:].shape)
+    sampled = {key: v[:, 1:][sampled_real] for key, v in rows.items() if key != "length"}
+    out.update(_summary("sampled", sampled))
+    out[f"pass@{pass_k}"] = float(np.mean((rows["correct"][:, 1:] > 0).any(axis=1)[real]))
   return out
 
 
@@ -68,39 +127,38 @@ def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pa
   `fns.score` is given the constraint `C(y) <= d` (its `satisfied`) on each, with the
   KL(student||teacher) per sequence; `num_greedy` / `num_sampled` count the responses
   behind each figure.
-  """
-  acc = {"greedy": dict(correct=[], costs=[], kls=[], satisfied=[]),
-         "sampled": dict(correct=[], costs=[], kls=[], satisfied=[])}
-  passed, lengths = [], []
 
-  def record(kind, rollout, chunk, n):
-    ok = np.asarray(fns.reward(fns.decode(rollout), chunk))
-    a = acc[kind]
-    a["correct"].extend(ok[:n])
+  Examples go in batches of `batch_size`, the last padded; padding rows are left out of
+  every figure. In a multi-process run (`fns.shard`) each process decodes, verifies and
+  scores its own block of every batch, and the per-response figures of all processes are
+  gathered (`fns.gather`), so every process gets the metrics of one process evaluating
+  whole batches.
+  """
+  if not examples:
+    raise ValueError("evaluate_model: no examples to evaluate.")
+
+  def figures(rollout, block) -> dict:
+    """Per-row figures of this process's rows of one decode."""
+    local = fns.local(rollout)
+    out = {"correct": np.asarray(fns.reward(fns.decode(local), block)),
+           "length": np.asarray(local.lengths)}
     if fns.score is not None:
       scores = fns.score(params, rollout)
-      a["costs"].extend(scores["sequence_cost"][:n])
-      a["kls"].extend(scores["kl_seq"][:n])
-      a["satisfied"].extend(scores["satisfied"][:n])
-    return ok
+      out.update(cost=np.asarray(scores["sequence_cost"]), kl=np.asarray(scores["kl_seq"]),
+                 satisfied=np.asarray(scores["satisfied"]))
+    return out
 
-  for step, (chunk, n) in enumerate(_batches(examples, batch_size)):
-    tokens, mask = fns.prompts(chunk)
-    rollout = fns.greedy(params, tokens, mask, jax.random.PRNGKey(step))
-    record("greedy", rollout, chunk, n)
-    lengths.extend(np.asarray(rollout.lengths)[:n])
-    any_ok = np.zeros(len(chunk), bool)
+  per_batch = []  # per batch: {figure: [1 + pass_k, rows]}, greedy first
+  for step, block in enumerate(_blocks(examples, batch_size, fns.shard)):
+    tokens, mask = fns.prompts(block)
+    decodes = [figures(fns.greedy(params, tokens, mask, jax.random.PRNGKey(step)), block)]
     for k in range(pass_k):
       r = fns.sample(params, tokens, mask, jax.random.PRNGKey(10_000 * (k + 1) + step))
-      any_ok |= record("sampled", r, chunk, n) > 0
-    passed.extend(any_ok[:n])
-
-  out = {"accuracy": float(np.mean(acc["greedy"]["correct"])),
-         "response_length": float(np.mean(lengths)), "num_examples": len(lengths)}
-  out.update(_summary("greedy", **acc["greedy"]))
-  if pass_k:
-    out.update(_summary("sampled", **acc["sampled"]))
-    out[f"pass@{pass_k}"] = float(np.mean(passed))
+      decodes.append(figures(r, block))
+    per_batch.append({key: np.stack([d[key] for d in decodes]) for key in decodes[0]})
+  local = {key: np.stack([b[key] for b in per_batch]) for key in per_batch[0]}
+  rows = {key: _batch_rows(v) for key, v in fns.gather(local).items()}
+  out = _metrics(rows, _real_rows(len(examples), batch_size), pass_k)
   if fns.score is not None and budget is not None:
     out["budget"] = float(budget)
   return out

@@ -170,8 +170,8 @@ def sequence_length(exp: experiment_lib.Experiment) -> int:
 def train_batch(exp: experiment_lib.Experiment) -> dict:
   """The train step's batch (`trainer.make_batch`'s fields) as sharded ShapeDtypeStructs.
 
-  The teacher's `[B, L, V]` logits are part of it only for a teacher on its own mesh; a
-  teacher on the student's mesh runs inside the step (`Experiment.teacher_inside_step`).
+  It never holds the teacher's logits: the teacher scores the batch inside the step, one
+  microbatch at a time (on its own mesh too, see `cmdp.training.step.make_host_train_step`).
   """
   b, length = exp.config.batch_size, sequence_length(exp) + 1
   tokens = jax.ShapeDtypeStruct((b, length), jnp.int32)
@@ -179,9 +179,4 @@ def train_batch(exp: experiment_lib.Experiment) -> dict:
   logprobs = jax.ShapeDtypeStruct((b, length), jnp.float32)
   shapes = jax.eval_shape(batch_lib.shift, tokens, flags, flags, logprobs)
   shapes["task_reward"] = jax.ShapeDtypeStruct((b,), jnp.float32)
-  if not exp.teacher_inside_step:
-    t = exp.teacher.config
-    shapes["teacher_logits"] = jax.ShapeDtypeStruct(
-        (b, length - 1, t.output_vocab or t.vocab_size),
-        jnp.dtype(exp.config.rollout.teacher_logits_dtype))
   return {k: rows(exp, v.shape, v.dtype) for k, v in shapes.items()}

@@ -5,7 +5,10 @@
                      on its own mesh; else the teacher runs inside the train step, microbatch
                      by microbatch, and this phase is only that forward's share of its cost
     train step       `Experiment.make_train_step` (the objective, grad accumulation, optimizer
-                     and, for a teacher on the student's mesh, the teacher's forward)
+                     and, for a teacher on the student's mesh, the teacher's forward); for a
+                     teacher on its own mesh, the host-driven step's compiled parts (its
+                     memory: the part that needs the most; its cost: theirs summed), the
+                     teacher's logits handed over one microbatch at a time
 
 Every program is the trainer's own (`cmdp.training.programs`, through the `Experiment`).
 
@@ -203,7 +206,7 @@ def _sampler(exp, model: str):
   m = exp.student if model == "student" else exp.teacher
   mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
   sampler = programs.sampler(m.config, mesh, r.max_new_tokens, r.temperature, r.top_k, r.top_p,
-                             False, _STOP_IDS, _PAD_ID)
+                             False, _STOP_IDS, _PAD_ID, exp.hp.group_size)
   return m, mesh, sampler
 
 
@@ -213,11 +216,14 @@ def _rng(mesh) -> jax.ShapeDtypeStruct:
 
 
 def _sampler_program(exp, model: str) -> Program:
-  """The sampler the trainer calls, compiled for the config's batch and lengths."""
+  """The sampler the trainer calls, compiled for the config's batch and lengths: it takes
+  each prompt once and repeats it group_size times inside."""
   c = exp.config
   m, mesh, sampler = _sampler(exp, model)
-  prompts = abstract.rows(exp, (c.batch_size, c.data.max_prompt_len), jnp.int32, mesh)
-  mask = abstract.rows(exp, prompts.shape, jnp.bool_, mesh)
+  n = c.batch_size // exp.hp.group_size
+  spec = NamedSharding(mesh, sampler.prompt_spec(n))
+  prompts = jax.ShapeDtypeStruct((n, c.data.max_prompt_len), jnp.int32, sharding=spec)
+  mask = jax.ShapeDtypeStruct(prompts.shape, jnp.bool_, sharding=spec)
   args = (m.params, prompts, mask, _rng(mesh))
   return compile_lowered(sampler.lower(*args), args)
 
@@ -283,9 +289,12 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
 # ---- teacher scoring ----
 
 def scoring_rows(exp) -> int:
-  """Rows the teacher scores per call: the whole batch on its own mesh; one microbatch
-  inside the train step (when the microbatch still splits over the batch axes)."""
+  """Rows the teacher scores per call: on its own mesh, one microbatch of a minibatch (the
+  host-driven step hands them over one at a time); inside the train step, one microbatch
+  (when the microbatch still splits over the batch axes)."""
   b, a = exp.config.batch_size, exp.config.grad_accum_steps
+  if not exp.teacher_inside_step:
+    return b // (a * exp.config.ppo_minibatches)
   shards = exp.student_mesh.shape["data"] * exp.student_mesh.shape["fsdp"]
   inside = exp.teacher_inside_step and a > 1 and (b // a) % shards == 0
   return b // a if inside else b
@@ -293,13 +302,16 @@ def scoring_rows(exp) -> int:
 
 def _scoring_program(exp, rows: int | None = None) -> Program:
   """`cmdp.training.programs.teacher_logits` on `rows` sequences (default: the whole step's
-  batch), on the teacher's mesh."""
-  fn = programs.teacher_logits(exp.teacher.config, exp.teacher_mesh,
-                               exp.config.rollout.teacher_logits_dtype)
+  batch), on the teacher's mesh (rows over its batch axes, or replicated where they do not
+  split, as the train step places a microbatch)."""
+  rows = rows or exp.config.batch_size
+  mesh = exp.teacher_mesh
+  fn = programs.teacher_logits(exp.teacher.config, mesh,
+                               exp.config.rollout.teacher_logits_dtype, rows)
+  spec = NamedSharding(mesh, sharding.rows_spec(rows, mesh))
   length = abstract.sequence_length(exp)
-  inputs = abstract.rows(exp, (rows or exp.config.batch_size, length), jnp.int32,
-                         exp.teacher_mesh)
-  mask = abstract.rows(exp, inputs.shape, jnp.bool_, exp.teacher_mesh)
+  inputs = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)
+  mask = jax.ShapeDtypeStruct(inputs.shape, jnp.bool_, sharding=spec)
   return compile_program(fn, exp.teacher.params, inputs, mask)
 
 
@@ -318,6 +330,8 @@ def teacher_scoring(exp, devices, with_cost: bool = True) -> Phase | None:
     return None
   rows = scoring_rows(exp)
   calls = exp.config.batch_size // rows
+  if not inside:  # the host-driven step scores each microbatch once per PPO epoch
+    calls *= exp.config.ppo_epochs
   program = _scoring_program(exp, rows)
   cost, layer = program.cost, None
   if with_cost:
@@ -341,8 +355,33 @@ def train_step_fn(exp: experiment_lib.Experiment, state_shardings):
 
 def _train_program(exp) -> Program:
   state, shardings = abstract.abstract_state(exp)
-  return compile_program(train_step_fn(exp, shardings), state, exp.step_teacher_params,
-                         abstract.train_batch(exp))
+  fn = train_step_fn(exp, shardings)
+  args = (state, exp.step_teacher_params, abstract.train_batch(exp))
+  if hasattr(fn, "lower_parts"):  # a teacher on its own mesh: compiled parts, host-driven
+    return _host_step_program(fn.lower_parts(*args), state)
+  return compile_program(fn, *args)
+
+
+def _host_step_program(parts, state) -> Program:
+  """A host-driven train step (`cmdp.training.step.make_host_train_step`) as one Program:
+  the cost of its compiled parts, each counted once (as XLA counts a scan's body;
+  `train_step` applies the trip counts), and the memory of the part that needs the most.
+
+  Parts are compared, and the chosen one's `argument` counted, as if each took the whole
+  resident state (the student's params and optimiser state stay on the devices anyway, and
+  `phase_memory` subtracts both from a train step's arguments).
+  """
+  resident = {id(x): x for x in jax.tree.leaves((state.params, state.opt_state))}
+  whole = shard_bytes(list(resident.values()))
+  found = []
+  for _, lowered, args in parts:
+    program = compile_lowered(lowered, args)
+    in_args = shard_bytes([x for x in jax.tree.leaves(args) if id(x) in resident])
+    found.append(dataclasses.replace(program, argument=program.argument - in_args + whole))
+  cost = functools.reduce(lambda x, y: x + y, (p.cost for p in found))
+  peak = max(found, key=lambda p: p.peak)
+  refused = [p.oom for p in found if p.oom]
+  return dataclasses.replace(peak, cost=cost, oom=refused[0] if refused else None)
 
 
 def train_step(exp, devices, with_cost: bool = True, teacher: Phase | None = None) -> Phase:

@@ -72,11 +72,11 @@ class SamplingSettings:
       raise ValueError(f"eos_ids={self.eos_ids!r} must be a tuple of ints, e.g. (eos_id,).")
 
 
-def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, prompt_tokens,
-            prompt_mask, rng) -> Rollout:
-  """The traced sampler body (see the module docstring)."""
+def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, params,
+            prompt_tokens, prompt_mask, rng) -> Rollout:
+  """The traced sampler body (see the module docstring); each prompt row is first repeated
+  `repeat` times (copies adjacent)."""
   s = settings
-  b, p = prompt_tokens.shape
   n = s.max_new_tokens
   prompt_mask = prompt_mask.astype(bool)
   eos = jnp.asarray(s.eos_ids, jnp.int32)
@@ -85,6 +85,12 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, params, promp
     if mesh is None:
       return x
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+  if repeat > 1:
+    prompt_tokens, prompt_mask = (
+        constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
+        for x in (prompt_tokens, prompt_mask))
+  b, p = prompt_tokens.shape
 
   def pick(step, logits, done):
     tok, lp = sample_token(jax.random.fold_in(rng, step), logits, temperature=s.temperature,
@@ -171,15 +177,21 @@ def _as_ids(eos_ids) -> tuple[int, ...]:
 class Sampler:
   """`sampler(params, prompt_tokens [B, P], prompt_mask [B, P], rng) -> Rollout`.
 
+  With `repeat` > 1 the prompts are `[B / repeat, P]`, each sampled `repeat` times: the
+  rows are repeated inside the compiled program (copies adjacent, one group per prompt).
+
   `jitted` is the jitted function (`jitted._cache_size()` counts its compilations). With a
   mesh it is built at the first call, when the params tree fixes the in-shardings.
   """
 
   def __init__(self, config: ModelConfig, settings: SamplingSettings,
-               mesh: jax.sharding.Mesh | None):
-    self.config, self.settings, self.mesh = config, settings, mesh
-    self._fn = functools.partial(_decode, config, settings, mesh)
+               mesh: jax.sharding.Mesh | None, repeat: int = 1):
+    if int(repeat) != repeat or repeat < 1:
+      raise ValueError(f"repeat={repeat!r} must be an int >= 1.")
+    self.config, self.settings, self.mesh, self.repeat = config, settings, mesh, int(repeat)
+    self._fn = functools.partial(_decode, config, settings, mesh, self.repeat)
     self._jitted = jax.jit(self._fn) if mesh is None else None
+    self._prompt_spec = None
 
   @property
   def jitted(self) -> Callable:
@@ -187,24 +199,33 @@ class Sampler:
       raise RuntimeError("A sharded Sampler is compiled at its first call; call it first.")
     return self._jitted
 
-  def _build_sharded(self, params) -> Callable:
+  def prompt_spec(self, prompt_rows: int) -> jax.sharding.PartitionSpec:
+    """The prompts' sharding on the mesh: rows over the batch axes; with `repeat` > 1,
+    replicated when the un-repeated rows do not split over them (`sharding.rows_spec`)."""
+    if self.repeat == 1:
+      return sharding.batch_spec()
+    return sharding.rows_spec(prompt_rows, self.mesh)
+
+  def _build_sharded(self, params, prompt_spec) -> Callable:
     batch = sharding.batch_spec()
     return sharding.jit_sharded(
         self._fn, self.mesh,
-        in_specs=(sharding.param_specs(params, self.mesh, self.config), batch, batch,
-                  jax.sharding.PartitionSpec()),
+        in_specs=(sharding.param_specs(params, self.mesh, self.config), prompt_spec,
+                  prompt_spec, jax.sharding.PartitionSpec()),
         out_specs=Rollout(*([batch] * len(Rollout._fields))))
 
   def _compiled_for(self, params, prompt_tokens) -> Callable:
     """The jitted sampler, built for `params` on a mesh; checks the batch splits over it."""
     if self.mesh is not None:
       shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-      if np.shape(prompt_tokens)[0] % shards:
+      rows = np.shape(prompt_tokens)[0]
+      if rows * self.repeat % shards:
         raise ValueError(
-            f"batch size {np.shape(prompt_tokens)[0]} must be a multiple of data*fsdp={shards} "
+            f"batch size {rows * self.repeat} must be a multiple of data*fsdp={shards} "
             "of the mesh; pad the batch or change the mesh.")
-      if self._jitted is None:
-        self._jitted = self._build_sharded(params)
+      spec = self.prompt_spec(rows)
+      if self._jitted is None or spec != self._prompt_spec:
+        self._jitted, self._prompt_spec = self._build_sharded(params, spec), spec
     return self._jitted
 
   def lower(self, params, prompt_tokens, prompt_mask, rng) -> jax.stages.Lowered:
@@ -217,15 +238,18 @@ class Sampler:
     return self._compiled_for(params, prompt_tokens).lower(params, prompt_tokens, prompt_mask,
                                                            rng)
 
-  def __call__(self, params, prompt_tokens, prompt_mask, rng) -> Rollout:
-    check_prompts(prompt_tokens, prompt_mask)
+  def __call__(self, params, prompt_tokens, prompt_mask, rng, *, check: bool = True) -> Rollout:
+    """Samples; `check=False` skips `check_prompts` (for prompts already checked on the
+    host: the check reads device prompts back to the host)."""
+    if check:
+      check_prompts(prompt_tokens, prompt_mask)
     return self._compiled_for(params, prompt_tokens)(params, prompt_tokens, prompt_mask, rng)
 
 
 def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
                  eos_ids: tuple[int, ...] = (), pad_id: int = 0,
-                 mesh: jax.sharding.Mesh | None = None) -> Sampler:
+                 mesh: jax.sharding.Mesh | None = None, repeat: int = 1) -> Sampler:
   """Builds the compiled sampler for one config and one set of sampling settings.
 
   Args:
@@ -238,6 +262,9 @@ def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float
     mesh: optional `cmdp.sharding.make_mesh` mesh; params are then expected sharded by
       `sharding.param_specs`, prompts by `sharding.batch_spec()`, and B must be a multiple of
       `data * fsdp`. Outputs come back batch-sharded.
+    repeat: samples per prompt: the sampler takes `[B / repeat, P]` prompts and repeats
+      each row `repeat` times inside the compiled program (copies adjacent); on a mesh the
+      prompts are sharded by `Sampler.prompt_spec`.
 
   Returns:
     A `Sampler`; the same one serves every call with same-shaped `[B, P]` prompts.
@@ -245,7 +272,7 @@ def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float
   settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
                               eos_ids=_as_ids(eos_ids), pad_id=int(pad_id))
-  return Sampler(config, settings, mesh)
+  return Sampler(config, settings, mesh, repeat)
 
 
 @functools.lru_cache(maxsize=32)

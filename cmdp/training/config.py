@@ -64,6 +64,16 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False,  # rematerialise blocks in the backward pass
   ))
   c.tokenizer = ""  # "" = the teacher's; "char" = the built-in character tokenizer
+  # Healing a student cut from the teacher (cut students are broken at first): before
+  # anything else, distil it on the teacher's samples, as a run of its own in `heal.dir`
+  # (`heal_config`: gkd with gkd_beta=0, the forward KL(teacher || student) at every
+  # response token). A finished heal there is reused by the next run.
+  c.heal = ml_collections.ConfigDict(dict(
+      steps=0,  # optimiser steps of the heal; 0 = no heal
+      batch_size=16,  # teacher samples per step
+      learning_rate=1e-4,  # constant after a warm-up over a tenth of the steps
+      dir="",  # where the heal run lives; "" = <workdir>/heal
+  ))
 
   c.data = ml_collections.ConfigDict(dict(
       train="reasoning_gym:basic_arithmetic",  # see cmdp.data.load_task
@@ -163,6 +173,36 @@ def set_objective(config: ml_collections.ConfigDict, name: str) -> None:
     config.loss[field] = value
 
 
+def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run that heals `config`'s student (`config.heal`): the same models, data, prompts
+  and rollout temperature; `gkd` with gkd_beta=0 on teacher samples only (the forward
+  KL(teacher || student) at every response token), `heal.steps` steps of `heal.batch_size`
+  samples, no calibration and no evaluation. Its budget is `config.loss.budget` (only its
+  logged constraint figures read it)."""
+  h = ml_collections.ConfigDict(config.to_dict())
+  h.loss = base_config().loss
+  set_objective(h, "gkd")
+  h.loss.gkd_beta = 0.0
+  h.loss.group_size = 1
+  h.loss.budget = config.loss.budget
+  h.rollout.on_policy_fraction = 0.0
+  h.rollout.sft_source = "teacher"
+  h.batch_size = config.heal.batch_size
+  h.grad_accum_steps = h.ppo_epochs = h.ppo_minibatches = 1
+  h.num_steps = config.heal.steps
+  h.optimizer.learning_rate = config.heal.learning_rate
+  h.optimizer.schedule = "constant"
+  h.optimizer.warmup_steps = config.heal.steps // 10
+  h.calibrate_budget_quantile = 0.0
+  h.eval_every, h.eval_at_end = 0, False
+  h.eval.include_teacher = h.eval.include_initial_student = False
+  h.checkpoint_every = 0
+  h.student.init_workdir = ""
+  h.heal.steps = 0
+  h.heal.dir = ""
+  return ml_collections.ConfigDict(h.to_dict())
+
+
 def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
   """The `ObjectiveConfig` of a run: `config.loss` plus the policy's temperature (the
   rollout's); bad fields raise naming them."""
@@ -221,6 +261,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("data.max_prompt_len", "must be >= 1.")
   if config.eval.pass_k < 0:
     fail("eval.pass_k", "must be >= 0 (0 = greedy only).")
+  if config.heal.steps < 0:
+    fail("heal.steps", "must be >= 0 (0 = no heal).")
+  if config.heal.steps and config.student.init_workdir:
+    fail("heal.steps", f"the student already starts from student.init_workdir="
+         f"{config.student.init_workdir!r}; set heal.steps=0 or clear init_workdir.")
+  if config.heal.steps and config.heal.batch_size < 1:
+    fail("heal.batch_size", "must be >= 1.")
   # Bad loss fields, fields the objective ignores, and contradictions of its preset.
   get_objective(config.objective).check_fields(objective_config(config))
 

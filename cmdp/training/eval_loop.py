@@ -3,12 +3,18 @@
 `model_fns(exp, which, hp)` builds what evaluation needs of the student or the teacher
 (prompts on the model's mesh, greedy and sampled decoders, decoding, the verifier and, for
 the student, the scorer of the run's constraint); the rest is bookkeeping of eval.json.
+
+In a multi-process run every process evaluates its own block of each batch (its prompts
+join the global batch the compiled sampler decodes; it verifies and scores its own rows)
+and the per-response figures are gathered, so every process gets the metrics one process
+would; process 0 alone writes eval.json, eval.md and the report.
 """
 from __future__ import annotations
 
 from cmdp import evaluation
 from cmdp.objectives import ObjectiveConfig
 from cmdp.training import batch as batch_lib
+from cmdp.training import processes
 
 
 def model_fns(exp, which: str, hp: ObjectiveConfig) -> evaluation.ModelFns:
@@ -26,7 +32,8 @@ def model_fns(exp, which: str, hp: ObjectiveConfig) -> evaluation.ModelFns:
       greedy=greedy, sample=sampled,
       decode=lambda rollout: batch_lib.decode_responses(exp.tokenizer, rollout),
       reward=lambda completions, examples: batch_lib.task_rewards(completions, examples)[1],
-      score=score)
+      score=score, local=processes.process_rows, shard=processes.process_shard(),
+      gather=processes.stack_over_processes)
 
 
 def evaluate(exp, params, which: str, hp: ObjectiveConfig) -> dict:
@@ -49,7 +56,8 @@ def evaluate_baselines(exp, initial_params, hp: ObjectiveConfig) -> dict:
 
 def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig, *, workdir: str) -> dict:
   """Evaluates the student, writes `eval.json` / `eval.md` under `workdir` (merged with the
-  models already there), and returns `eval/<model>/<metric>` scalars for the log."""
+  models already there; process 0 writes), and returns `eval/<model>/<metric>` scalars for
+  the log (the same on every process)."""
   results = {"student": evaluate(exp, params, "student", hp)}
   evaluation.write_results(workdir, step, results)
   return evaluation.scalars(results)
@@ -58,7 +66,7 @@ def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig, *, workdir: 
 def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
   """The end-of-run report from `eval.json` and `metrics.jsonl`: a table of every evaluated
   model with 95% intervals (returned, for the console) and `run.png` (training curves and
-  before/after, `cmdp.evaluation.plots`)."""
+  before/after, `cmdp.evaluation.plots`). Called by process 0, which wrote those files."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from cmdp.evaluation import plots, report  # pylint: disable=g-import-not-at-top

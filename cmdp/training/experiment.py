@@ -20,7 +20,7 @@ from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.training import config as config_lib
 from cmdp.training import models as model_lib
 from cmdp.training import optimizer as optimizer_lib
-from cmdp.training import programs
+from cmdp.training import processes, programs
 from cmdp.training import step as step_lib
 
 
@@ -133,22 +133,24 @@ class Experiment:
                                teacher_logits_dtype=c.rollout.teacher_logits_dtype)
 
   def make_train_step(self, hp: ObjectiveConfig, state_shardings):
-    """The compiled update `(state, teacher_params, batch) -> (state, metrics)`
-    (cmdp.training.programs); with a teacher on its own mesh, teacher_params is None and
-    the batch brings the teacher's logits (`teacher_logits`)."""
-    inside = self.teacher_inside_step
+    """The update `(state, teacher_params, batch) -> (state, metrics)`
+    (cmdp.training.programs): one compiled program with the teacher inside it, or, for a
+    teacher on its own mesh, compiled parts driven per microbatch from the host, the
+    teacher's logits handed over one microbatch at a time."""
     return programs.train_step(self.objective, hp, self.student.config, self.optimizer,
                                self.step_config, self.student_mesh, state_shardings,
-                               self.teacher.config if inside else None)
+                               self.teacher.config, self.teacher_mesh)
 
   @property
   def step_teacher_params(self):
-    """What the train step takes as `teacher_params`."""
-    return self.teacher.params if self.teacher_inside_step else None
+    """What the train step takes as `teacher_params`: the teacher's, on its mesh."""
+    return self.teacher.params
 
   def teacher_logits(self, inputs, input_mask):
-    """Teacher logits for student-side arrays, computed on the teacher's mesh and moved to
-    the student's (only for a teacher on its own devices, and for evaluation scoring)."""
+    """Teacher logits `[B, L, V]` of a whole batch of student-side arrays, computed on the
+    teacher's mesh and moved to the student's: for scoring sequences (calibration,
+    evaluation) with a teacher on its own devices. The train step never takes them: it
+    scores microbatch by microbatch."""
     fn = programs.teacher_logits(self.teacher.config, self.teacher_mesh,
                                  self.config.rollout.teacher_logits_dtype)
     if self.teacher_mesh is not self.student_mesh:
@@ -159,26 +161,55 @@ class Experiment:
     return out
 
   def sampler(self, model: str = "student", *, greedy: bool = False,
-              max_new_tokens: int | None = None, temperature: float | None = None):
-    """A compiled sampler for the student (or teacher) with the rollout settings."""
+              max_new_tokens: int | None = None, temperature: float | None = None,
+              group_size: int = 1):
+    """A compiled sampler for the student (or teacher) with the rollout settings; with
+    `group_size` > 1 it takes each prompt once (placed by `put_prompts`) and samples it
+    `group_size` times, repeating the rows inside the program."""
     r = self.config.rollout
     m = self.student if model == "student" else self.teacher
     mesh = self.student_mesh if model == "student" else self.teacher_mesh
     return programs.sampler(m.config, mesh, max_new_tokens or r.max_new_tokens,
                             r.temperature if temperature is None else temperature, r.top_k,
-                            r.top_p, greedy, self.eos_ids, self.pad_id)
+                            r.top_p, greedy, self.eos_ids, self.pad_id, group_size)
+
+  def put_prompts(self, tree, mesh=None):
+    """Places un-repeated prompts `[n, P]` (host arrays of this process's rows) for a
+    sampler with `group_size` > 1: rows over the batch axes when the step's prompts split
+    over them, else replicated (`sharding.rows_spec`, as `Sampler.prompt_spec`)."""
+    mesh = mesh or self.student_mesh
+    rows = np.shape(jax.tree.leaves(tree)[0])[0] * jax.process_count()
+    if sharding.rows_spec(rows, mesh) == sharding.batch_spec():
+      return self.put_batch(tree, mesh)
+    target = NamedSharding(mesh, P())
+    if jax.process_count() > 1:  # every process's prompts, in process order
+      return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+          target, processes.rows_over_processes(x)), tree)
+    return jax.device_put(tree, target)
+
+  def shift_batch(self, tokens, attention_mask, action_mask, logprobs=None) -> dict:
+    """The train step's fields of `[B, T]` sequences on the student's mesh (one compiled
+    program, `programs.shift_batch`); without `logprobs`, `old_logprobs` are zeros."""
+    fn = programs.shift_batch(self.student_mesh, logprobs is not None)
+    args = (tokens, attention_mask, action_mask) + (() if logprobs is None else (logprobs,))
+    return fn(*args)
 
   def score_sequences(self, params, batch: dict, hp: ObjectiveConfig | None = None) -> dict:
     """Host numpy per-sequence scores (`cmdp.objectives.sequence_scores`: the constraint's
     cost, satisfaction, KL(student||teacher) sum, length) of a batch from
-    `batch_lib.from_rollout`, for the deployed student with `params`."""
+    `batch_lib.from_rollout`, for the deployed student with `params`: of every row in a
+    one-process run, else of this process's rows (`processes.process_rows`; combine them
+    with `processes.rows_over_processes`)."""
     batch = dict(batch)
-    teacher_params = self.step_teacher_params
+    teacher_params = self.teacher.params if self.teacher_inside_step else None
     if teacher_params is None:
       batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
     fn = programs.scorer(self.student.config, self.teacher.config, hp or self.hp,
                          self.config.rollout.teacher_logits_dtype)
-    return jax.tree.map(np.asarray, fn(params, teacher_params, batch))
+    scores = fn(params, teacher_params, batch)
+    if jax.process_count() > 1:  # each process's rows where the batch has them
+      scores = jax.device_put(scores, self.batch_sharding())
+    return processes.process_rows(scores)
 
   # ---- prompts ----
 
@@ -194,18 +225,29 @@ class Experiment:
                                self.config.data.max_prompt_len)
 
 
-def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
+def _load_split(config: ml_collections.ConfigDict, which: str, size: int | None = None) -> list:
   d = config.data
   spec = d.train if which == "train" else d.test
-  size = d.train_size if which == "train" else d.test_size
+  size = size or (d.train_size if which == "train" else d.test_size)
   # Procedural tasks draw train and test from disjoint seed ranges; files have their splits.
   examples = data.load_task(spec, split=which, size=size, seed=config.seed,
                             **d.task_kwargs.to_dict())
-  if which == "test":
-    examples = examples[:d.test_size]
   if not examples:
     raise ValueError(f"config.data.{which}: the {which} split of {spec!r} is empty.")
   return examples
+
+
+def held_out(config: ml_collections.ConfigDict, train: list) -> list:
+  """`data.test_size` test examples whose question is not among the training questions (a
+  small procedural task draws the same question from different seeds)."""
+  size = config.data.test_size
+  seen = {ex.question for ex in train}
+  test = [ex for ex in _load_split(config, "test", 2 * size) if ex.question not in seen]
+  if len(test) < size:
+    raise ValueError(f"config.data.test_size={size}: only {len(test)} test problems are not "
+                     f"also training problems of {config.data.train!r}; use a task with more "
+                     "distinct problems, or fewer test or train examples.")
+  return test[:size]
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -219,11 +261,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       teacher.config, sharding.shard_params(teacher.params, teacher_mesh, teacher.config))
   student = model_lib.LoadedModel(
       student.config, sharding.shard_params(student.params, student_mesh, student.config))
+  train = _load_split(config, "train")
   shards = student_mesh.shape["data"] * student_mesh.shape["fsdp"]
   if config.batch_size % shards:
     raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the mesh's "
                      f"data*fsdp={shards} (each device holds whole rows).")
   return Experiment(config=config, student_mesh=student_mesh, teacher_mesh=teacher_mesh,
                     teacher=teacher, student=student, tokenizer=tokenizer,
-                    train_examples=_load_split(config, "train"),
-                    test_examples=_load_split(config, "test"), hp=hp)
+                    train_examples=train, test_examples=held_out(config, train), hp=hp)

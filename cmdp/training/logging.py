@@ -68,20 +68,42 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class Progress:
-  """A tqdm bar showing steps/s and generated tokens/s (process 0 only)."""
+def stage(name: str, message: str) -> None:
+  """One console line for a stage of a run (`load`, `heal`, `calibrate`, `evaluate`,
+  `train`, ...), from process 0, printed above any progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(f"{name:<10} {message}")
 
-  def __init__(self, total: int, initial: int, enabled: bool = True):
+
+def _rate(per_s: float) -> str:
+  """A rate a person reads at a glance: 3.2, 45, 1.2k."""
+  if per_s >= 1_000:
+    return f"{per_s / 1_000:.1f}k"
+  return f"{per_s:.2g}" if per_s < 10 else f"{per_s:.0f}"
+
+
+class Progress:
+  """A tqdm bar over the steps of a stage (process 0 only): seconds per step, new tokens
+  per second since the start, and the latest step's figures (`postfix`, e.g. reward, KL,
+  satisfaction)."""
+
+  def __init__(self, total: int, initial: int, enabled: bool = True, desc: str = "train"):
     self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                         desc=f"{desc:<10}", bar_format=(
+                             "{desc} {n_fmt}/{total_fmt} {bar} [{elapsed}<{remaining}, "
+                             "{rate_inv_fmt}{postfix}]"),
                          disable=not enabled or jax.process_index() != 0)
     self._t0 = time.perf_counter()
     self._tokens = 0
 
   def update(self, tokens: int, postfix: Mapping[str, float]) -> float:
-    """Advances one step; returns tokens/s since the start."""
+    """Advances one step that generated `tokens` new tokens; returns new tokens/s since
+    the start."""
     self._tokens += tokens
     rate = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
-    self.bar.set_postfix({"tok/s": f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in postfix.items()}})
+    shown = {"new tok/s": _rate(rate)}
+    shown.update({k: f"{v:.3g}" for k, v in postfix.items() if np.isfinite(v)})
+    self.bar.set_postfix(shown, refresh=False)
     self.bar.update(1)
     return rate
 

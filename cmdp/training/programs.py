@@ -6,9 +6,11 @@ shardings (from `cmdp.sharding`'s rules) and donated arguments:
 | program | signature | shardings | donates |
 | --- | --- | --- | --- |
 | `train_step` | `(state, teacher_params, batch) -> (state, metrics)` | state: param rules; teacher: param rules on its mesh; batch rows over (data, fsdp) | state |
-| `teacher_logits` | `(teacher_params, inputs, input_mask) -> logits` (a teacher on its own mesh) | teacher mesh | - |
+| `host_programs` | a teacher on its own mesh: the train step's parts (prepare, select, zeros, accumulate, apply, finish), driven per microbatch by `step.make_host_train_step` | as the train step; a microbatch's rows over (data, fsdp) or replicated | gradient sums; state |
+| `teacher_logits` | `(teacher_params, inputs, input_mask) -> logits` (a teacher on its own mesh; a microbatch's rows, or evaluation's batch) | teacher mesh | - |
 | `scorer` | `(student_params, teacher_params, batch) -> sequence scores` | student mesh | - |
-| `sampler` | `(params, prompts, prompt_mask, rng) -> Rollout` (prefill + decode loop) | `cmdp.rollout.make_sampler` on the mesh | - |
+| `sampler` | `(params, prompts, prompt_mask, rng) -> Rollout` (prefill + decode loop; prompts repeated group_size times inside) | `cmdp.rollout.make_sampler` on the mesh | - |
+| `shift_batch` | `(tokens, attention_mask, action_mask[, logprobs]) -> batch` (rollout or reference sequences -> the step's fields) | rows over (data, fsdp) | - |
 
 Inside the train step the microbatches are constrained to the batch sharding and the
 gradients to the parameter layout.
@@ -24,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cmdp import models, objectives, sharding
 from cmdp.objectives import Objective, ObjectiveConfig
 from cmdp.rollout import make_sampler
+from cmdp.training import batch as batch_lib
 from cmdp.training import step as step_lib
 
 
@@ -41,24 +44,24 @@ def param_shardings(cfg: models.ModelConfig, mesh, params=None):
 def train_step(objective: Objective, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
                optimizer, step_config: step_lib.StepConfig, mesh, state_shardings,
                teacher_cfg: models.ModelConfig | None, teacher_mesh=None):
-  """The jitted update. With `teacher_cfg` (a teacher on the student's mesh) the teacher
-  runs inside the step, microbatch by microbatch; without, the batch brings its logits."""
+  """The update `(state, teacher_params, batch) -> (state, metrics)`.
+
+  A teacher on the student's mesh (`teacher_mesh` None or `mesh`): one jitted program, the
+  teacher inside it, microbatch by microbatch. A teacher on a mesh of its own: the host
+  loop of `step_lib.make_host_train_step` over the compiled parts of `host_programs`,
+  which hands the teacher's logits over one microbatch at a time. `teacher_cfg` None: one
+  program whose batch brings the teacher's logits (`teacher_logits`).
+  """
+  if teacher_cfg is not None and teacher_mesh is not None and teacher_mesh is not mesh:
+    build = functools.partial(host_programs, objective, hp, student_cfg, optimizer,
+                              step_config, mesh, state_shardings, teacher_cfg, teacher_mesh)
+    return step_lib.make_host_train_step(functools.lru_cache(maxsize=4)(build), step_config,
+                                         hp.group_size)
   rows = NamedSharding(mesh, sharding.batch_spec())
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  grads_sharding = state_shardings.params
-
-  def constrain_rows(mb):
-    # A microbatch smaller than the batch axes (or not a multiple) is left to XLA.
-    return {k: (jax.lax.with_sharding_constraint(v, rows)
-                if k in step_lib.ROW_FIELDS and v is not None and v.shape[0] % shards == 0
-                else v) for k, v in mb.items()}
-
-  def constrain_grads(grads):
-    return jax.lax.with_sharding_constraint(grads, grads_sharding)
-
   fn = step_lib.make_train_step(objective, hp, student_cfg, optimizer, step_config,
-                                teacher_config=teacher_cfg, constrain_rows=constrain_rows,
-                                constrain_grads=constrain_grads)
+                                teacher_config=teacher_cfg,
+                                constrain_rows=_row_constraint(mesh),
+                                constrain_grads=_grad_constraint(state_shardings))
   teacher_sh = (param_shardings(teacher_cfg, teacher_mesh or mesh) if teacher_cfg is not None
                 else None)
   return jax.jit(fn, in_shardings=(state_shardings, teacher_sh, rows),
@@ -66,11 +69,72 @@ def train_step(objective: Objective, hp: ObjectiveConfig, student_cfg: models.Mo
                  donate_argnums=(0,))
 
 
+def _row_constraint(mesh):
+  """Constrains a microbatch's row fields to the batch sharding (a microbatch smaller than
+  the batch axes, or not a multiple, is left to XLA)."""
+  rows = NamedSharding(mesh, sharding.batch_spec())
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def constrain_rows(mb):
+    return {k: (jax.lax.with_sharding_constraint(v, rows)
+                if k in step_lib.ROW_FIELDS and v is not None and v.shape[0] % shards == 0
+                else v) for k, v in mb.items()}
+  return constrain_rows
+
+
+def _grad_constraint(state_shardings):
+  return lambda grads: jax.lax.with_sharding_constraint(grads, state_shardings.params)
+
+
+def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
+                  optimizer, step_config: step_lib.StepConfig, mesh, state_shardings,
+                  teacher_cfg: models.ModelConfig, teacher_mesh,
+                  micro_rows: int) -> step_lib.HostPrograms:
+  """The compiled `step_lib.StepParts` of an update whose teacher has a mesh of its own,
+  for microbatches of `micro_rows` sequences (see `step_lib.make_host_train_step`).
+
+  Shardings: the batch's rows over the batch axes; a microbatch's rows too, or replicated
+  when they do not split over them (`sharding.rows_spec`), the same on the teacher's mesh;
+  params, optimiser state and gradient sums in the param layout; scalars replicated.
+  Donated: the gradient sums (`accumulate`, `apply`) and the state (`finish`).
+  """
+  parts = step_lib.make_step_parts(objective, hp, student_cfg, optimizer, step_config,
+                                   teacher_config=None, constrain_rows=_row_constraint(mesh),
+                                   constrain_grads=_grad_constraint(state_shardings))
+  rep = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, sharding.batch_spec())
+  micro = NamedSharding(mesh, sharding.rows_spec(micro_rows, mesh))
+  st = state_shardings
+  sums = (rep, rep, st.params)
+  prepare = jax.jit(parts.prepare, in_shardings=(st.params, rows), out_shardings=(rows, rep, rep))
+  select = jax.jit(parts.select, in_shardings=(rows, rep, rep), out_shardings=micro)
+  zeros = jax.jit(lambda p, o, mb, sh: parts.zeros(p, None, o, mb, sh),
+                  in_shardings=(st.params, st.objective_state, micro, rep), out_shardings=sums)
+  accumulate = jax.jit(lambda p, o, mb, sh, acc: parts.accumulate(p, None, o, mb, sh, acc),
+                       in_shardings=(st.params, st.objective_state, micro, rep, sums),
+                       out_shardings=sums, donate_argnums=(4,))
+  apply = jax.jit(parts.apply, in_shardings=(st.params, st.opt_state, sums),
+                  out_shardings=(st.params, st.opt_state, rep), donate_argnums=(2,))
+  finish = jax.jit(parts.finish, in_shardings=(st, st.params, st.opt_state, rep, rep),
+                   out_shardings=(st, rep), donate_argnums=(0,))
+  logits = teacher_logits(teacher_cfg, teacher_mesh, step_config.teacher_logits_dtype,
+                          micro_rows)
+  on_teacher = NamedSharding(teacher_mesh, sharding.rows_spec(micro_rows, teacher_mesh))
+
+  def teacher(teacher_params, inputs, input_mask):
+    inputs, input_mask = jax.device_put((inputs, input_mask), on_teacher)
+    return jax.device_put(logits(teacher_params, inputs, input_mask), micro)
+  return step_lib.HostPrograms(prepare=prepare, select=select, zeros=zeros,
+                               accumulate=accumulate, apply=apply, finish=finish,
+                               teacher_logits=teacher)
+
+
 @functools.lru_cache(maxsize=16)
-def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str):
-  """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh."""
+def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None = None):
+  """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh; rows
+  over the batch axes, or (`rows` given and not splitting over them) replicated."""
   fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(jnp.dtype(dtype))
-  b = sharding.batch_spec()
+  b = sharding.batch_spec() if rows is None else sharding.rows_spec(rows, mesh)
   return sharding.jit_sharded(
       fn, mesh, (sharding.param_specs(abstract_params(cfg), mesh, cfg), b, b), b)
 
@@ -93,7 +157,26 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
 
 @functools.lru_cache(maxsize=16)
 def sampler(cfg: models.ModelConfig, mesh, max_new_tokens: int, temperature: float,
-            top_k: int, top_p: float, greedy: bool, eos_ids: tuple, pad_id: int):
-  """The compiled sampler (prefill + decode loop) of `cmdp.rollout` on `mesh`."""
+            top_k: int, top_p: float, greedy: bool, eos_ids: tuple, pad_id: int,
+            group_size: int = 1):
+  """The compiled sampler (prefill + decode loop) of `cmdp.rollout` on `mesh`; with
+  `group_size` > 1 it takes each prompt once and samples it `group_size` times (the rows
+  are repeated inside the program; prompts sharded by `Sampler.prompt_spec`)."""
   return make_sampler(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                      top_p=top_p, greedy=greedy, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+                      top_p=top_p, greedy=greedy, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh,
+                      repeat=group_size)
+
+
+@functools.lru_cache(maxsize=16)
+def shift_batch(mesh, with_logprobs: bool):
+  """`(tokens, attention_mask, action_mask[, logprobs]) -> batch`: `[B, T]` sequences (a
+  rollout's, or reference sequences) -> the train step's `[B, T-1]` fields
+  (`cmdp.training.batch.shift`; without logprobs, `old_logprobs` are zeros). Rows over the
+  batch axes, in and out."""
+  rows = NamedSharding(mesh, sharding.batch_spec())
+  if with_logprobs:
+    fn = batch_lib.shift
+  else:
+    fn = lambda tokens, attention_mask, action_mask: batch_lib.shift(tokens, attention_mask,
+                                                                     action_mask)
+  return jax.jit(fn, in_shardings=rows, out_shardings=rows)

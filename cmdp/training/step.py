@@ -12,6 +12,12 @@ One step on one rollout batch:
   3. the objective updates its own state (e.g. the Lagrange multiplier) from the first
      pass's metrics, the on-policy measurement of the constraint.
 
+The math of these stages is written once, as `StepParts`. `make_train_step` composes them
+into one program (the teacher on the student's devices); `make_host_train_step` drives
+their compiled forms from a short host loop when the teacher has devices of its own: per
+microbatch, the teacher's logits are computed there and handed to the student's devices,
+one microbatch at a time, so there too no `[B, L, V]` array of the whole batch exists.
+
 Everything measured about an update is computed inside the step: each loss term, the
 objective's diagnostics, the sampler-trainer mismatch (mean |log pi_sampler - log
 pi_trainer| and the k3 estimate of kl(pi_sampler||pi_trainer), on the first pass before
@@ -31,7 +37,7 @@ parameter layout (levanter's sharded accumulation).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -97,114 +103,121 @@ class StepConfig(flax.struct.PyTreeNode):
   teacher_logits_dtype: str = flax.struct.field(pytree_node=False, default="float32")
 
 
-def make_train_step(objective: Objective, hp: ObjectiveConfig,
+class StepParts(NamedTuple):
+  """The pure pieces of one update; `make_train_step` composes them into one program, and
+  `make_host_train_step` drives their compiled forms from the host (a teacher on its own
+  devices). All the math is here, once.
+
+  prepare(params, batch) -> (rows, shared, extra): the batch's row fields (plus the
+    trainer's log-probabilities when needed), the fields every microbatch shares (with
+    `num_tokens` and `num_sequences` of the full batch) and the mismatch metrics.
+  select(rows, minibatch, micro) -> rows of microbatch `micro` of minibatch `minibatch`
+    (group-strided, as the scans split them; indices may be traced).
+  micro(params, teacher_params, microbatch, objective_state) -> (loss, metrics, grads) of
+    one microbatch (normalised by the full batch's counts, so microbatches sum).
+  zeros(params, teacher_params, objective_state, rows, shared) -> zero sums shaped like
+    `micro`'s output on a microbatch's `rows`.
+  accumulate(params, teacher_params, objective_state, rows, shared, sums) -> sums plus
+    `micro` of the microbatch `rows`.
+  apply(params, opt_state, sums) -> (params, opt_state, result): one optimiser update from
+    a minibatch's summed gradients; result = (loss, metrics, norms).
+  finish(state, params, opt_state, passes, extra) -> (state, metrics): the objective's
+    state update, the finite check and the step's metrics, from each pass's minibatch
+    results (`result`, or for several minibatches their stack or list).
+  """
+  prepare: Callable
+  select: Callable
+  micro: Callable
+  zeros: Callable
+  accumulate: Callable
+  apply: Callable
+  finish: Callable
+
+
+def make_step_parts(objective: Objective, hp: ObjectiveConfig,
                     student_config: models.ModelConfig,
                     optimizer: optax.GradientTransformation,
                     step_config: StepConfig = StepConfig(),
                     teacher_config: models.ModelConfig | None = None,
                     constrain_rows: Callable = lambda x: x,
-                    constrain_grads: Callable = lambda g: g):
-  """Returns the pure `train_step(state, teacher_params, batch) -> (state, metrics)`.
-
-  Args:
-    objective, hp: the registered objective and its config.
-    student_config: the student's architecture.
-    optimizer: the optax transformation.
-    step_config: microbatches, PPO epochs and minibatches, teacher logits dtype.
-    teacher_config: the teacher's architecture; None when the batch brings the teacher's
-      logits itself (a teacher on its own devices, see `make_microbatch_fns`).
-    constrain_rows, constrain_grads: sharding constraints for a microbatch's rows and for
-      the gradients (identity off a mesh; see cmdp.training.programs).
-
-  Args of the returned function:
-    state: a `TrainState` (donated by the compiled program).
-    teacher_params: the frozen teacher's parameters (None when `teacher_config` is None).
-    batch: the dict of `cmdp.objectives` plus `inputs` and `input_mask`, leading axis =
-      sequences; `num_tokens` and `num_sequences` are filled in here.
-
-  A non-finite loss or gradient leaves the whole state unchanged and sets `nonfinite` to 1.
-  """
+                    constrain_grads: Callable = lambda g: g) -> StepParts:
+  """The `StepParts` of an update (arguments as `make_train_step`'s)."""
   sc = step_config
   group = hp.group_size
+  a, m = sc.grad_accum_steps, sc.ppo_minibatches
   loss_fn = make_loss_fn(objective, hp, student_config, teacher_config,
                          sc.teacher_logits_dtype)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def micro_scan(fn, batch, init):
-    """Scans `fn(mb) -> tree` over `grad_accum_steps` microbatches of `batch`, summing."""
-    n = sc.grad_accum_steps
-    if n == 1:
-      return fn(constrain_rows(batch))
-    rows = {k: v for k, v in split_rows(batch, n, group).items() if k in ROW_FIELDS}
-    shared = {k: v for k, v in batch.items() if k not in ROW_FIELDS}
-    body = lambda acc, mb: (_sum(acc, fn(constrain_rows({**shared, **mb}))), None)
-    return jax.lax.scan(body, init, rows)[0]
-
-  def minibatch_update(params, opt_state, teacher_params, objective_state, mb):
-    def one(micro):
-      (loss, metrics), grads = grad_fn(params, teacher_params, micro, objective_state)
-      return loss, metrics, constrain_grads(grads)
-    abstract = jax.eval_shape(one, _first_micro(mb, sc.grad_accum_steps, group))
-    loss, metrics, grads = micro_scan(one, mb, _zeros_like_tree(abstract))
-    m = sc.ppo_minibatches
-    grads = jax.tree.map(lambda g: g * m, grads) if m > 1 else grads
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    norms = dict(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-                 loss_minibatch=loss * m)
-    return params, opt_state, loss, metrics, norms
-
-  def trainer_logprobs(params, batch):
+  def trainer_logprobs(params, rows):
     """log pi_trainer(targets) of the current params (no gradient), `[B, L]`."""
     def one(micro):
       logits = models.forward(student_config, params, micro["inputs"], micro["input_mask"])
       policy = logits.astype(jnp.float32) / hp.temperature
       return divergences.token_logprobs(policy, micro["targets"], chunk_size=hp.chunk_size)
-    n = sc.grad_accum_steps * sc.ppo_minibatches
+    n = a * m
     if n == 1:
-      return one(batch)
-    parts = jax.lax.map(one, {k: v for k, v in split_rows(batch, n, group).items()
+      return one(rows)
+    parts = jax.lax.map(one, {k: v for k, v in split_rows(rows, n, group).items()
                               if k in ("inputs", "input_mask", "targets")})
     return _unsplit(parts, n, group)
 
-  def train_step(state: TrainState, teacher_params, batch: dict):
-    batch = dict(batch)
-    batch["num_tokens"] = jnp.maximum(batch["mask"].sum(), 1.0)
-    batch["num_sequences"] = jnp.asarray(batch["mask"].shape[0], jnp.float32)
-    mask = batch["mask"]
+  def prepare(params, batch):
+    rows = {k: v for k, v in batch.items() if k in ROW_FIELDS}
+    shared = {k: v for k, v in batch.items() if k not in ROW_FIELDS}
+    mask = rows["mask"]
+    shared["num_tokens"] = jnp.maximum(mask.sum(), 1.0)
+    shared["num_sequences"] = jnp.asarray(mask.shape[0], jnp.float32)
     extra = {}
-    if hp.tis_cap > 0 or sc.ppo_minibatches > 1:
-      lp = jax.lax.stop_gradient(trainer_logprobs(state.params, batch))
-      batch["trainer_logprobs"] = lp * mask
-      extra = mismatch_metrics(lp, batch["old_logprobs"], mask, batch["num_tokens"])
+    if hp.tis_cap > 0 or m > 1:
+      lp = jax.lax.stop_gradient(trainer_logprobs(params, rows))
+      rows["trainer_logprobs"] = lp * mask
+      extra = mismatch_metrics(lp, rows["old_logprobs"], mask, shared["num_tokens"])
+    return rows, shared, extra
 
-    params, opt_state = state.params, state.opt_state
-    m = sc.ppo_minibatches
-    first = last = None
-    norms = []
-    for epoch in range(sc.ppo_epochs):
-      if m == 1:
-        params, opt_state, loss, metrics, nrm = minibatch_update(
-            params, opt_state, teacher_params, state.objective_state, batch)
-      else:
-        rows = {k: v for k, v in split_rows(batch, m, group).items() if k in ROW_FIELDS}
-        shared = {k: v for k, v in batch.items() if k not in ROW_FIELDS}
+  def select(rows, minibatch, micro_index):
+    pick = lambda parts, i: jax.tree.map(
+        lambda v: jax.lax.dynamic_index_in_dim(v, i, 0, keepdims=False), parts)
+    if m > 1:
+      rows = pick(split_rows(rows, m, group), minibatch)
+    return pick(split_rows(rows, a, group), micro_index) if a > 1 else rows
 
-        def body(carry, mb_rows):
-          p, o = carry
-          p, o, loss, metrics, nrm = minibatch_update(p, o, teacher_params,
-                                                      state.objective_state,
-                                                      {**shared, **mb_rows})
-          return (p, o), (loss, metrics, nrm)
-        (params, opt_state), (loss, metrics, nrm) = jax.lax.scan(body, (params, opt_state),
-                                                                 rows)
-        loss, metrics = jnp.sum(loss), jax.tree.map(jnp.sum, metrics)
-        nrm = dict(first=nrm["grad_norm"][0], grad_norm=jnp.max(nrm["grad_norm"]))
-      norms.append(nrm)
-      if epoch == 0:
-        first = (loss, metrics)
-      last = metrics
-    loss, metrics = first
+  def micro(params, teacher_params, batch, objective_state):
+    (loss, metrics), grads = grad_fn(params, teacher_params, batch, objective_state)
+    return loss, metrics, constrain_grads(grads)
+
+  def zeros(params, teacher_params, objective_state, rows, shared):
+    return _zeros_like_tree(jax.eval_shape(micro, params, teacher_params,
+                                           {**shared, **rows}, objective_state))
+
+  def accumulate(params, teacher_params, objective_state, rows, shared, sums):
+    return _sum(sums, micro(params, teacher_params, constrain_rows({**shared, **rows}),
+                            objective_state))
+
+  def apply(params, opt_state, sums):
+    loss, metrics, grads = sums
+    grads = jax.tree.map(lambda g: g * m, grads) if m > 1 else grads
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    norms = dict(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
+                 loss_minibatch=loss * m)
+    return params, opt_state, (loss, metrics, norms)
+
+  def combine(result):
+    """A pass's minibatch results -> the pass's (loss, metrics, norms)."""
+    if m == 1:
+      return result
+    if isinstance(result, list):
+      result = jax.tree.map(lambda *x: jnp.stack(x), *result)
+    loss, metrics, nrm = result
+    return (jnp.sum(loss), jax.tree.map(jnp.sum, metrics),
+            dict(first=nrm["grad_norm"][0], grad_norm=jnp.max(nrm["grad_norm"])))
+
+  def finish(state: TrainState, params, opt_state, passes, extra):
+    passes = [combine(p) for p in passes]
+    loss, metrics, _ = passes[0]
+    last = passes[-1][1]
+    norms = [p[2] for p in passes]
     if not extra and "approx_kl_old" in metrics:  # one pass, no update before it: mismatch
       extra = dict(mismatch_k3=metrics["approx_kl_old"],
                    mismatch_abs_logprob=metrics["abs_logprob_diff"])
@@ -233,6 +246,176 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
         nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, out
 
+  return StepParts(prepare=prepare, select=select, micro=micro, zeros=zeros,
+                   accumulate=accumulate, apply=apply, finish=finish)
+
+
+def make_train_step(objective: Objective, hp: ObjectiveConfig,
+                    student_config: models.ModelConfig,
+                    optimizer: optax.GradientTransformation,
+                    step_config: StepConfig = StepConfig(),
+                    teacher_config: models.ModelConfig | None = None,
+                    constrain_rows: Callable = lambda x: x,
+                    constrain_grads: Callable = lambda g: g):
+  """Returns the pure `train_step(state, teacher_params, batch) -> (state, metrics)`: one
+  program, the teacher inside the accumulation scan.
+
+  Args:
+    objective, hp: the registered objective and its config.
+    student_config: the student's architecture.
+    optimizer: the optax transformation.
+    step_config: microbatches, PPO epochs and minibatches, teacher logits dtype.
+    teacher_config: the teacher's architecture; None when the batch brings the teacher's
+      logits itself (`teacher_logits`, `[B, L, V]`; a teacher on its own devices uses
+      `make_host_train_step` instead, which never holds them for the whole batch).
+    constrain_rows, constrain_grads: sharding constraints for a microbatch's rows and for
+      the gradients (identity off a mesh; see cmdp.training.programs).
+
+  Args of the returned function:
+    state: a `TrainState` (donated by the compiled program).
+    teacher_params: the frozen teacher's parameters (None when `teacher_config` is None).
+    batch: the dict of `cmdp.objectives` plus `inputs` and `input_mask`, leading axis =
+      sequences; `num_tokens` and `num_sequences` are filled in here.
+
+  A non-finite loss or gradient leaves the whole state unchanged and sets `nonfinite` to 1.
+  """
+  sc = step_config
+  group = hp.group_size
+  parts = make_step_parts(objective, hp, student_config, optimizer, step_config,
+                          teacher_config, constrain_rows, constrain_grads)
+
+  def minibatch_update(params, opt_state, teacher_params, objective_state, rows, shared):
+    n = sc.grad_accum_steps
+    if n == 1:
+      sums = parts.micro(params, teacher_params, constrain_rows({**shared, **rows}),
+                         objective_state)
+    else:
+      init = parts.zeros(params, teacher_params, objective_state, _first_micro(rows, n, group),
+                         shared)
+      body = lambda acc, mb: (parts.accumulate(params, teacher_params, objective_state, mb,
+                                               shared, acc), None)
+      sums = jax.lax.scan(body, init, split_rows(rows, n, group))[0]
+    return parts.apply(params, opt_state, sums)
+
+  def train_step(state: TrainState, teacher_params, batch: dict):
+    rows, shared, extra = parts.prepare(state.params, batch)
+    params, opt_state = state.params, state.opt_state
+    passes = []
+    for _ in range(sc.ppo_epochs):
+      if sc.ppo_minibatches == 1:
+        params, opt_state, result = minibatch_update(
+            params, opt_state, teacher_params, state.objective_state, rows, shared)
+      else:
+        def body(carry, mb_rows):
+          p, o, result = minibatch_update(*carry, teacher_params, state.objective_state,
+                                          mb_rows, shared)
+          return (p, o), result
+        (params, opt_state), result = jax.lax.scan(
+            body, (params, opt_state), split_rows(rows, sc.ppo_minibatches, group))
+      passes.append(result)
+    return parts.finish(state, params, opt_state, passes, extra)
+
+  return train_step
+
+
+class HostPrograms(NamedTuple):
+  """The compiled `StepParts` a host-driven step calls (built in cmdp.training.programs),
+  and the teacher: `teacher_logits(teacher_params, inputs, input_mask)` takes a
+  microbatch's rows on the student's devices and returns its logits there, computed on the
+  teacher's. `accumulate(params, objective_state, rows, shared, sums)` and
+  `zeros(params, objective_state, rows, shared)` take the microbatch's rows with its
+  `teacher_logits`."""
+  prepare: Callable
+  select: Callable
+  zeros: Callable
+  accumulate: Callable
+  apply: Callable
+  finish: Callable
+  teacher_logits: Callable
+
+
+def make_host_train_step(programs_for: Callable[[int], HostPrograms],
+                         step_config: StepConfig, group_size: int):
+  """`train_step(state, teacher_params, batch) -> (state, metrics)` for a teacher on its
+  own devices, driven from the host: the same `StepParts`, one compiled program each.
+
+  Per microbatch (of each minibatch of each PPO epoch, as `make_train_step` splits them),
+  the teacher's logits are computed on its devices, moved to the student's microbatch
+  sharding and consumed by the compiled gradient of that microbatch, which adds into a
+  carried sum; each minibatch then takes one compiled optimiser update, and one compiled
+  `finish` updates the objective's state and gives the metrics. No `[B, L, V]` array of
+  the whole batch exists: at most two microbatches' teacher logits are alive (the next one
+  is computed while the student consumes the current one; before handing a microbatch to
+  the student, the host waits for the student's previous gradient or update).
+
+  `programs_for(micro_rows)` returns the compiled `HostPrograms` for microbatches of that
+  many rows. The state is donated (by `finish`), as by the one-program step.
+  """
+  sc = step_config
+  a, m = sc.grad_accum_steps, sc.ppo_minibatches
+
+  def split(state: TrainState, teacher_params, batch: dict):
+    """The compiled programs for this batch's microbatches (checks the batch splits)."""
+    del state, teacher_params
+    rows = batch["mask"].shape[0]
+    if rows % (a * m * group_size):
+      raise ValueError(f"batch of {rows} rows does not split into grad_accum_steps x "
+                       f"ppo_minibatches = {a * m} parts of whole groups of {group_size}.")
+    return programs_for(rows // (a * m))
+
+  def train_step(state: TrainState, teacher_params, batch: dict):
+    prog = split(state, teacher_params, batch)
+    rows, shared, extra = prog.prepare(state.params, batch)
+    micros = [[rows if a * m == 1 else prog.select(rows, j, k) for k in range(a)]
+              for j in range(m)]
+    params, opt_state = state.params, state.opt_state
+    passes = []
+    previous = None  # the student's last dispatched result (a gradient sum or an update)
+    for _ in range(sc.ppo_epochs):
+      results = []
+      for j in range(m):
+        sums = None
+        for k in range(a):
+          mb = micros[j][k]
+          # The teacher works on this microbatch while the student finishes the last one.
+          mb = dict(mb, teacher_logits=prog.teacher_logits(teacher_params, mb["inputs"],
+                                                           mb["input_mask"]))
+          if previous is not None:  # the last microbatch's logits are consumed: two alive
+            jax.block_until_ready(previous)
+          if sums is None:
+            sums = prog.zeros(params, state.objective_state, mb, shared)
+          sums = previous = prog.accumulate(params, state.objective_state, mb, shared, sums)
+        params, opt_state, result = prog.apply(params, opt_state, sums)
+        previous = params
+        results.append(result)
+      passes.append(results[0] if m == 1 else results)
+    return prog.finish(state, params, opt_state, passes, extra)
+
+  def lower_parts(state, teacher_params, batch) -> list:
+    """`(name, lowered, args)` of each compiled student-side program a call runs, in
+    order, for abstract (or concrete) arguments: each once, whatever its trip count (`a`
+    microbatches x `m` minibatches x epochs). The teacher's program
+    (`programs.teacher_logits` on one microbatch) is not among them."""
+    prog = split(state, teacher_params, batch)
+    out = []
+
+    def lower(name, fn, *args):
+      out.append((name, fn.lower(*args), args))
+      return jax.eval_shape(fn, *args)
+    rows, shared, extra = lower("prepare", prog.prepare, state.params, batch)
+    mb = rows if a * m == 1 else lower("select", prog.select, rows, 0, 0)
+    logits = jax.eval_shape(prog.teacher_logits, teacher_params, mb["inputs"],
+                            mb["input_mask"])
+    mb = dict(mb, teacher_logits=logits)
+    sums = jax.eval_shape(prog.zeros, state.params, state.objective_state, mb, shared)
+    sums = lower("accumulate", prog.accumulate, state.params, state.objective_state, mb,
+                 shared, sums)
+    params, opt_state, result = lower("apply", prog.apply, state.params, state.opt_state, sums)
+    passes = [result if m == 1 else [result] * m] * sc.ppo_epochs
+    lower("finish", prog.finish, state, params, opt_state, passes, extra)
+    return out
+
+  train_step.lower_parts = lower_parts
   return train_step
 
 

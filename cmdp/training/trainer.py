@@ -1,35 +1,42 @@
 """The training loop: rollouts -> teacher scoring -> rewards -> the registered objective.
 
+Stages of a run (one console line each): heal (optional, cached: `config.heal`), load,
+calibrate the budget, evaluate the teacher and the initial student, train, evaluate.
+
 One iteration:
-  1. the next prompts (deterministic, resumable order), each repeated `group_size` times;
-  2. student rollouts with the KV-cache sampler (or reference / teacher sequences for
-     off-policy steps of `sft` and `gkd`);
+  1. the next prompts (deterministic, resumable order), checked once on the host;
+  2. student rollouts with the KV-cache sampler, each prompt repeated `group_size` times
+     inside the compiled sampler (or reference / teacher sequences for off-policy steps of
+     `sft` and `gkd`), shifted into the step's fields by one compiled program;
   3. task rewards from the verifier on the decoded responses (host);
-  4. the jitted update `train_step(state, teacher_params, batch) -> (state, metrics)`, which
-     runs the frozen teacher on the student's own prefixes microbatch by microbatch (a
-     teacher on its own devices scores the batch here instead and hands over its logits).
+  4. the update `train_step(state, teacher_params, batch) -> (state, metrics)`, which runs
+     the frozen teacher on the student's own prefixes microbatch by microbatch (inside one
+     compiled program, or, for a teacher on its own devices, handing its logits over one
+     microbatch at a time).
 """
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from cmdp import constraint, data, evaluation, sharding
 from cmdp.training import batch as batch_lib
 from cmdp.training import checkpoint as ckpt_lib
+from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import logging as log_lib
 from cmdp.training import step as step_lib
+from cmdp.training.processes import (process_rows, process_shard, rows_over_processes,
+                                     sum_over_processes)
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +65,6 @@ def create_state(exp: experiment_lib.Experiment, params):
   return jax.jit(init, out_shardings=shardings)(params), shardings
 
 
-def process_rows(tree):
-  """Host (numpy) copies of this process's rows of row-sharded global arrays: every row in a
-  one-process run, else the contiguous block this process's devices hold."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-
-  def rows(x):
-    blocks = {}
-    for shard in x.addressable_shards:  # replicas (e.g. over "tensor") hold the same rows
-      blocks.setdefault(shard.index[0].start or 0, shard.data)
-    return np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)])
-  return jax.tree.map(rows, tree)
-
-
-def sum_over_processes(values: np.ndarray) -> np.ndarray:
-  """`values` summed over the processes (a small host vector; itself with one process)."""
-  if jax.process_count() == 1:
-    return values
-  return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
-
-
 def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool):
   """Builds one step's batch on the student's mesh; returns `(batch, host_metrics)`.
 
@@ -90,35 +76,37 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
   g = exp.hp.group_size
   group = [ex for ex in examples for _ in range(g)]
   if on_policy or cfg.rollout.sft_source == "teacher":
-    prompts, prompt_mask = batch_lib.repeat_rows(exp.encode_prompts(examples), g)
+    prompts = exp.encode_prompts(examples)  # host, each prompt once
+    batch_lib.check_prompts(*prompts, cfg.data.max_prompt_len)
     who = "student" if on_policy else "teacher"
     model = exp.student if on_policy else exp.teacher
     mesh = exp.student_mesh if on_policy else exp.teacher_mesh
-    prompts, prompt_mask = exp.put_batch((prompts, prompt_mask), mesh)
-    # On-policy: the student being trained (`params`), never the initial one.
-    rollout = exp.sampler(who)(params if on_policy else model.params, prompts, prompt_mask, rng)
-    if not on_policy:
-      rollout = exp.put_batch(rollout)
-    batch = batch_lib.from_rollout(rollout)
-    if not on_policy:  # teacher samples are supervised targets: no sampler log-probs
-      batch["old_logprobs"] = jnp.zeros_like(batch["old_logprobs"])
-    local = process_rows(rollout)
+    # Repeated group_size times inside the sampler; on-policy, the student being trained
+    # (`params`), never the initial one.
+    rollout = exp.sampler(who, group_size=g)(params if on_policy else model.params,
+                                             *exp.put_prompts(prompts, mesh), rng, check=False)
+    sequences = (rollout.tokens, rollout.attention_mask, rollout.response_mask)
+    if on_policy:
+      batch = exp.shift_batch(*sequences, rollout.logprobs)
+    else:  # teacher samples are supervised targets: no sampler log-probs
+      batch = exp.shift_batch(*exp.put_batch(sequences))
+    # To the host: what the verifier reads (the response tokens), nothing else.
+    local = process_rows(rollout._replace(attention_mask=None, logprobs=None, lengths=None,
+                                          finished=None))
     completions = batch_lib.decode_responses(exp.tokenizer, local)
-    new_tokens = int(np.asarray(local.lengths).sum())
+    new_tokens = int(np.asarray(local.response_mask).sum())
   else:
     seqs = [data.encode_sft(exp.tokenizer, exp.prompt_text(ex.question),
                             ex.solution or f"#### {ex.answer}", cfg.data.sft_max_len)
             for ex in group]
     tokens, attn, loss_mask = (np.stack(x) for x in zip(*seqs))
-    batch = exp.put_batch(batch_lib.shift(tokens, attn, loss_mask))
+    batch = exp.shift_batch(*exp.put_batch((tokens, attn, loss_mask)))
     completions = [ex.solution or f"#### {ex.answer}" for ex in group]
     new_tokens = int(loss_mask.sum())
   task_reward, correct = batch_lib.task_rewards(completions, group, cfg.format_reward_weight)
   batch["task_reward"] = exp.put_batch(task_reward)
-  # Every step measures the constraint, so the teacher scores every batch: inside the step
-  # when it shares the student's mesh, here (on its own devices) otherwise.
-  if not exp.teacher_inside_step:
-    batch["teacher_logits"] = exp.teacher_logits(batch["inputs"], batch["input_mask"])
+  # The teacher scores every batch inside the train step, microbatch by microbatch (a
+  # teacher on its own devices too: the step hands its logits over per microbatch).
   tokens, right, rows = sum_over_processes(
       np.asarray([new_tokens, correct.sum(), len(correct)], np.float64))
   host = {"new_tokens": int(tokens)}
@@ -129,27 +117,29 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
 
 def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)` (the
-  constraint of `exp.hp`, on samples at the training temperature; docs/method.md)."""
+  constraint of `exp.hp`, on samples at the training temperature; docs/method.md).
+
+  In a multi-process run each process samples and scores its own rows of every batch; the
+  quantile is taken over every process's costs, so all processes get the same budget.
+  """
   cfg = exp.config
   n = max(cfg.calibration_prompts, 1)
   costs = []
   it = data.PromptIterator(exp.train_examples, cfg.batch_size // exp.hp.group_size,
-                           seed=cfg.seed + 7, shard=_process_shard())
+                           seed=cfg.seed + 7, shard=process_shard())
+  # Placed as the train state's key is, so the rollouts reuse the training sampler's program.
+  rng = jax.device_put(rng, jax.sharding.NamedSharding(exp.student_mesh, P()))
   while len(costs) < n * exp.hp.group_size:
     batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
-    costs.extend(exp.score_sequences(params, batch)["sequence_cost"].tolist())
+    local = exp.score_sequences(params, batch)["sequence_cost"]
+    costs.extend(rows_over_processes(local).tolist())
   return float(constraint.calibrate_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
 
 
-def _process_shard() -> tuple[int, int]:
-  """This process's part of each batch of prompts: `(process_index, process_count)`."""
-  return jax.process_index(), jax.process_count()
-
-
 def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> None:
-  """Raises before any work what a multi-process run cannot do yet: budget calibration and
-  the built-in evaluation read every row's sequence scores on the host
-  (`Experiment.score_sequences`, `eval_loop`), which needs a gather across processes."""
+  """Raises before any work when a multi-process run's batches do not split over its
+  processes: each process takes an equal block of every step's prompts (training and budget
+  calibration) and of every evaluation batch."""
   n = jax.process_count()
   if n == 1:
     return
@@ -157,15 +147,11 @@ def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> N
   if prompts % n:
     raise ValueError(f"config.batch_size: {prompts} prompts per step do not split over {n} "
                      "processes; use a multiple of the process count.")
-  if config.calibrate_budget_quantile > 0:
-    raise ValueError(f"config.calibrate_budget_quantile: budget calibration does not run "
-                     f"across {n} processes yet; calibrate in a one-host run and set "
-                     "config.loss.budget, with calibrate_budget_quantile=0.")
   evaluates = default_eval and (config.eval_every or config.eval_at_end)
   if evaluates or config.eval.include_teacher or config.eval.include_initial_student:
-    raise ValueError(f"config.eval_at_end / eval_every / eval.include_*: evaluation does not "
-                     f"run across {n} processes yet; turn them off and evaluate the "
-                     "checkpoint on one host (python -m cmdp.evaluate).")
+    if config.eval.batch_size % n:
+      raise ValueError(f"config.eval.batch_size={config.eval.batch_size} does not split over "
+                       f"{n} processes; use a multiple of the process count.")
 
 
 def _meta(exp, it, hp) -> dict:
@@ -174,7 +160,8 @@ def _meta(exp, it, hp) -> dict:
           "objective": exp.config.objective}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
+          stage_name: str = "train") -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the last logged metrics.
 
   `evaluate_fn(exp, params, step, hp) -> dict` runs at `eval_every` and at the end
@@ -184,12 +171,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   _check_processes(config, default_eval=default_eval)
   evaluate_fn = evaluate_fn or functools.partial(eval_loop.evaluate_and_write, workdir=workdir)
   os.makedirs(workdir, exist_ok=True)
+  healed_here = bool(config.heal.steps)  # the heal stage loads the models first
+  if healed_here:
+    config = heal(config, workdir)
+  t0 = time.perf_counter()
   exp = experiment_lib.build(config)
   hp = exp.hp
+  if not healed_here:
+    log_lib.stage("load", f"{_describe(exp)} ({time.perf_counter() - t0:.0f} s)")
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
   state, shardings = create_state(exp, exp.student.params)
   it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
-                           seed=config.seed, shard=_process_shard())
+                           seed=config.seed, shard=process_shard())
   start_fresh = checkpointer.latest_step() is None
   if not start_fresh:
     state, meta = checkpointer.restore(state, exp.student.config)
@@ -200,12 +193,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
     if config.student.init_workdir:
       state = state.replace(params=_params_from_run(exp, config.student.init_workdir, state))
     if config.calibrate_budget_quantile > 0:
+      t0 = time.perf_counter()
       budget = calibrate_budget(exp, state.params, jax.random.PRNGKey(config.seed + 1))
       hp = hp.replace(budget=budget)
-      log.info("Calibrated budget: %.4f", budget)
+      samples = config.calibration_prompts * hp.group_size
+      log_lib.stage("calibrate", f"budget d = {budget:.4g} ({hp.cost}, {hp.constraint}): the "
+                    f"{config.calibrate_budget_quantile:g} quantile of {samples} samples of "
+                    f"the initial student ({time.perf_counter() - t0:.0f} s)")
   exp = exp.with_hp(hp)  # the calibrated or restored budget
   if start_fresh and (config.eval.include_teacher or config.eval.include_initial_student):
-    evaluation.write_results(workdir, 0, eval_loop.evaluate_baselines(exp, state.params, hp))
+    t0 = time.perf_counter()
+    baselines = eval_loop.evaluate_baselines(exp, state.params, hp)
+    evaluation.write_results(workdir, 0, baselines)
+    log_lib.stage("evaluate", f"{' and '.join(m.replace('_', ' ') for m in baselines)} on "
+                  f"{len(exp.test_examples)} problems "
+                  f"({time.perf_counter() - t0:.0f} s): " + "; ".join(
+                      f"{m.replace('_', ' ')} {r['accuracy']:.1%}" for m, r in baselines.items()))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -213,7 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
   train_step = exp.make_train_step(hp, shardings)
   start = int(state.step)
   writer = log_lib.MetricWriter(workdir, start_step=start)
-  progress = log_lib.Progress(config.num_steps, start, config.progress_bar)
+  progress = log_lib.Progress(config.num_steps, start, config.progress_bar,
+                              desc="heal" if stage_name == "heal" else "train")
   objective = exp.objective
   last = {}
   try:
@@ -236,7 +240,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
               f"Step {step}: non-finite {bad}; the update was skipped and the last good state "
               f"saved in {checkpointer.directory}. Lower optimizer.learning_rate, tighten "
               "optimizer.grad_clip_norm, or check the data of this batch.")
-        tokens_per_s = progress.update(host["new_tokens"], {"reward": metrics["task_reward"]})
+        tokens_per_s = progress.update(host["new_tokens"], {
+            "reward": metrics["task_reward"], "KL": metrics["kl_seq"],
+            "sat": metrics["constraint_satisfaction"]})
         row = {f"train/{k}": v for k, v in metrics.items()}
         if "accuracy" in host:
           row["train/accuracy"] = host["accuracy"]
@@ -258,7 +264,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
           checkpointer.save(done, state, _meta(exp, it, hp))
     checkpointer.save(int(state.step), state, _meta(exp, it, hp), wait=True)
     if config.eval_at_end:
+      t0 = time.perf_counter()
       writer.write(int(state.step), evaluate_fn(exp, state.params, int(state.step), hp))
+      log_lib.stage("evaluate", f"the trained student on {len(exp.test_examples)} problems "
+                    f"({time.perf_counter() - t0:.0f} s)")
   finally:
     progress.close()
     writer.close()
@@ -267,6 +276,48 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None) 
     print(eval_loop.final_report(workdir, hp, kl_is_cost=(hp.cost, hp.constraint) == (
         "reverse_kl", "sum")))
   return last
+
+
+def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """Runs (or reuses) the heal of `config.heal` in `heal.dir` (default `<workdir>/heal`)
+  and returns `config` with the student starting from it (`student.init_workdir`).
+
+  A heal dir holding another heal's run is an error naming `heal.dir`, never overwritten.
+  """
+  heal_dir = config.heal.dir or os.path.join(workdir, "heal")
+  hcfg = config_lib.heal_config(config)
+  record = os.path.join(heal_dir, "config.json")
+  if os.path.exists(record):
+    with open(record) as f:
+      if json.load(f) != json.loads(hcfg.to_json_best_effort()):
+        raise ValueError(f"config.heal.dir={heal_dir!r} holds a heal of another config "
+                         "(its config.json differs); point heal.dir at a new directory.")
+  done = ckpt_lib.Checkpointer(heal_dir)
+  finished = done.latest_step() == hcfg.num_steps
+  done.close()
+  if finished:
+    log_lib.stage("heal", f"reusing the {hcfg.num_steps}-step heal in {heal_dir}")
+  else:
+    t0 = time.perf_counter()
+    try:
+      train(hcfg, heal_dir, evaluate_fn=lambda *a: {}, stage_name="heal")
+    except ValueError as e:  # the heal's own config: batch_size is heal.batch_size
+      raise ValueError(f"The heal run (config.heal; its batch_size is heal.batch_size): "
+                       f"{e}") from e
+    log_lib.stage("heal", f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples "
+                  f"(gkd, forward KL) in {time.perf_counter() - t0:.0f} s: {heal_dir}")
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.heal.steps = 0
+  out.student.init_workdir = heal_dir
+  return out
+
+
+def _describe(exp) -> str:
+  """`teacher 30 layers (135M) -> student 20 layers (99M)`: what the run distils."""
+  def size(model):
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params))
+    return f"{model.config.num_layers} layers ({n / 1e6:.0f}M parameters)"
+  return f"teacher {size(exp.teacher)} -> student {size(exp.student)}"
 
 
 def _params_from_run(exp, workdir: str, state):

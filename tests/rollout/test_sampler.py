@@ -121,6 +121,21 @@ def test_reproducible_and_keys_differ(params, prompts):
   assert (np.asarray(a.tokens)[:, 6:] != np.asarray(c.tokens)[:, 6:]).mean() > 0.3
 
 
+def test_repeat_inside_equals_prompts_repeated_on_the_host(params, prompts):
+  """`repeat=3`: each prompt sampled 3 times, copies adjacent; the rollout is the one of a
+  sampler given the prompts repeated with numpy (bitwise)."""
+  tokens, mask = prompts
+  settings = dict(max_new_tokens=N, eos_ids=(7,), **SAMPLED)
+  inside = rollout.make_sampler(CONFIG, repeat=3, **settings)(params, tokens, mask,
+                                                              jax.random.key(2))
+  host = rollout.make_sampler(CONFIG, **settings)(params, np.repeat(tokens, 3, axis=0),
+                                                  np.repeat(mask, 3, axis=0), jax.random.key(2))
+  assert inside.tokens.shape == (12, 6 + N)
+  for got, want in zip(inside, host):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert (np.asarray(inside.tokens)[0::3, 6:] != np.asarray(inside.tokens)[1::3, 6:]).any()
+
+
 def test_stop_tokens_end_rows_and_pad(params, prompts):
   tokens, mask = prompts
   free = rollout.sample(CONFIG, params, tokens, mask, jax.random.key(7), max_new_tokens=N,

@@ -1,9 +1,12 @@
 """Two processes on this machine (a local coordinator, CPU collectives over gloo) train
-configs/tiny.py to the same losses and parameters as one process with as many devices.
+configs/tiny.py to the same calibrated budget, losses, parameters and evaluation as one
+process with as many devices.
 
 Each process reads its own half of every batch of prompts, builds the global batch from
 its rows, scores its own rows' rewards on its host, and takes part in the orbax
-checkpoint; process 0 alone writes metrics.jsonl.
+checkpoint; budget calibration and the evaluation (of the initial and the final student,
+the test set's last batch padded) gather every process's per-row figures; process 0 alone
+writes metrics.jsonl and eval.json.
 """
 import json
 import os
@@ -13,33 +16,36 @@ import sys
 
 import pytest
 
-from tests.training.tiny import _ROOT
+from tests.training.tiny import _ROOT, tiny_config
 
 STEPS = 2
+TEST_SIZE = 9  # eval batches of 8: the second holds one example, process 1's half none
 
 
 def worker(workdir: str, coordinator: str = "", num_processes: int = 1,
            process_id: int = 0) -> None:
-  """One process of a run: trains the tiny config for STEPS steps; the final "evaluation"
-  logs a checksum of the student's parameters (a global reduction, so every process takes
-  part and process 0 logs it)."""
+  """One process of a run: calibrates the budget, evaluates the initial student, trains the
+  tiny config for STEPS steps and evaluates the final student (the built-in evaluation,
+  eval.json), logging with it a checksum of the student's parameters (a global reduction,
+  so every process takes part and process 0 logs it)."""
   import jax  # pylint: disable=import-outside-toplevel
   if num_processes > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cmdp.training import trainer  # pylint: disable=import-outside-toplevel
-  from tests.training.tiny import tiny_config  # pylint: disable=import-outside-toplevel
+  from cmdp.training import eval_loop, trainer  # pylint: disable=import-outside-toplevel
 
-  def checksum(exp, params, step, hp):
-    del exp, step, hp
+  def evaluate_and_checksum(exp, params, step, hp):
     leaves = jax.tree.leaves(params)
-    return {"check/param_abs_sum": float(sum(jnp.abs(x.astype(jnp.float32)).sum() for x in leaves)),
+    return {**eval_loop.evaluate_and_write(exp, params, step, hp, workdir=workdir),
+            "check/param_abs_sum": float(sum(jnp.abs(x.astype(jnp.float32)).sum() for x in leaves)),
             "check/param_sq_sum": float(sum(jnp.square(x.astype(jnp.float32)).sum()
                                             for x in leaves))}
 
-  config = tiny_config(num_steps=STEPS, eval_at_end=True)
-  trainer.train(config, workdir, evaluate_fn=checksum)
+  config = tiny_config(num_steps=STEPS, eval_at_end=True, calibrate_budget_quantile=0.5,
+                       calibration_prompts=4, **{"data.test_size": TEST_SIZE,
+                                                 "eval.include_initial_student": True})
+  trainer.train(config, workdir, evaluate_fn=evaluate_and_checksum)
   assert jax.process_count() == num_processes
 
 
@@ -73,6 +79,11 @@ def _rows(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _eval(workdir: str) -> dict:
+  with open(os.path.join(workdir, "eval.json")) as f:
+    return json.load(f)
+
+
 def test_two_processes_match_one(tmp_path):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   coordinator = f"localhost:{_free_port()}"
@@ -81,14 +92,42 @@ def test_two_processes_match_one(tmp_path):
   _finish(procs)
   ref, got = _rows(one), _rows(two)
   assert [r["step"] for r in got] == [r["step"] for r in ref] == [*range(1, STEPS + 1), STEPS]
+  # The budget calibrated from every process's samples, as one process calibrates it.
+  budget = ref[0]["train/budget"]
+  assert budget != tiny_config().loss.budget
   for r, g in zip(ref[:STEPS], got[:STEPS]):
+    assert g["train/budget"] == pytest.approx(budget, rel=1e-6)
     for key in ("train/loss", "train/task_reward", "train/kl_seq", "train/grad_norm"):
       assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-7), key
     assert g["train/accuracy"] == r["train/accuracy"]
   for key in ("check/param_abs_sum", "check/param_sq_sum"):
     assert got[-1][key] == pytest.approx(ref[-1][key], rel=1e-6), key
+  # The evaluations: the same figures over the same TEST_SIZE examples, padding left out.
+  ref_eval, got_eval = _eval(one), _eval(two)
+  assert got_eval["step"] == ref_eval["step"] == STEPS
+  assert set(got_eval["models"]) == set(ref_eval["models"]) == {"initial_student", "student"}
+  for name, r in ref_eval["models"].items():
+    g = got_eval["models"][name]
+    assert set(g) == set(r), name
+    assert r["num_examples"] == r["num_greedy"] == r["num_sampled"] == TEST_SIZE
+    assert r["budget"] == pytest.approx(budget)
+    for key, value in r.items():
+      assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
   # The orbax checkpoint of the last step, written by both processes together.
   assert os.path.isdir(os.path.join(two, "checkpoints", str(STEPS)))
+
+
+def test_batches_must_split_over_the_processes(monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  from cmdp.training import trainer  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  evaluated = {"eval_at_end": True, "calibrate_budget_quantile": 0.5}
+  trainer._check_processes(tiny_config(**evaluated), default_eval=True)
+  with pytest.raises(ValueError, match=r"config.eval.batch_size=5 does not split over 2 "):
+    trainer._check_processes(tiny_config(**evaluated, **{"eval.batch_size": 5}),
+                             default_eval=True)
+  with pytest.raises(ValueError, match=r"config.batch_size: 3 prompts per step"):
+    trainer._check_processes(tiny_config(batch_size=6), default_eval=False)
 
 
 def test_prompt_shards_concatenate_to_the_one_process_batch():

@@ -1,0 +1,84 @@
+"""The heal stage: a cut student is first distilled on teacher samples, as a cached run of
+its own that the main run starts from and the next run reuses."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cmdp.training import checkpoint as ckpt_lib
+from cmdp.training import config as config_lib
+from cmdp.training import experiment
+from cmdp.training import trainer
+from cmdp.training.logging import read_metrics
+from tests.training.tiny import tiny_config
+
+
+def _no_eval(exp, params, step, hp):
+  del exp, params, step, hp
+  return {}
+
+
+def _final_params(config, workdir):
+  exp = experiment.build(config)
+  state, _ = trainer.create_state(exp, exp.student.params)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  restored, _ = checkpointer.restore(state, exp.student.config)
+  checkpointer.close()
+  return jax.device_get(restored.params)
+
+
+def test_heal_config_is_forward_kl_on_teacher_samples():
+  config = tiny_config(**{"heal.steps": 5, "heal.batch_size": 4, "heal.learning_rate": 3e-4,
+                          "loss.budget": 7.0})
+  h = config_lib.heal_config(config)
+  config_lib.validate(h)  # a valid run of its own (no field the objective ignores)
+  assert (h.objective, h.loss.gkd_beta, h.loss.budget) == ("gkd", 0.0, 7.0)
+  assert (h.rollout.on_policy_fraction, h.rollout.sft_source) == (0.0, "teacher")
+  assert (h.num_steps, h.batch_size, h.optimizer.learning_rate) == (5, 4, 3e-4)
+  assert (h.heal.steps, h.calibrate_budget_quantile, h.eval_at_end) == (0, 0.0, False)
+  assert h.rollout.temperature == config.rollout.temperature
+  assert h.data.to_dict() == config.data.to_dict()
+
+
+def test_heal_runs_once_and_the_run_starts_from_it(tmp_path):
+  overrides = {"heal.steps": 2, "heal.batch_size": 8, "num_steps": 0}
+  config = tiny_config(**overrides)
+  workdir = str(tmp_path / "run")
+  trainer.train(config, workdir, evaluate_fn=_no_eval)
+  heal_dir = os.path.join(workdir, "heal")
+  rows = read_metrics(heal_dir)
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(r["train/on_policy"] == 0.0 for r in rows)  # teacher samples only
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["student"]["init_workdir"] == heal_dir
+
+  # The run (0 steps) saved the student it started from: the heal's final student, which
+  # differs from the untrained one.
+  plain = tiny_config(num_steps=0)
+  healed = _final_params(config_lib.heal_config(config), heal_dir)
+  started = _final_params(plain, workdir)
+  untrained = jax.device_get(experiment.build(plain).student.params)
+  for a, b, c in zip(jax.tree.leaves(healed), jax.tree.leaves(started),
+                     jax.tree.leaves(untrained)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(healed),
+                                                       jax.tree.leaves(untrained)))
+
+  # A second run pointed at that heal reuses it: no step is run again.
+  before = os.path.getmtime(os.path.join(heal_dir, "metrics.jsonl"))
+  again = tiny_config(**overrides, **{"heal.dir": heal_dir})
+  trainer.train(again, str(tmp_path / "again"), evaluate_fn=_no_eval)
+  assert os.path.getmtime(os.path.join(heal_dir, "metrics.jsonl")) == before
+  assert len(read_metrics(heal_dir)) == 2
+
+  # A heal of another config there is refused, never overwritten.
+  other = tiny_config(**overrides, **{"heal.dir": heal_dir, "heal.learning_rate": 5e-4})
+  with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
+    trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
+
+
+def test_heal_and_init_workdir_are_exclusive():
+  with pytest.raises(ValueError, match=r"config\.heal\.steps: the student already starts"):
+    config_lib.validate(tiny_config(**{"heal.steps": 2, "student.init_workdir": "/tmp/x"}))
