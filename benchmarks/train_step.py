@@ -8,8 +8,9 @@ Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), te
 scoring (the teacher's forward on the student's sequences, timed alone for reference: it
 runs INSIDE the update, microbatch by microbatch, on the student's mesh or on its own),
 update (the train step). Each is timed after a warm-up step that compiles it. The
-update's MFU is its model FLOPs (6 x params x tokens for the student's matmuls, plus
-attention; 2 x for the teacher's forward) per second over
+update's MFU is its model FLOPs (6 x params x tokens for the student's matmuls, the
+vocabulary projection only where logits are computed, plus attention; 2 x for the
+teacher's forward) per second over
 this machine's own float32 matmul peak, measured in the same run with a large matmul.
 """
 import argparse
@@ -39,12 +40,15 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def model_flops_per_token(cfg, seq_len: int) -> float:
-  """Training FLOPs per token: 6 x (matmul params) + 12 x layers x width x context."""
-  d, f, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
+def model_flops(cfg, rows: int, length: int, head_positions: int, factor: int) -> float:
+  """Model FLOPs of `rows` sequences of `length` tokens: `factor` (6 training, 2 forward)
+  x (the layers' matmul params x tokens + the vocabulary projection x the positions that
+  get logits, `head_positions` per row) + attention (QK and AV over the context)."""
+  d, f, n, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
   attn = d * cfg.head_dim * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-  matmul_params = L * (attn + 3 * d * f) + d * v
-  return 6 * matmul_params + 12 * L * cfg.num_heads * cfg.head_dim * seq_len
+  tokens = rows * length
+  return factor * (n * (attn + 3 * d * f) * tokens + d * v * rows * head_positions
+                   + 2 * n * cfg.num_heads * cfg.head_dim * length * tokens)
 
 
 def load_config(path: str, arg: str | None, sets: list[str]):
@@ -113,12 +117,14 @@ def main():
   med = {k: float(np.median(v)) for k, v in times.items()}
   gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
   scfg, tcfg = exp.student.config, exp.teacher.config
-  L = batch["inputs"].shape[1]
-  # The student's training pass and the teacher's forward (a third of one), per epoch.
-  update_flops = (model_flops_per_token(scfg, L) + model_flops_per_token(tcfg, L) / 3) * seq \
+  rows, L = batch["inputs"].shape
+  head = L - getattr(exp.step_config, "response_start", 0)  # positions that get logits
+  # The student's training pass and the teacher's forward, per epoch.
+  update_flops = (model_flops(scfg, rows, L, head, 6) + model_flops(tcfg, rows, L, head, 2)) \
       * config.ppo_epochs
   peak = matmul_peak()
-  print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens, "
+  print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens "
+        f"(logits over the last {head}), "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
         f"layers, devices {jax.device_count()} ({jax.devices()[0].platform})")
   print("| phase | median s | tokens/s |")

@@ -16,16 +16,29 @@ soft_lagrangian penalises lambda * C(y), C the per-sequence KL in nats (d is abo
 with the 1,400-step student): lambda * d, the penalty of a response exactly at the budget,
 is 0.1, 0.36, 1.1 and 3.6 reward units for lambda = 0.003, 0.01, 0.03, 0.1 (reward is 0/1).
 
-Status of the tension (docs/results/arith_tension.md, 1 seed, 500 problems, with the
-trainer's on-policy sampling fixed; it used to sample every rollout from the initial student):
-at learning rate 1e-4 grpo ends with more reward than gkd (greedy 30.2% vs 16.8%) and
-beyond the budget on average (sampled KL 50 vs d = 36 nats; gkd 14.5, 97% within d); but
-grpo does not *gain* reward over the initial student (36.6%). At 3e-4 grpo collapses.
+Status of the tension (docs/results/arith_tension.md, 1 seed, 500 problems, on-policy
+sampling fixed): NOT SHOWN. At learning rate 1e-4 grpo ends with more reward than gkd
+(greedy 30.2% vs 16.8% at temperature 1, F2; 30.4% vs 16.6% at rollout temperature 0.7
+with 200 steps, T07) and beyond the budget on average (sampled KL 50 vs d = 36 nats; 54 vs
+d = 30.5 at 0.7), gkd within it (97-98% of samples within d); but grpo never *gains*
+reward over the initial student (36.6% greedy): not at temperature 0.7, 200 steps; not
+with 128 sequences per step (16 x 8 or 32 x 4, 150 steps: level with the start); at 3e-4
+it collapses; SGD loses reward too. Diagnosis (section D there): the gradient points the
+right way (10 updates on 16 prompts raise their reward by 19 points at 1e-4) but does not
+transfer (other prompts lose 5), so 16-prompt steps at 1e-4 cost held-out reward; at 3e-5
+the training reward rises without a dip, but 100 steps gain only 1.8 sampled points (within
+the intervals), and a 50-step warm-up to 1e-4 still loses (greedy 30.8%). The run settings
+below are unchanged by those probes.
 
 Argument: `small` (tiny models, 2 seeds, 4 methods, a few steps, 48 evaluation problems:
 the CI smoke test, about 70 s of CPU time). Cost of the full study on 2 shared CPU cores:
-about 45 min of pretraining and about 3.5 min per run (100 steps of 64 sequences and the
-evaluation on 1,000 problems), 14 methods x 5 seeds: about 5 hours.
+about 46 min of pretraining (teacher 29 min, student about 17 min) and about 3-4 min per
+run (100 steps of 64 sequences: 1.2 s per gkd step, 1.6-2.2 s per grpo step, measured
+before the response-window change to the step; evaluation on 1,000 problems under 1 min),
+14 methods x 5 seeds = 70 runs: about 3.5-4.5 hours. Finishing the whole study in 90
+minutes would need about 77 s per run with the pretraining cached (about 38 s without):
+some 30-40 steps of 64 sequences at the measured step cost, against the 100 steps that
+show grpo's side of the comparison.
 """
 import ml_collections
 

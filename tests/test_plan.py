@@ -150,7 +150,8 @@ def test_teacher_scoring_flops_count_every_layer():
   phase = phases.teacher_scoring(exp, devices)
   rows, t = config.batch_size // 8, abstract.sequence_length(exp)
   q, kv = H * HD, KVH * HD
-  matmuls = 2 * rows * t * (L * (D * q + 2 * D * kv + q * D + 3 * D * F) + D * V)
+  window = t - exp.step_config.response_start  # logits only over the response
+  matmuls = 2 * rows * (t * L * (D * q + 2 * D * kv + q * D + 3 * D * F) + window * D * V)
   attention = 2 * 2 * rows * L * H * t * t * HD  # scores and weighted values, full [T, T]
   hand = matmuls + attention
   assert hand <= phase.cost.flops <= 1.25 * hand  # the rest: norms, softmax, RoPE, SiLU

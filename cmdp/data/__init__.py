@@ -34,6 +34,7 @@ from cmdp.data.iterator import PromptIterator, split_examples
 from cmdp.data.math_dataset import DEFAULT_MATH_SYSTEM_PROMPT, load_math
 from cmdp.data.prompts import (DEFAULT_SYSTEM_PROMPT, build_prompt, encode_prompts, encode_sft,
                                encode_sft_batch)
+from cmdp.data import reasoning_gym_tasks
 from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
 
 DEFAULT_REASONING_GYM_SIZE = 1_000  # examples per split when a spec gives no `size`
@@ -69,7 +70,8 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
       `strip_calculator`, for MATH `subjects` and `levels`, for reasoning-gym `size`
       (default 1,000), `seed` (default 0) and any task config field (e.g. `max_terms=2`).
     split: "train" or "test"; overrides the spec's `split` (default "train"). reasoning-gym
-      splits use disjoint seed ranges (`split_seed`).
+      splits use disjoint seed ranges and disjoint questions (`split_seed`,
+      `reasoning_gym_tasks.question_split`).
     **options: more options, merged over the spec's (e.g. `size=`, `seed=`, task fields).
       `size` and `seed` are ignored by GSM8K and MATH, which have fixed files (use `limit`).
 
@@ -97,7 +99,7 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
   elif kind == "reasoning_gym":
     size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
     seed = options.pop("seed", 0)
-    examples = load_reasoning_gym(target, size, split_seed(seed, split), **options)
+    examples = reasoning_gym_tasks.load_split(target, size, seed, split, **options)
   elif kind == "arith":  # generated word problems (cmdp.data.arith): size, seed, its kwargs
     examples = load_arith(options.pop("size", DEFAULT_REASONING_GYM_SIZE),
                           split_seed(options.pop("seed", 0), split), split, **options)

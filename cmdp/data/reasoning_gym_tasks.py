@@ -2,18 +2,33 @@
 
 reasoning-gym generates item `i` of a dataset created with seed `s` from `Random(s + i)`, so
 a dataset of `size` items uses the RNG seeds `[s, s + size)`. Train and test sets are kept
-apart by using disjoint seed ranges: the test split of seed `s` starts at
-`s + TEST_SEED_OFFSET` (`split_seed`). Disjoint seeds do not make the *questions* disjoint
-when a task's problem space is small (e.g. 2-term 1-digit sums, about 200 distinct
-questions): then the same question can appear in both splits.
+apart twice: by disjoint seed ranges (the test split of seed `s` starts at
+`s + TEST_SEED_OFFSET`, `split_seed`), and by the question itself: a hash of its text puts
+every question in one split (`question_split`, `TEST_SHARE` of them in test). Disjoint seeds
+alone do not make the questions disjoint when a task's problem space is small (2-term sums
+of one or two digits: 2,000 training draws cover most of the one-digit ones), and dropping
+the test questions seen in training would leave a test set harder than the training one.
+(Where a few questions carry much of a task's probability, as the one-digit sums do, which
+of them land in test still shifts the test distribution a little: compare models on the
+same test set, as evaluation does.)
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cmdp.data import Example
 
 TEST_SEED_OFFSET = 1_000_000_000  # test seeds start here above the train seed
+
+
+TEST_SHARE = 0.2  # share of a task's questions that belong to the test split
+
+
+def question_split(question: str) -> str:
+  """"test" for `TEST_SHARE` of all questions, "train" for the rest, by a hash of the text."""
+  bucket = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16) / 16**8
+  return "test" if bucket < TEST_SHARE else "train"
 
 
 def split_seed(seed: int, split: str) -> int:
@@ -23,6 +38,23 @@ def split_seed(seed: int, split: str) -> int:
   if split == "test":
     return seed + TEST_SEED_OFFSET
   raise ValueError(f"split={split!r}: reasoning-gym tasks have splits 'train' and 'test'.")
+
+
+def load_split(name: str, size: int, seed: int, split: str,
+               **task_kwargs: Any) -> list[Example]:
+  """`size` examples of the task `name` whose questions belong to `split`
+  (`question_split`), drawn from the split's seed range (`split_seed`) in order."""
+  want = []
+  start, chunk = split_seed(seed, split), max(2 * size, 64)
+  for _ in range(50):
+    batch = load_reasoning_gym(name, chunk, start, **task_kwargs)
+    want += [ex for ex in batch if question_split(ex.question) == split]
+    if len(want) >= size:
+      return want[:size]
+    start += chunk
+  raise ValueError(f"load_reasoning_gym({name!r}): only {len(want)} of {50 * chunk} draws "
+                   f"have {split} questions; the task has too few distinct questions for "
+                   f"size={size} (use more terms or digits, or a smaller size).")
 
 
 def load_reasoning_gym(name: str, size: int, seed: int, **task_kwargs: Any) -> list[Example]:

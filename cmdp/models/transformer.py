@@ -154,8 +154,9 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-  """tokens [B, T] -> logits [B, T, V] (float32)."""
+  """tokens [B, T] -> logits [B, T - logits_from, V] (float32)."""
   config: ModelConfig
+  logits_from: int = 0  # first position whose logits are computed (static)
 
   @nn.compact
   def __call__(self, tokens, positions, key_mask):
@@ -171,7 +172,7 @@ class Decoder(nn.Module):
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers)(c, name="layers")
     x, _ = layers(x, positions, key_mask)
-    x = RMSNorm(c.rms_norm_eps, dtype, name="norm")(x)
+    x = RMSNorm(c.rms_norm_eps, dtype, name="norm")(x[:, self.logits_from:])
     if c.tie_word_embeddings:
       logits = embed.attend(x)
     else:
@@ -203,7 +204,7 @@ def token_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> ja
 
 
 def forward(config: ModelConfig, params: dict, tokens: jax.Array,
-            attention_mask: jax.Array | None = None) -> jax.Array:
+            attention_mask: jax.Array | None = None, logits_from: int = 0) -> jax.Array:
   """Causal logits of a batch of (optionally left/right padded) sequences.
 
   Args:
@@ -213,12 +214,16 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
     attention_mask: optional `[B, T]`, 1 for real tokens, 0 for padding. Without it,
       positions are `0..T-1`. With it, each row's positions count only its real tokens and
       padding is never attended to (logits at padded slots are meaningless).
+    logits_from: a static position: logits only from there on (every position still
+      runs through the layers, since later ones attend to it), e.g. a response's window
+      after left-padded prompts; the vocabulary projection is the largest matmul per
+      token of a small model.
 
   Returns:
-    float32 logits `[B, T, V]`; pure and jittable.
+    float32 logits `[B, T - logits_from, V]`; pure and jittable.
   """
   if attention_mask is None:
     attention_mask = jnp.ones(tokens.shape, bool)
   attention_mask = attention_mask.astype(bool)
-  return Decoder(config).apply(
+  return Decoder(config, logits_from).apply(
       {"params": params}, tokens, token_positions(attention_mask), attention_mask)

@@ -307,7 +307,8 @@ def _scoring_program(exp, rows: int | None = None) -> Program:
   rows = rows or exp.config.batch_size
   mesh = exp.teacher_mesh
   fn = programs.teacher_logits(exp.teacher.config, mesh,
-                               exp.config.rollout.teacher_logits_dtype, rows)
+                               exp.config.rollout.teacher_logits_dtype, rows,
+                               exp.step_config.response_start)
   spec = NamedSharding(mesh, sharding.rows_spec(rows, mesh))
   length = abstract.sequence_length(exp)
   inputs = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)

@@ -128,9 +128,20 @@ class Experiment:
   @property
   def step_config(self) -> step_lib.StepConfig:
     c = self.config
+    references = c.rollout.sft_source == "reference" and (
+        not self.objective.on_policy or c.rollout.on_policy_fraction < 1)
     return step_lib.StepConfig(grad_accum_steps=c.grad_accum_steps, ppo_epochs=c.ppo_epochs,
                                ppo_minibatches=c.ppo_minibatches,
-                               teacher_logits_dtype=c.rollout.teacher_logits_dtype)
+                               teacher_logits_dtype=c.rollout.teacher_logits_dtype,
+                               response_start=0 if references else self.response_start)
+
+  @property
+  def response_start(self) -> int:
+    """The first column of a rollout's `[B, L]` step fields that can hold a response token:
+    the sampler writes every response after `max_prompt_len` left-padded prompt slots, so
+    no logits are needed before it (the step uses 0 when the run also trains on reference
+    solutions, which are right-padded)."""
+    return self.config.data.max_prompt_len - 1
 
   def make_train_step(self, hp: ObjectiveConfig, state_shardings):
     """The update `(state, teacher_params, batch) -> (state, metrics)`
@@ -147,12 +158,13 @@ class Experiment:
     return self.teacher.params
 
   def teacher_logits(self, inputs, input_mask):
-    """Teacher logits `[B, L, V]` of a whole batch of student-side arrays, computed on the
-    teacher's mesh and moved to the student's: for scoring sequences (calibration,
-    evaluation) with a teacher on its own devices. The train step never takes them: it
+    """Teacher logits `[B, L - response_start, V]` (the response window) of a whole batch
+    of rollout arrays, computed on the teacher's mesh and moved to the student's: for
+    scoring sequences (calibration, evaluation) with a teacher on its own devices. The train step never takes them: it
     scores microbatch by microbatch."""
     fn = programs.teacher_logits(self.teacher.config, self.teacher_mesh,
-                                 self.config.rollout.teacher_logits_dtype)
+                                 self.config.rollout.teacher_logits_dtype, None,
+                                 self.response_start)
     if self.teacher_mesh is not self.student_mesh:
       inputs, input_mask = self.put_batch((inputs, input_mask), self.teacher_mesh)
     out = fn(self.teacher.params, inputs, input_mask)
@@ -205,7 +217,7 @@ class Experiment:
     if teacher_params is None:
       batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
     fn = programs.scorer(self.student.config, self.teacher.config, hp or self.hp,
-                         self.config.rollout.teacher_logits_dtype)
+                         self.config.rollout.teacher_logits_dtype, self.response_start)
     scores = fn(params, teacher_params, batch)
     if jax.process_count() > 1:  # each process's rows where the batch has them
       scores = jax.device_put(scores, self.batch_sharding())
@@ -225,29 +237,18 @@ class Experiment:
                                self.config.data.max_prompt_len)
 
 
-def _load_split(config: ml_collections.ConfigDict, which: str, size: int | None = None) -> list:
+def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
   d = config.data
   spec = d.train if which == "train" else d.test
-  size = size or (d.train_size if which == "train" else d.test_size)
-  # Procedural tasks draw train and test from disjoint seed ranges; files have their splits.
+  size = d.train_size if which == "train" else d.test_size
+  # Procedural tasks keep train and test questions apart; files have their splits.
   examples = data.load_task(spec, split=which, size=size, seed=config.seed,
                             **d.task_kwargs.to_dict())
+  if which == "test":
+    examples = examples[:d.test_size]
   if not examples:
     raise ValueError(f"config.data.{which}: the {which} split of {spec!r} is empty.")
   return examples
-
-
-def held_out(config: ml_collections.ConfigDict, train: list) -> list:
-  """`data.test_size` test examples whose question is not among the training questions (a
-  small procedural task draws the same question from different seeds)."""
-  size = config.data.test_size
-  seen = {ex.question for ex in train}
-  test = [ex for ex in _load_split(config, "test", 2 * size) if ex.question not in seen]
-  if len(test) < size:
-    raise ValueError(f"config.data.test_size={size}: only {len(test)} test problems are not "
-                     f"also training problems of {config.data.train!r}; use a task with more "
-                     "distinct problems, or fewer test or train examples.")
-  return test[:size]
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -268,4 +269,4 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                      f"data*fsdp={shards} (each device holds whole rows).")
   return Experiment(config=config, student_mesh=student_mesh, teacher_mesh=teacher_mesh,
                     teacher=teacher, student=student, tokenizer=tokenizer,
-                    train_examples=train, test_examples=held_out(config, train), hp=hp)
+                    train_examples=train, test_examples=_load_split(config, "test"), hp=hp)

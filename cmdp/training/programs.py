@@ -118,7 +118,7 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
   finish = jax.jit(parts.finish, in_shardings=(st, st.params, st.opt_state, rep, rep),
                    out_shardings=(st, rep), donate_argnums=(0,))
   logits = teacher_logits(teacher_cfg, teacher_mesh, step_config.teacher_logits_dtype,
-                          micro_rows)
+                          micro_rows, step_config.response_start)
   on_teacher = NamedSharding(teacher_mesh, sharding.rows_spec(micro_rows, teacher_mesh))
 
   def teacher(teacher_params, inputs, input_mask):
@@ -130,10 +130,12 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
 
 
 @functools.lru_cache(maxsize=16)
-def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None = None):
-  """`(teacher_params, inputs, input_mask) -> logits [B, L, V]` on the teacher's mesh; rows
-  over the batch axes, or (`rows` given and not splitting over them) replicated."""
-  fn = lambda p, x, m: models.forward(cfg, p, x, m).astype(jnp.dtype(dtype))
+def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None = None,
+                   logits_from: int = 0):
+  """`(teacher_params, inputs, input_mask) -> logits [B, L - logits_from, V]` on the
+  teacher's mesh (only the response window is handed over); rows over the batch axes, or
+  (`rows` given and not splitting over them) replicated."""
+  fn = lambda p, x, m: models.forward(cfg, p, x, m, logits_from).astype(jnp.dtype(dtype))
   b = sharding.batch_spec() if rows is None else sharding.rows_spec(rows, mesh)
   return sharding.jit_sharded(
       fn, mesh, (sharding.param_specs(abstract_params(cfg), mesh, cfg), b, b), b)
@@ -141,15 +143,19 @@ def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None =
 
 @functools.lru_cache(maxsize=16)
 def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp: ObjectiveConfig,
-           teacher_dtype: str = "float32"):
+           teacher_dtype: str = "float32", response_start: int = 0):
   """`(student_params, teacher_params, batch) -> cmdp.objectives.sequence_scores` of the
-  deployed student (the constraint's cost, satisfaction, KL, length per sequence)."""
+  deployed student (the constraint's cost, satisfaction, KL, length per sequence), over
+  the `step.response_window` from `response_start` on (sampler rollouts:
+  max_prompt_len - 1)."""
   def fn(params, teacher_params, batch):
+    inputs, input_mask = batch["inputs"], batch["input_mask"]
+    batch = step_lib.response_window(batch, response_start)
     teacher = batch.get("teacher_logits")
     if teacher is None:
-      teacher = models.forward(teacher_cfg, teacher_params, batch["inputs"],
-                               batch["input_mask"]).astype(jnp.dtype(teacher_dtype))
-    logits = models.forward(student_cfg, params, batch["inputs"], batch["input_mask"])
+      teacher = models.forward(teacher_cfg, teacher_params, inputs, input_mask,
+                               response_start).astype(jnp.dtype(teacher_dtype))
+    logits = models.forward(student_cfg, params, inputs, input_mask, response_start)
     return objectives.sequence_scores(logits.astype(jnp.float32), teacher.astype(jnp.float32),
                                       batch, hp)
   return jax.jit(fn)

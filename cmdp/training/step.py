@@ -101,6 +101,23 @@ class StepConfig(flax.struct.PyTreeNode):
   ppo_epochs: int = flax.struct.field(pytree_node=False, default=1)
   ppo_minibatches: int = flax.struct.field(pytree_node=False, default=1)
   teacher_logits_dtype: str = flax.struct.field(pytree_node=False, default="float32")
+  # First column of the [B, L] fields that can hold a response token (`response_window`):
+  # 0, or max_prompt_len - 1 when every sequence comes from the sampler (left-padded
+  # prompts), so no logits are computed over the prompt.
+  response_start: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def response_window(batch: dict, start: int) -> dict:
+  """The batch's per-token fields from column `start` on (`[B, L, ...]` -> `[B, L - start,
+  ...]`); `inputs` and `input_mask` stay whole, since the forward pass runs over every
+  position. Exact when no response token lies before `start` (the objectives read only
+  masked positions, and their scans over tokens carry nothing through masked ones)."""
+  if not start:
+    return batch
+  length = batch["mask"].shape[1]
+  keep_whole = ("inputs", "input_mask")
+  return {k: (v[:, start:] if k not in keep_whole and jnp.ndim(v) >= 2 and v.shape[1] == length
+              else v) for k, v in batch.items()}
 
 
 class StepParts(NamedTuple):
@@ -145,16 +162,21 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   sc = step_config
   group = hp.group_size
   a, m = sc.grad_accum_steps, sc.ppo_minibatches
+  start = sc.response_start
   loss_fn = make_loss_fn(objective, hp, student_config, teacher_config,
-                         sc.teacher_logits_dtype)
+                         sc.teacher_logits_dtype, start)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def trainer_logprobs(params, rows):
-    """log pi_trainer(targets) of the current params (no gradient), `[B, L]`."""
+    """log pi_trainer(targets) of the current params (no gradient), `[B, L]` (zeros
+    before `response_start`)."""
     def one(micro):
-      logits = models.forward(student_config, params, micro["inputs"], micro["input_mask"])
+      logits = models.forward(student_config, params, micro["inputs"], micro["input_mask"],
+                              start)
       policy = logits.astype(jnp.float32) / hp.temperature
-      return divergences.token_logprobs(policy, micro["targets"], chunk_size=hp.chunk_size)
+      lp = divergences.token_logprobs(policy, micro["targets"][:, start:],
+                                      chunk_size=hp.chunk_size)
+      return jnp.pad(lp, ((0, 0), (start, 0)))
     n = a * m
     if n == 1:
       return one(rows)
@@ -422,18 +444,21 @@ def make_host_train_step(programs_for: Callable[[int], HostPrograms],
 def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
                  student_config: models.ModelConfig,
                  teacher_config: models.ModelConfig | None,
-                 teacher_logits_dtype: str = "float32"):
+                 teacher_logits_dtype: str = "float32", response_start: int = 0):
   """`loss_fn(params, teacher_params, microbatch, objective_state) -> (loss, metrics)`:
   the teacher's logits (from `teacher_params` under stop_gradient, or the microbatch's own
-  `teacher_logits`), the student's raw logits, and the registered objective on both."""
+  `teacher_logits`), the student's raw logits, and the registered objective on both, all
+  over the `response_window` from `response_start` on."""
   def loss_fn(params, teacher_params, batch, objective_state):
+    inputs, input_mask = batch["inputs"], batch["input_mask"]
+    batch = response_window(batch, response_start)
     teacher = batch.get("teacher_logits")
     if teacher_config is not None:
-      teacher = models.forward(teacher_config, teacher_params, batch["inputs"],
-                               batch["input_mask"]).astype(jnp.dtype(teacher_logits_dtype))
+      teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
+                               response_start).astype(jnp.dtype(teacher_logits_dtype))
     if teacher is not None:
       teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
-    logits = models.forward(student_config, params, batch["inputs"], batch["input_mask"])
+    logits = models.forward(student_config, params, inputs, input_mask, response_start)
     return objective.loss_fn(logits.astype(jnp.float32), teacher, batch, hp, objective_state)
   return loss_fn
 

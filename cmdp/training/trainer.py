@@ -147,6 +147,11 @@ def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> N
   if prompts % n:
     raise ValueError(f"config.batch_size: {prompts} prompts per step do not split over {n} "
                      "processes; use a multiple of the process count.")
+  if config.mesh.teacher_disjoint:  # some processes would hold none of the teacher's rows
+    raise ValueError(f"config.mesh.teacher_disjoint: a teacher on devices of its own is not "
+                     f"supported across {n} processes; share the student's mesh "
+                     "(teacher_disjoint=False), or give it its own tensor size on the same "
+                     "devices (mesh.teacher_tensor).")
   evaluates = default_eval and (config.eval_every or config.eval_at_end)
   if evaluates or config.eval.include_teacher or config.eval.include_initial_student:
     if config.eval.batch_size % n:
@@ -174,6 +179,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   healed_here = bool(config.heal.steps)  # the heal stage loads the models first
   if healed_here:
     config = heal(config, workdir)
+    if config is None:  # SIGTERM during the heal: it saved its state; resume later
+      return {}
   t0 = time.perf_counter()
   exp = experiment_lib.build(config)
   hp = exp.hp
@@ -278,9 +285,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   return last
 
 
-def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict | None:
   """Runs (or reuses) the heal of `config.heal` in `heal.dir` (default `<workdir>/heal`)
-  and returns `config` with the student starting from it (`student.init_workdir`).
+  and returns `config` with the student starting from it (`student.init_workdir`); None
+  when a SIGTERM stopped the heal (its state is saved: the same command resumes it).
 
   A heal dir holding another heal's run is an error naming `heal.dir`, never overwritten.
   """
@@ -304,6 +312,11 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
     except ValueError as e:  # the heal's own config: batch_size is heal.batch_size
       raise ValueError(f"The heal run (config.heal; its batch_size is heal.batch_size): "
                        f"{e}") from e
+    done = ckpt_lib.Checkpointer(heal_dir)
+    finished = done.latest_step() == hcfg.num_steps
+    done.close()
+    if not finished:
+      return None
     log_lib.stage("heal", f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples "
                   f"(gkd, forward KL) in {time.perf_counter() - t0:.0f} s: {heal_dir}")
   out = ml_collections.ConfigDict(config.to_dict())

@@ -1,8 +1,10 @@
 """reasoning-gym examples: content, solutions, and disjoint train / test seeds."""
+import numpy as np
 import pytest
 import reasoning_gym
 
 from cmdp.data import TEST_SEED_OFFSET, load_reasoning_gym, load_task, split_seed
+from cmdp.data.reasoning_gym_tasks import TEST_SHARE, question_split
 
 ARITH = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+", "-"))
 
@@ -35,11 +37,29 @@ def test_train_and_test_use_disjoint_seed_ranges():
   # Item i of seed s comes from Random(s + i): these seed ranges do not overlap, and with
   # 4-digit operands (about 1e11 problems) no question repeats.
   assert {ex.question for ex in train}.isdisjoint({ex.question for ex in test})
-  assert train[0].uid == "reasoning_gym/chain_sum/3/0"
-  assert test[0].uid == f"reasoning_gym/chain_sum/{3 + TEST_SEED_OFFSET}/0"
-  # The default split is train and a seed-offset dataset is a shifted window of the same one.
-  shifted = load_reasoning_gym("chain_sum", 5, 4, **{k: spec[k] for k in list(spec)[3:]})
-  assert [ex.question for ex in shifted] == [ex.question for ex in train[1:6]]
+  # Each split keeps, in seed order, the draws of its seed range whose question is its own.
+  kwargs = {k: spec[k] for k in list(spec)[3:]}
+  for split, got, first in (("train", train, 3), ("test", test, 3 + TEST_SEED_OFFSET)):
+    draws = load_reasoning_gym("chain_sum", 2_000, first, **kwargs)
+    assert [ex.question for ex in got] == [ex.question for ex in draws
+                                           if question_split(ex.question) == split][:200]
+
+
+def test_a_small_task_splits_by_question():
+  """Two-term sums of one or two digits (about 12,000 questions, the one-digit ones drawn
+  far more often): no test question is a training one, and a fifth of all questions are
+  test questions."""
+  spec = {"task": "reasoning_gym:basic_arithmetic", "min_terms": 2, "max_terms": 2,
+          "min_digits": 1, "max_digits": 2, "operators": ("+",), "allow_parentheses": False,
+          "allow_negation": False}
+  train = load_task(spec, split="train", size=2_000)
+  test = load_task(spec, split="test", size=200)
+  assert len(train) == 2_000 and len(test) == 200
+  assert {ex.question for ex in train}.isdisjoint({ex.question for ex in test})
+  questions = [f"Calculate {a} + {b}." for a in range(100) for b in range(100)]
+  share = np.mean([question_split(q) == "test" for q in questions])
+  assert abs(share - TEST_SHARE) < 0.02
+
 
 
 def test_bad_task_arguments_are_clear_errors():

@@ -2,6 +2,7 @@
 its own that the main run starts from and the next run reuses."""
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -82,3 +83,24 @@ def test_heal_runs_once_and_the_run_starts_from_it(tmp_path):
 def test_heal_and_init_workdir_are_exclusive():
   with pytest.raises(ValueError, match=r"config\.heal\.steps: the student already starts"):
     config_lib.validate(tiny_config(**{"heal.steps": 2, "student.init_workdir": "/tmp/x"}))
+
+
+def test_sigterm_during_the_heal_stops_the_run_and_resumes_there(tmp_path, monkeypatch):
+  overrides = {"heal.steps": 2, "heal.batch_size": 8, "num_steps": 1}
+  workdir = str(tmp_path / "run")
+  real, calls = trainer.make_batch, []
+
+  def preempted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:  # during the heal's first step
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(trainer, "make_batch", preempted)
+  assert trainer.train(tiny_config(**overrides), workdir, evaluate_fn=_no_eval) == {}
+  heal_dir = os.path.join(workdir, "heal")
+  assert ckpt_lib.Checkpointer(heal_dir).latest_step() == 1
+  assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # the run never began
+  monkeypatch.setattr(trainer, "make_batch", real)
+  trainer.train(tiny_config(**overrides), workdir, evaluate_fn=_no_eval)
+  assert [r["step"] for r in read_metrics(heal_dir)] == [1, 2]
+  assert [r["step"] for r in read_metrics(workdir)] == [1]

@@ -128,6 +128,8 @@ def test_batches_must_split_over_the_processes(monkeypatch):
                              default_eval=True)
   with pytest.raises(ValueError, match=r"config.batch_size: 3 prompts per step"):
     trainer._check_processes(tiny_config(batch_size=6), default_eval=False)
+  with pytest.raises(ValueError, match=r"config.mesh.teacher_disjoint: a teacher on devices"):
+    trainer._check_processes(tiny_config(**{"mesh.teacher_disjoint": True}), default_eval=False)
 
 
 def test_prompt_shards_concatenate_to_the_one_process_batch():

@@ -188,3 +188,48 @@ def test_a_teacher_on_its_own_devices_gives_the_inside_step(disjoint, monkeypatc
   assert int(got_state.step) == int(want_state.step) == 1
   for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective, overrides", [
+    ("cmdp", {"loss.tis_cap": 2.0, "ppo_epochs": 2, "ppo_minibatches": 2}),
+    ("gkd", {}),
+    ("dual_lagrangian", {"grad_accum_steps": 2})])
+def test_logits_over_the_response_window_give_the_whole_step(objective, overrides):
+  """Rollouts put every response after the max_prompt_len prompt slots, so the step
+  computes logits only from there (`StepConfig.response_start`): its loss, metrics and
+  parameters equal the step over every position, and so do the scorer's figures."""
+  exp = experiment.build(tiny_config(objective=objective, **overrides))
+  state, shardings = trainer.create_state(exp, exp.student.params)
+  batch, _ = trainer.make_batch(exp, state.params, exp.train_examples[:4],
+                                jax.random.PRNGKey(3), True)
+  start = exp.step_config.response_start
+  assert start == exp.config.data.max_prompt_len - 1 > 0
+  assert float(np.asarray(batch["mask"])[:, :start].sum()) == 0.0
+  whole = dataclasses.replace(exp.step_config, response_start=0)
+  results = []
+  for sc in (exp.step_config, whole):
+    fn = programs.train_step(exp.objective, exp.hp, exp.student.config, exp.optimizer, sc,
+                             exp.student_mesh, shardings, exp.teacher.config)
+    results.append(fn(jax.tree.map(jnp.copy, state), exp.step_teacher_params, batch))
+  (got_state, got), (want_state, want) = results
+  assert float(want["kl_seq"]) > 0
+  for key, value in want.items():
+    assert float(got[key]) == pytest.approx(float(value), rel=2e-5, abs=1e-6), key
+  for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
+    # Adam divides by the gradients' scale: float noise moves parameters ~1e-6
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+  window = programs.scorer(exp.student.config, exp.teacher.config, exp.hp, "float32", start)
+  every = programs.scorer(exp.student.config, exp.teacher.config, exp.hp, "float32", 0)
+  for key, value in every(state.params, exp.teacher.params, batch).items():
+    np.testing.assert_allclose(np.asarray(window(state.params, exp.teacher.params, batch)[key]),
+                               np.asarray(value), rtol=2e-5, atol=1e-5, err_msg=key)
+
+
+def test_forward_from_a_position_is_the_tail_of_the_whole_forward():
+  params = models.init_params(CFG, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, V)
+  mask = jnp.arange(12)[None] >= jnp.asarray([[0], [2], [5]])  # left padded
+  whole = models.forward(CFG, params, tokens, mask)
+  tail = models.forward(CFG, params, tokens, mask, logits_from=7)
+  assert tail.shape == (3, 5, V)
+  np.testing.assert_allclose(np.asarray(tail), np.asarray(whole[:, 7:]), rtol=1e-5, atol=1e-5)
