@@ -19,12 +19,12 @@ has 8.03B parameters, the student 1.24B (tied embeddings).
 Sized for `SLICE` (v5p-64: 32 chips of 95 GiB): mesh data=8 x tensor=4, 256 sequences per
 step (32 prompts x 8 samples), prompts 512 + 512 new tokens, 4 microbatches. The planner
 (`python -m cmdp.plan --config configs/llama_math.py --topology v5p-64`, no weights needed:
-the hub ids fall back to the architecture presets; 20 minutes of compiling on 2 busy CPU
+the hub ids fall back to the architecture presets; 213 s of compiling on 2 idle CPU
 cores) gives per device: student params 1.15 GiB, optimiser 2.30 GiB, teacher params 7.48
-GiB, KV cache 0.25 GiB; peak 21.0 GiB in the train step, which runs the teacher on each
+GiB, KV cache 0.25 GiB; peak 20.9 GiB in the train step, which runs the teacher on each
 64-sequence microbatch (rollout 13.1 GiB): fits. XLA's estimate (its `optimal_seconds`, an
-ideal lower bound) is 2.8 s per step: rollout 0.93 s, update 1.8 s of which the teacher's
-forward 1.0 s; 2.2e14 FLOPs per device per step; 200 steps.
+ideal lower bound) is 2.7 s per step: rollout 0.93 s, update 1.8 s of which the teacher's
+forward 1.0 s; 2.1e14 FLOPs per device per step; 200 steps.
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
 from cmdp.training.config import base_config, parse_arg, set_objective, shrink_for_cpu

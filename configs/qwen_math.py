@@ -25,15 +25,15 @@ parameters and optimiser state float32; teacher and student share one mesh.
 Sized for `SLICE` (v5p-128: 64 chips of 95 GiB): mesh data=16 x tensor=4, 512 sequences
 per step (64 prompts x 8 samples), prompts 512 + 512 new tokens, 8 microbatches. The planner
 (`python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128`, no weights needed:
-the hub ids fall back to the architecture presets; 13 minutes of compiling on 2 busy CPU
+the hub ids fall back to the architecture presets; 35 minutes of compiling on 2 busy CPU
 cores) gives per device: student params 1.50 GiB, optimiser 3.00 GiB, teacher params 7.09
-GiB, KV cache 0.87 GiB; peak 21.1 GiB in the train step, which runs the teacher on each
+GiB, KV cache 0.87 GiB; peak 21.3 GiB in the train step, which runs the teacher on each
 64-sequence microbatch (rollout 13.2 GiB): fits. XLA's estimate (its `optimal_seconds`, an
-ideal lower bound) is 7.4 s per step: rollout 3.3 s, update 4.1 s of which the teacher's
-forward 1.4 s; 2.5e14 FLOPs per device per step; 200 steps. A v5e-32 (16 GiB chips, with
-`--config.mesh.data=-1`: data=8 x tensor=4) does not fit: peak 22.1 GiB in the train step,
+ideal lower bound) is 7.3 s per step: rollout 3.3 s, update 4.1 s of which the teacher's
+forward 1.4 s; 2.4e14 FLOPs per device per step; 200 steps. A v5e-32 (16 GiB chips, with
+`--config.mesh.data=-1`: data=8 x tensor=4) does not fit: peak 21.9 GiB in the train step,
 and neither more microbatches (16 to 64: 21.0 to 20.0 GiB) nor an fsdp=32 mesh (18.9 GiB,
-rollout) brings it under 16 GiB.
+rollout) brought it under 16 GiB (those two searched with the previous release's step).
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
 from cmdp.training.config import base_config, parse_arg, set_objective, shrink_for_cpu

@@ -192,9 +192,11 @@ def test_tpu_topology_bytes_and_compile():
                                          "teacher_params": _hand_param_bytes(L, 8)}
   program = phases._scoring_program(exp)  # pylint: disable=protected-access
   rows, t_len = exp.config.batch_size // 8, abstract.sequence_length(exp)
-  # bfloat16 teacher logits (the config's teacher_logits_dtype), rows split over 8; the TPU
-  # layout pads the second-minor dimension (positions) to a multiple of 8.
-  padded = -(-t_len // 8) * 8
+  # bfloat16 teacher logits (the config's teacher_logits_dtype) over the response window,
+  # rows split over 8; the TPU layout pads the second-minor dimension (positions) to a
+  # multiple of 8.
+  window = t_len - exp.step_config.response_start
+  padded = -(-window // 8) * 8
   assert program.output == rows * padded * V * 2
   assert program.cost.seconds is not None and program.cost.seconds > 0
 
