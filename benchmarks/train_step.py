@@ -118,7 +118,7 @@ def main():
   gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
   scfg, tcfg = exp.student.config, exp.teacher.config
   rows, L = batch["inputs"].shape
-  head = L - getattr(exp.step_config, "response_start", 0)  # positions that get logits
+  head = L - exp.step_config.response_start  # positions that get logits
   # The student's training pass and the teacher's forward, per epoch.
   update_flops = (model_flops(scfg, rows, L, head, 6) + model_flops(tcfg, rows, L, head, 2)) \
       * config.ppo_epochs

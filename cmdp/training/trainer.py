@@ -300,10 +300,7 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
       if json.load(f) != json.loads(hcfg.to_json_best_effort()):
         raise ValueError(f"config.heal.dir={heal_dir!r} holds a heal of another config "
                          "(its config.json differs); point heal.dir at a new directory.")
-  done = ckpt_lib.Checkpointer(heal_dir)
-  finished = done.latest_step() == hcfg.num_steps
-  done.close()
-  if finished:
+  if _finished(heal_dir, hcfg.num_steps):
     log_lib.stage("heal", f"reusing the {hcfg.num_steps}-step heal in {heal_dir}")
   else:
     t0 = time.perf_counter()
@@ -312,10 +309,7 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
     except ValueError as e:  # the heal's own config: batch_size is heal.batch_size
       raise ValueError(f"The heal run (config.heal; its batch_size is heal.batch_size): "
                        f"{e}") from e
-    done = ckpt_lib.Checkpointer(heal_dir)
-    finished = done.latest_step() == hcfg.num_steps
-    done.close()
-    if not finished:
+    if not _finished(heal_dir, hcfg.num_steps):
       return None
     log_lib.stage("heal", f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples "
                   f"(gkd, forward KL) in {time.perf_counter() - t0:.0f} s: {heal_dir}")
@@ -323,6 +317,14 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
   out.heal.steps = 0
   out.student.init_workdir = heal_dir
   return out
+
+
+def _finished(workdir: str, steps: int) -> bool:
+  """Whether the run in `workdir` holds its checkpoint of step `steps`."""
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  done = checkpointer.latest_step() == steps
+  checkpointer.close()
+  return done
 
 
 def _describe(exp) -> str:
