@@ -15,6 +15,7 @@ this machine's own float32 matmul peak, measured in the same run with a large ma
 """
 import argparse
 import importlib.util
+import resource
 import time
 
 import jax
@@ -25,9 +26,11 @@ from cmdp.training import batch as batch_lib
 from cmdp.training import experiment, trainer
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted float32 [n, n] @ [n, n] matmul (best of `repeats`)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 0, dtype: str = "float32", repeats: int = 10) -> float:
+  """FLOP/s of a jitted `dtype` [n, n] @ [n, n] matmul (best of `repeats`); n=0: 2048 on a
+  CPU, 8192 on an accelerator (large enough to reach its peak)."""
+  n = n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
   best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
@@ -122,7 +125,7 @@ def main():
   # The student's training pass and the teacher's forward, per epoch.
   update_flops = (model_flops(scfg, rows, L, head, 6) + model_flops(tcfg, rows, L, head, 2)) \
       * config.ppo_epochs
-  peak = matmul_peak()
+  peak = matmul_peak(dtype=scfg.dtype)
   print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens "
         f"(logits over the last {head}), "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
@@ -138,7 +141,20 @@ def main():
   print(f"| whole step | {whole:.3f} | {gen / whole:.0f} generated |")
   mfu = update_flops / med["update"] / peak
   print(f"\nupdate: {update_flops / med['update'] / 1e9:.1f} GFLOP/s of model FLOPs; "
-        f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {100 * mfu:.1f}%")
+        f"measured {scfg.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {100 * mfu:.1f}%")
+  if "mismatch_k3" in metrics:
+    print(f"sampler-trainer mismatch (last step): mean |log-prob diff| "
+          f"{float(metrics['mismatch_abs_logprob']):.2e}, k3 KL {float(metrics['mismatch_k3']):.2e}")
+  print(f"peak memory: {peak_memory()}")
+
+
+def peak_memory() -> str:
+  """The accelerator's peak bytes in use where it reports them, and the process's RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+  device = (f"device {stats['peak_bytes_in_use'] / 2 ** 30:.2f} GiB, "
+            if "peak_bytes_in_use" in stats else "")
+  return f"{device}host RSS {rss:.2f} GiB"
 
 
 if __name__ == "__main__":

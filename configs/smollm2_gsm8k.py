@@ -16,6 +16,9 @@ Arguments (`configs/smollm2_gsm8k.py:objective=grpo,task=gsm8k,...`):
               dropped; default), "half" (every other layer, 15), "drop2" (28: 26 and 27
               dropped, coherent without a heal).
   heal        heal steps (-1: 24 for two_thirds, 60 for half, 0 for drop2).
+  tokenizer_dir  with it, the teacher is the SmolLM2-135M architecture with RANDOM weights
+              (`preset:smollm2-135m`) and this directory's tokenizer files: timings on a
+              machine without the GGUF (nothing it learns means anything).
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
@@ -55,10 +58,13 @@ KEEP = {"two_thirds": tuple(i for i in range(30) if not 12 <= i <= 21),
 
 def get_config(arg=None):
   arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir="../shared/data/gsm8k",
-                  keep="two_thirds", heal=-1, steps=30, small=False)
+                  keep="two_thirds", heal=-1, steps=30, small=False, tokenizer_dir="")
   c = base_config()
   set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
-  c.teacher.path = smollm2_gguf_path()
+  if arg.tokenizer_dir:  # the architecture without its weights: for timings only
+    c.teacher.path, c.tokenizer = "preset:smollm2-135m", arg.tokenizer_dir
+  else:
+    c.teacher.path = smollm2_gguf_path()
   c.student.cut_layers = KEEP[arg.keep]
   # A cut student is healed first (cached in <workdir>/heal): distillation on teacher samples.
   c.heal.steps = {"two_thirds": 24, "half": 60, "drop2": 0}[arg.keep] if arg.heal < 0 else arg.heal

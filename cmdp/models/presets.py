@@ -44,6 +44,13 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=32, num_kv_heads=8, head_dim=64, rope_theta=500_000.0,
         rope_scaling=_LLAMA3_2_ROPE, rms_norm_eps=1e-5, tie_word_embeddings=True,
         max_position_embeddings=131_072, architecture="LlamaForCausalLM"),
+    # HuggingFaceTB/SmolLM2-135M(-Instruct): 135M parameters (tied embeddings), the main
+    # job's teacher, here without its weights (e.g. timings where its GGUF is not at hand).
+    "smollm2-135m": ModelConfig(
+        vocab_size=49_152, hidden_size=576, intermediate_size=1_536, num_layers=30,
+        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100_000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, max_position_embeddings=8_192,
+        architecture="LlamaForCausalLM"),
 }
 
 # Hugging Face hub ids whose architecture is a preset.
@@ -56,6 +63,8 @@ HUB_IDS: dict[str, str] = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
     "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
     "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
+    "HuggingFaceTB/SmolLM2-135M": "smollm2-135m",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m",
 }
 
 

@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # compute dtype
       remat=False,  # rematerialise blocks in the backward pass
   ))
-  c.tokenizer = ""  # "" = the teacher's; "char" = the built-in character tokenizer
+  c.tokenizer = ""  # "" = the teacher's; "char" = built-in characters; or a tokenizer dir
   # Healing a student cut from the teacher (cut students are broken at first): before
   # anything else, distil it on the teacher's samples, as a run of its own in `heal.dir`
   # (`heal_config`: gkd with gkd_beta=0, the forward KL(teacher || student) at every

@@ -9,6 +9,7 @@ has no tokenizer, so such a run sets `config.tokenizer='char'`.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ import ml_collections
 from cmdp import models
 from cmdp.models import presets
 from cmdp.models.char_tokenizer import char_tokenizer
+from cmdp.models.tokenizer import tokenizer_from_directory
 
 
 class LoadedModel(NamedTuple):
@@ -53,7 +55,7 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
   Raises ValueError when the two models do not share a vocabulary.
   """
   t_rng, s_rng = jax.random.split(rng)
-  tokenizer = char_tokenizer() if config.tokenizer == "char" else None
+  tokenizer = _config_tokenizer(config.tokenizer)
   if config.teacher.path:
     teacher, t_tok = _load(config.teacher.path, "teacher", tokenizer, t_rng)
     teacher = LoadedModel(teacher.config.replace(dtype=config.teacher.dtype), teacher.params)
@@ -61,7 +63,7 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
   else:
     if tokenizer is None:
       raise ValueError("config.tokenizer: a randomly initialised teacher (teacher.path='') "
-                       "needs a tokenizer; set config.tokenizer='char'.")
+                       "needs a tokenizer; set config.tokenizer='char' or a tokenizer directory.")
     teacher = _random_model(config.teacher.random_init, len(tokenizer), config.teacher.dtype,
                             t_rng)
 
@@ -76,6 +78,21 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
   student = LoadedModel(student.config.replace(dtype=s.dtype, remat=s.remat), student.params)
 
   return (*share_vocabulary(teacher, student, len(tokenizer) if tokenizer else 0), tokenizer)
+
+
+def _config_tokenizer(name: str):
+  """`config.tokenizer`: "" (the teacher checkpoint's, None here), "char", or a local
+  directory of Hugging Face tokenizer files (e.g. for a preset teacher)."""
+  if not name:
+    return None
+  if name == "char":
+    return char_tokenizer()
+  tokenizer = tokenizer_from_directory(name) if os.path.isdir(name) else None
+  if tokenizer is None:
+    raise ValueError(f"config.tokenizer={name!r}: not 'char' and not a directory holding "
+                     "tokenizer files (tokenizer.json, tokenizer_config.json, ...); use '' "
+                     "for the teacher checkpoint's own tokenizer.")
+  return tokenizer
 
 
 def _load(path: str, field: str, tokenizer, rng: jax.Array):

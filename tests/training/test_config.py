@@ -68,6 +68,19 @@ def test_teacher_and_student_with_different_vocabularies(tmp_path):
     model_lib.load_teacher_and_student(config, jax.random.PRNGKey(0))
 
 
+def test_tokenizer_from_a_directory(tmp_path):
+  """config.tokenizer may name a directory of tokenizer files (e.g. for a preset teacher):
+  the run gets that tokenizer; a path without them is refused, naming the field."""
+  char_tokenizer().save_pretrained(tmp_path / "tok")
+  config = tiny_config(tokenizer=str(tmp_path / "tok"))
+  _, student, tok = model_lib.load_teacher_and_student(config, jax.random.PRNGKey(0))
+  assert tok("12+3")["input_ids"] == char_tokenizer()("12+3")["input_ids"]
+  assert student.config.vocab_size == len(char_tokenizer())
+  for bad in (str(tmp_path), str(tmp_path / "missing")):
+    with pytest.raises(ValueError, match=r"config\.tokenizer=.*tokenizer files"):
+      model_lib.load_teacher_and_student(tiny_config(tokenizer=bad), jax.random.PRNGKey(0))
+
+
 def test_padded_vocabularies_share_their_rows():
   t = model_lib.LoadedModel(models.ModelConfig(
       vocab_size=120, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
