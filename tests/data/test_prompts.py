@@ -55,6 +55,17 @@ def test_build_prompt_needs_a_template(tok):
     build_prompt(bare, "hi")
 
 
+def test_plain_prompts_are_one_line_each_and_need_no_template(tok):
+  bare = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer,
+                                              eos_token="<|im_end|>")
+  prompt = build_prompt(bare, "Calculate 5 + 6.", system_prompt="Give the result.",
+                        few_shot=[("Calculate 3 + 4.", "3 + 4 = 7")], prompt_format="plain")
+  assert prompt == "Give the result.\nCalculate 3 + 4.\n3 + 4 = 7\nCalculate 5 + 6.\n"
+  assert build_prompt(bare, "Q", system_prompt=None, prompt_format="plain") == "Q\n"
+  with pytest.raises(ValueError, match=r"prompt_format='html'.*\('chat', 'plain'\)"):
+    build_prompt(tok, "Q", prompt_format="html")
+
+
 def test_encode_prompts_left_pads(tok):
   prompts = [build_prompt(tok, "What is 2 + 3?"), build_prompt(tok, "Hi", system_prompt=None)]
   ids = [_core_ids(tok, p) for p in prompts]

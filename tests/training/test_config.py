@@ -68,6 +68,20 @@ def test_teacher_and_student_with_different_vocabularies(tmp_path):
     model_lib.load_teacher_and_student(config, jax.random.PRNGKey(0))
 
 
+def test_stop_tokens_end_responses_and_must_be_one_token():
+  """rollout.stop_tokens join EOS among the sampler's stops (and so the evaluation's);
+  a text of several tokens, or an empty one, is refused naming the field."""
+  exp = experiment.build(tiny_config(**{"rollout.stop_tokens": ("\n",)}))
+  newline = char_tokenizer()("\n", add_special_tokens=False)["input_ids"]
+  assert set(exp.eos_ids) == {exp.tokenizer.eos_token_id, *newline}
+  with pytest.raises(ValueError, match=r"config\.rollout\.stop_tokens: '\\n\\n' is 2 tokens"):
+    experiment.build(tiny_config(**{"rollout.stop_tokens": ("\n\n",)})).eos_ids
+  with pytest.raises(ValueError, match=r"config\.rollout\.stop_tokens"):
+    config_lib.validate(tiny_config(**{"rollout.stop_tokens": ("\n", "")}))
+  with pytest.raises(ValueError, match=r"config\.data\.prompt_format: 'html'"):
+    config_lib.validate(tiny_config(**{"data.prompt_format": "html"}))
+
+
 def test_tokenizer_from_a_directory(tmp_path):
   """config.tokenizer may name a directory of tokenizer files (e.g. for a preset teacher):
   the run gets that tokenizer; a path without them is refused, naming the field."""
