@@ -10,7 +10,6 @@ slice needs none). Each process then reads its own rows of every batch (of train
 calibration and evaluation; their host figures are gathered); process 0 writes the logs and
 evaluation results; checkpoints are written by all processes together (orbax).
 """
-import logging as py_logging
 import os
 
 from absl import app, flags
@@ -23,15 +22,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (orbax, absl, "
                              "jax); off by default, so the console shows the run itself.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def set_log_levels(verbose: bool) -> None:
-  """INFO from our own code and, with `verbose`, from every library; else only warnings
-  from the libraries (orbax, absl, jax)."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  py_logging.getLogger().setLevel(py_logging.INFO if verbose else py_logging.WARNING)
-  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
-  py_logging.getLogger("cmdp").setLevel(py_logging.INFO)
 
 
 def distributed_settings(environ) -> dict:
@@ -52,7 +42,8 @@ def distributed_settings(environ) -> dict:
 
 def main(argv):
   del argv
-  set_log_levels(_VERBOSE.value)
+  from cmdp.training import logging as log_lib  # pylint: disable=g-import-not-at-top
+  log_lib.set_log_levels(_VERBOSE.value)
   if os.environ.get("CMDP_MULTIHOST") == "1":  # one process per host (TPU pod, SLURM)
     jax.distributed.initialize(**distributed_settings(os.environ))
   from cmdp.training import trainer  # pylint: disable=g-import-not-at-top

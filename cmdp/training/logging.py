@@ -6,6 +6,7 @@ writers that do nothing.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import math
 import os
 import time
@@ -14,6 +15,16 @@ from typing import Mapping
 import jax
 import numpy as np
 import tqdm
+
+
+
+def set_log_levels(verbose: bool) -> None:
+  """INFO from our own code and, with `verbose`, from every library; else only warnings
+  from the libraries (orbax, absl, jax): the command-line tools' quiet console."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  py_logging.getLogger().setLevel(py_logging.INFO if verbose else py_logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  py_logging.getLogger("cmdp").setLevel(py_logging.INFO)
 
 
 def _to_float(v) -> float:

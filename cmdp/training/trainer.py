@@ -198,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
     log.info("Resumed from step %d of %s.", int(state.step), workdir)
   else:
     if config.student.init_workdir:
-      state = state.replace(params=_params_from_run(exp, config.student.init_workdir, state))
+      state = state.replace(params=initial_params(exp, state))
     if config.calibrate_budget_quantile > 0:
       t0 = time.perf_counter()
       budget = calibrate_budget(exp, state.params, jax.random.PRNGKey(config.seed + 1))
@@ -313,10 +313,30 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
       return None
     log_lib.stage("heal", f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples "
                   f"(gkd, forward KL) in {time.perf_counter() - t0:.0f} s: {heal_dir}")
+  return healed(config, workdir)
+
+
+def healed(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`config` with the student starting from its finished heal (`student.init_workdir`),
+  as training started; `config` itself when it has no heal. Raises FileNotFoundError when
+  the heal of `workdir` (or `heal.dir`) has not finished."""
+  if not config.heal.steps:
+    return config
+  heal_dir = config.heal.dir or os.path.join(workdir, "heal")
+  if not _finished(heal_dir, config.heal.steps):
+    raise FileNotFoundError(f"config.heal: no finished {config.heal.steps}-step heal in "
+                            f"{heal_dir!r}; run `python -m cmdp.train` with this config "
+                            "first (it heals the student), or set heal.dir.")
   out = ml_collections.ConfigDict(config.to_dict())
   out.heal.steps = 0
   out.student.init_workdir = heal_dir
   return out
+
+
+def initial_params(exp, state):
+  """The student's params at step 0: its heal's (`student.init_workdir`) or its loaded ones."""
+  init = exp.config.student.init_workdir
+  return _params_from_run(exp, init, state) if init else exp.student.params
 
 
 def _finished(workdir: str, steps: int) -> bool:

@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from cmdp import evaluate
 from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import config as config_lib
+from cmdp.training import eval_loop
 from cmdp.training import experiment
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
@@ -78,6 +80,24 @@ def test_heal_runs_once_and_the_run_starts_from_it(tmp_path):
   other = tiny_config(**overrides, **{"heal.dir": heal_dir, "heal.learning_rate": 5e-4})
   with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
     trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
+
+
+def test_the_evaluate_command_starts_from_the_heal(tmp_path):
+  """`cmdp.evaluate` of a healed run: its initial student is the healed one (here, with no
+  training step, the same as the checkpoint's student), and a run without its heal is an
+  error naming the field."""
+  config = tiny_config(**{"heal.steps": 2, "heal.batch_size": 8, "num_steps": 0,
+                          "eval.include_initial_student": True})
+  workdir = str(tmp_path / "run")
+  trainer.train(config, workdir, evaluate_fn=_no_eval)
+  results = evaluate.run(config, workdir)
+  assert results["initial_student"] == results["student"]
+  exp = experiment.build(tiny_config())
+  untrained = eval_loop.evaluate(exp, exp.student.params, "student", exp.hp)
+  assert untrained["kl_seq_greedy_mean"] != results["initial_student"]["kl_seq_greedy_mean"]
+  os.rename(os.path.join(workdir, "heal"), os.path.join(workdir, "gone"))
+  with pytest.raises(FileNotFoundError, match=r"config\.heal: no finished 2-step heal"):
+    evaluate.run(config, workdir)
 
 
 def test_heal_and_init_workdir_are_exclusive():
