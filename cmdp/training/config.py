@@ -131,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_at_end = True  # evaluate the final student
   c.checkpoint_every = 50  # steps between checkpoints (0 = only final)
   c.keep_checkpoints = 3  # how many recent checkpoints to keep
+  c.checkpoint_async = True  # save in the background (False: lower host memory peak)
   c.progress_bar = True  # tqdm bar with steps/s and tokens/s
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -16,7 +16,9 @@ One iteration:
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import json
 import logging
 import os
@@ -181,12 +183,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
     config = heal(config, workdir)
     if config is None:  # SIGTERM during the heal: it saved its state; resume later
       return {}
+    release_host_memory()  # the heal's models and optimiser state
   t0 = time.perf_counter()
   exp = experiment_lib.build(config)
   hp = exp.hp
   if not healed_here:
     log_lib.stage("load", f"{_describe(exp)} ({time.perf_counter() - t0:.0f} s)")
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints,
+                                       config.checkpoint_async)
   state, shardings = create_state(exp, exp.student.params)
   it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
                            seed=config.seed, shard=process_shard())
@@ -212,6 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
     t0 = time.perf_counter()
     baselines = eval_loop.evaluate_baselines(exp, state.params, hp)
     evaluation.write_results(workdir, 0, baselines)
+    release_host_memory()  # the evaluation's decodes and scores
     log_lib.stage("evaluate", f"{' and '.join(m.replace('_', ' ') for m in baselines)} on "
                   f"{len(exp.test_examples)} problems "
                   f"({time.perf_counter() - t0:.0f} s): " + "; ".join(
@@ -269,6 +274,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
           return last
         if config.checkpoint_every and done % config.checkpoint_every == 0:
           checkpointer.save(done, state, _meta(exp, it, hp))
+          if not config.checkpoint_async:  # the save's host copy is gone: return its pages
+            release_host_memory()
     checkpointer.save(int(state.step), state, _meta(exp, it, hp), wait=True)
     if config.eval_at_end:
       t0 = time.perf_counter()
@@ -337,6 +344,17 @@ def initial_params(exp, state):
   """The student's params at step 0: its heal's (`student.init_workdir`) or its loaded ones."""
   init = exp.config.student.init_workdir
   return _params_from_run(exp, init, state) if init else exp.student.params
+
+
+def release_host_memory() -> None:
+  """Collects garbage and hands freed heap pages back to the OS between stages (glibc's
+  `malloc_trim`; elsewhere a no-op). A CPU host's arrays are malloc'd, and glibc keeps what
+  a stage freed, so without it the next stage's peak stacks on the last one's leftovers."""
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def _finished(workdir: str, steps: int) -> bool:

@@ -104,7 +104,8 @@ def test_teacher_on_its_own_devices(tmp_path):
 
 
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
-  """Under two PPO epochs (several optimiser updates per rollout)."""
+  """Under two PPO epochs (several optimiser updates per rollout); the interrupted run
+  saves synchronously (checkpoint_async=False), the straight one in the background."""
   straight, _ = _run(tmp_path, "straight", num_steps=4, ppo_epochs=2)
 
   def preempt_after_step_2(exp, params, step, hp):
@@ -114,10 +115,10 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     return {}
 
   first, workdir = _run(tmp_path, "resumed", num_steps=4, eval_every=1,
-                        evaluate_fn=preempt_after_step_2, ppo_epochs=2)
+                        evaluate_fn=preempt_after_step_2, ppo_epochs=2, checkpoint_async=False)
   assert [r["step"] for r in first] == [1, 2]  # SIGTERM: saved at step 2 and stopped
   assert ckpt_lib.Checkpointer(workdir).latest_step() == 2
-  resumed, _ = _run(tmp_path, "resumed", num_steps=4, ppo_epochs=2)
+  resumed, _ = _run(tmp_path, "resumed", num_steps=4, ppo_epochs=2, checkpoint_async=False)
   assert [r["step"] for r in resumed] == [1, 2, 3, 4]
   for a, b in zip(straight[2:], resumed[2:]):
     for key, v in a.items():
