@@ -144,7 +144,8 @@ def main():
         f"measured {scfg.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; MFU {100 * mfu:.1f}%")
   if "mismatch_k3" in metrics:
     print(f"sampler-trainer mismatch (last step): mean |log-prob diff| "
-          f"{float(metrics['mismatch_abs_logprob']):.2e}, k3 KL {float(metrics['mismatch_k3']):.2e}")
+          f"{float(metrics['mismatch_abs_logprob']):.2e}, "
+          f"k3 KL {float(metrics['mismatch_k3']):.2e}")
   print(f"peak memory: {peak_memory()}")
 
 

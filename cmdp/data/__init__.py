@@ -114,7 +114,8 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
 
 
 __all__ = [
-    "DEFAULT_MATH_SYSTEM_PROMPT", "DEFAULT_SYSTEM_PROMPT", "Example", "PROMPT_FORMATS", "PromptIterator",
+    "DEFAULT_MATH_SYSTEM_PROMPT", "DEFAULT_SYSTEM_PROMPT", "Example", "PROMPT_FORMATS",
+    "PromptIterator",
     "TEST_SEED_OFFSET", "build_prompt", "encode_prompts", "encode_sft", "encode_sft_batch",
     "load_arith", "load_gsm8k", "load_math", "load_reasoning_gym", "load_task", "split_examples",
     "split_seed",

@@ -161,8 +161,8 @@ class Experiment:
   def teacher_logits(self, inputs, input_mask):
     """Teacher logits `[B, L - response_start, V]` (the response window) of a whole batch
     of rollout arrays, computed on the teacher's mesh and moved to the student's: for
-    scoring sequences (calibration, evaluation) with a teacher on its own devices. The train step never takes them: it
-    scores microbatch by microbatch."""
+    scoring sequences (calibration, evaluation) with a teacher on its own devices. The
+    train step never takes them: it scores microbatch by microbatch."""
     fn = programs.teacher_logits(self.teacher.config, self.teacher_mesh,
                                  self.config.rollout.teacher_logits_dtype, None,
                                  self.response_start)

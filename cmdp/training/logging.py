@@ -17,7 +17,6 @@ import numpy as np
 import tqdm
 
 
-
 def set_log_levels(verbose: bool) -> None:
   """INFO from our own code and, with `verbose`, from every library; else only warnings
   from the libraries (orbax, absl, jax): the command-line tools' quiet console."""

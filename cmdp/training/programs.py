@@ -149,15 +149,10 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
   the `step.response_window` from `response_start` on (sampler rollouts:
   max_prompt_len - 1)."""
   def fn(params, teacher_params, batch):
-    inputs, input_mask = batch["inputs"], batch["input_mask"]
-    batch = step_lib.response_window(batch, response_start)
-    teacher = batch.get("teacher_logits")
-    if teacher is None:
-      teacher = models.forward(teacher_cfg, teacher_params, inputs, input_mask,
-                               response_start).astype(jnp.dtype(teacher_dtype))
-    logits = models.forward(student_cfg, params, inputs, input_mask, response_start)
-    return objectives.sequence_scores(logits.astype(jnp.float32), teacher.astype(jnp.float32),
-                                      batch, hp)
+    logits, teacher, batch = step_lib.window_logits(student_cfg, teacher_cfg, teacher_dtype,
+                                                    response_start, params, teacher_params,
+                                                    batch)
+    return objectives.sequence_scores(logits, teacher, batch, hp)
   return jax.jit(fn)
 
 

@@ -450,17 +450,30 @@ def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
   `teacher_logits`), the student's raw logits, and the registered objective on both, all
   over the `response_window` from `response_start` on."""
   def loss_fn(params, teacher_params, batch, objective_state):
-    inputs, input_mask = batch["inputs"], batch["input_mask"]
-    batch = response_window(batch, response_start)
-    teacher = batch.get("teacher_logits")
-    if teacher_config is not None:
-      teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
-                               response_start).astype(jnp.dtype(teacher_logits_dtype))
-    if teacher is not None:
-      teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
-    logits = models.forward(student_config, params, inputs, input_mask, response_start)
-    return objective.loss_fn(logits.astype(jnp.float32), teacher, batch, hp, objective_state)
+    logits, teacher, batch = window_logits(student_config, teacher_config,
+                                           teacher_logits_dtype, response_start, params,
+                                           teacher_params, batch)
+    return objective.loss_fn(logits, teacher, batch, hp, objective_state)
   return loss_fn
+
+
+def window_logits(student_config: models.ModelConfig,
+                  teacher_config: models.ModelConfig | None, teacher_logits_dtype: str,
+                  response_start: int, params, teacher_params, batch: dict):
+  """`(student logits, teacher logits or None, batch)` over the `response_window` from
+  `response_start` on, both float32: the teacher's are the batch's own `teacher_logits`
+  when it brings them, else its forward pass (`teacher_config`) in `teacher_logits_dtype`,
+  under stop_gradient. Shared by the loss and the sequence scorer."""
+  inputs, input_mask = batch["inputs"], batch["input_mask"]
+  batch = response_window(batch, response_start)
+  teacher = batch.get("teacher_logits")
+  if teacher is None and teacher_config is not None:
+    teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
+                             response_start).astype(jnp.dtype(teacher_logits_dtype))
+  if teacher is not None:
+    teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+  logits = models.forward(student_config, params, inputs, input_mask, response_start)
+  return logits.astype(jnp.float32), teacher, batch
 
 
 def mismatch_metrics(trainer_lp, sampler_lp, mask, num_tokens) -> dict:

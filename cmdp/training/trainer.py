@@ -299,7 +299,7 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
 
   A heal dir holding another heal's run is an error naming `heal.dir`, never overwritten.
   """
-  heal_dir = config.heal.dir or os.path.join(workdir, "heal")
+  heal_dir = _heal_dir(config, workdir)
   hcfg = config_lib.heal_config(config)
   record = os.path.join(heal_dir, "config.json")
   if os.path.exists(record):
@@ -329,7 +329,7 @@ def healed(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
   the heal of `workdir` (or `heal.dir`) has not finished."""
   if not config.heal.steps:
     return config
-  heal_dir = config.heal.dir or os.path.join(workdir, "heal")
+  heal_dir = _heal_dir(config, workdir)
   if not _finished(heal_dir, config.heal.steps):
     raise FileNotFoundError(f"config.heal: no finished {config.heal.steps}-step heal in "
                             f"{heal_dir!r}; run `python -m cmdp.train` with this config "
@@ -338,6 +338,10 @@ def healed(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
   out.heal.steps = 0
   out.student.init_workdir = heal_dir
   return out
+
+
+def _heal_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  return config.heal.dir or os.path.join(workdir, "heal")
 
 
 def initial_params(exp, state):
