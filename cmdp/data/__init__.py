@@ -33,7 +33,7 @@ from cmdp.data.gsm8k import load_gsm8k
 from cmdp.data.iterator import PromptIterator, split_examples
 from cmdp.data.math_dataset import DEFAULT_MATH_SYSTEM_PROMPT, load_math
 from cmdp.data.prompts import (DEFAULT_SYSTEM_PROMPT, PROMPT_FORMATS, build_prompt,
-                               encode_prompts, encode_sft, encode_sft_batch)
+                               common_prefix, encode_prompts, encode_sft, encode_sft_batch)
 from cmdp.data import reasoning_gym_tasks
 from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
 
@@ -116,7 +116,7 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
 __all__ = [
     "DEFAULT_MATH_SYSTEM_PROMPT", "DEFAULT_SYSTEM_PROMPT", "Example", "PROMPT_FORMATS",
     "PromptIterator",
-    "TEST_SEED_OFFSET", "build_prompt", "encode_prompts", "encode_sft", "encode_sft_batch",
+    "TEST_SEED_OFFSET", "build_prompt", "common_prefix", "encode_prompts", "encode_sft", "encode_sft_batch",
     "load_arith", "load_gsm8k", "load_math", "load_reasoning_gym", "load_task", "split_examples",
     "split_seed",
 ]

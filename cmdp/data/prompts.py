@@ -5,7 +5,10 @@ Prompts are rendered with the tokenizer's own chat template and then tokenised w
 tokenizer must not add a second BOS.
 
 Shapes are static so jitted rollouts compile once: prompts are LEFT padded (generation
-continues at the right edge of every row), supervised sequences RIGHT padded.
+continues at the right edge of every row), supervised sequences RIGHT padded. Prompts that
+all begin with the same tokens (the instruction and few-shot examples, `common_prefix`)
+may keep those first and pad after them, so a model runs the shared part once per batch
+(`cmdp.models.forward(shared_prefix=...)`).
 """
 from __future__ import annotations
 
@@ -94,8 +97,21 @@ def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str],
-                   max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+def common_prefix(tokenizer, prompts: Sequence[str]) -> tuple[int, ...]:
+  """The longest run of leading tokens every prompt shares, leaving each at least one token
+  of its own (each prompt tokenised whole, as `encode_prompts` does)."""
+  rows = _ids(tokenizer, prompts) if len(prompts) else []
+  if not rows:
+    return ()
+  first = rows[0]
+  n = min(len(r) for r in rows) - 1
+  for row in rows[1:]:
+    n = next((i for i in range(n) if row[i] != first[i]), n)
+  return tuple(int(t) for t in first[:max(n, 0)])
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_len: int,
+                   shared_prefix: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
   """Tokenises prompts into a left-padded batch of fixed width.
 
   Prompts longer than `max_prompt_len` keep their last `max_prompt_len` tokens (the end,
@@ -105,30 +121,44 @@ def encode_prompts(tokenizer, prompts: Sequence[str],
     tokenizer: a Hugging Face tokenizer.
     prompts: B prompt texts (e.g. from `build_prompt`).
     max_prompt_len: P, the fixed width.
+    shared_prefix: token ids every prompt begins with (`common_prefix`): they fill the
+      first columns of every row, and each row's own tokens are left padded after them
+      (`[prefix, pad..., own tokens]`; a long prompt loses the start of its own tokens). A
+      prompt that does not begin with them is an error.
 
   Returns:
-    tokens: int32 [B, P], pad id (pad, else EOS) on the left.
+    tokens: int32 [B, P], pad id (pad, else EOS) on the left (after the shared prefix).
     mask: int32 [B, P], 1 on real tokens, 0 on padding.
   """
   if max_prompt_len <= 0:
     raise ValueError(f"encode_prompts: max_prompt_len={max_prompt_len} must be positive.")
+  prefix = list(shared_prefix)
+  s = len(prefix)
+  if s >= max_prompt_len:
+    raise ValueError(f"encode_prompts: the shared prefix has {s} tokens, leaving none of "
+                     f"max_prompt_len={max_prompt_len}; raise data.max_prompt_len.")
   pad = _pad_id(tokenizer)
   rows = _ids(tokenizer, prompts) if len(prompts) else []
   tokens = np.full((len(rows), max_prompt_len), pad, np.int32)
   mask = np.zeros((len(rows), max_prompt_len), np.int32)
+  tokens[:, :s], mask[:, :s] = prefix, 1
+  width = max_prompt_len - s
   truncated = 0
   for i, row in enumerate(rows):
     if not row:
       raise ValueError(f"encode_prompts: prompt {i} tokenises to nothing: {prompts[i]!r}.")
-    if len(row) > max_prompt_len:
+    if s and (len(row) <= s or list(row[:s]) != prefix):
+      raise ValueError(f"encode_prompts: prompt {i} does not begin with the {s} shared "
+                       f"prefix tokens (and one of its own): {prompts[i]!r}.")
+    row = row[s:]
+    if len(row) > width:
       truncated += 1
-      row = row[-max_prompt_len:]
+      row = row[-width:]
     tokens[i, max_prompt_len - len(row):] = row
     mask[i, max_prompt_len - len(row):] = 1
   if truncated:
     logger.warning("encode_prompts: %d of %d prompts were longer than max_prompt_len=%d and "
-                   "lost their first tokens; raise max_prompt_len.", truncated, len(rows),
-                   max_prompt_len)
+                   "lost tokens; raise max_prompt_len.", truncated, len(rows), max_prompt_len)
   return tokens, mask
 
 

@@ -94,11 +94,16 @@ def _dense(features, name, dtype, bias=False):
 
 
 class Attention(nn.Module):
-  """Causal grouped-query self-attention of `x [B, T, D]` over its own T tokens."""
+  """Causal grouped-query self-attention of `x [B, T, D]` over its own T tokens, after a
+  shared prefix's keys and values when given.
+
+  Returns the output and this call's own `(k, v)`, each `[B, T, KVH, hd]` (keys rotated),
+  what a later call takes as its `prefix`.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, key_mask):
+  def __call__(self, x, positions, key_mask, prefix=None):
     c = self.config
     dtype = compute_dtype(c)
     b, t, _ = x.shape
@@ -114,8 +119,13 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(c)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
+    own = (k, v)
 
     allowed = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]  # [B, T, T]
+    if prefix is not None:  # [1, P, KVH, hd] each: every row sees every prefix token
+      pk, pv = (jnp.broadcast_to(a.astype(k.dtype), (b,) + a.shape[1:]) for a in prefix)
+      k, v = jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1)
+      allowed = jnp.concatenate([jnp.ones((b, t, pk.shape[1]), bool), allowed], -1)
     groups = c.num_heads // c.num_kv_heads
     qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k,
@@ -124,7 +134,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     out = out.reshape(b, t, c.num_heads * c.head_dim)
-    return _dense(c.hidden_size, "o_proj", dtype)(out)
+    return _dense(c.hidden_size, "o_proj", dtype)(out), own
 
 
 class MLP(nn.Module):
@@ -141,25 +151,31 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
   config: ModelConfig
+  return_kv: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, key_mask):
-    """One pre-norm layer; returns `(x, None)`, the carry and (no) output of `nn.scan`."""
+  def __call__(self, x, positions, key_mask, prefix=None):
+    """One pre-norm layer; returns `(x, kv)`, the carry and output of `nn.scan`: this
+    layer's own keys and values when `return_kv`, else None."""
     c = self.config
     dtype = compute_dtype(c)
-    x = x + Attention(c, name="self_attn")(
-        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask)
+    h, kv = Attention(c, name="self_attn")(
+        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix)
+    x = x + h
     x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
-    return x, None
+    return x, (kv if self.return_kv else None)
 
 
 class Decoder(nn.Module):
-  """tokens [B, T] -> logits [B, T - logits_from, V] (float32)."""
+  """tokens [B, T] -> logits [B, T - logits_from, V] (float32), after a shared prefix's
+  per-layer keys and values when given (`prefix`: `(k, v)`, each `[L, 1, P, KVH, hd]`);
+  with `return_kv`, `(logits, (k, v))`, the tokens' own keys and values in that layout."""
   config: ModelConfig
   logits_from: int = 0  # first position whose logits are computed (static)
+  return_kv: bool = False
 
   @nn.compact
-  def __call__(self, tokens, positions, key_mask):
+  def __call__(self, tokens, positions, key_mask, prefix=None):
     c = self.config
     dtype = compute_dtype(c)
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
@@ -168,10 +184,11 @@ class Decoder(nn.Module):
     block = Block
     if c.remat:
       block = nn.remat(Block, prevent_cse=False)
+    in_axes = (nn.broadcast, nn.broadcast) + (() if prefix is None else (0,))
     layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers)(c, name="layers")
-    x, _ = layers(x, positions, key_mask)
+        in_axes=in_axes, length=c.num_layers)(c, self.return_kv, name="layers")
+    x, kv = layers(x, positions, key_mask, *(() if prefix is None else (prefix,)))
     x = RMSNorm(c.rms_norm_eps, dtype, name="norm")(x[:, self.logits_from:])
     if c.tie_word_embeddings:
       logits = embed.attend(x)
@@ -179,7 +196,8 @@ class Decoder(nn.Module):
       logits = _dense(c.vocab_size, "lm_head", dtype)(x)
     if c.output_vocab:
       logits = logits[..., :c.output_vocab]
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    return (logits, kv) if self.return_kv else logits
 
 
 @functools.lru_cache(maxsize=16)
@@ -204,7 +222,8 @@ def token_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> ja
 
 
 def forward(config: ModelConfig, params: dict, tokens: jax.Array,
-            attention_mask: jax.Array | None = None, logits_from: int = 0) -> jax.Array:
+            attention_mask: jax.Array | None = None, logits_from: int = 0,
+            shared_prefix: int = 0) -> jax.Array:
   """Causal logits of a batch of (optionally left/right padded) sequences.
 
   Args:
@@ -218,6 +237,12 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
       runs through the layers, since later ones attend to it), e.g. a response's window
       after left-padded prompts; the vocabulary projection is the largest matmul per
       token of a small model.
+    shared_prefix: a static count S of leading columns that are the same real tokens in
+      every row (a prompt's instruction and few-shot examples; padding then sits after
+      them, `cmdp.data.encode_prompts`). They run through the layers once, as one row, and
+      every row attends to their keys and values: the same numbers as without it, for
+      about `S / T` less compute; gradients reach the parameters through both passes.
+      Row 0's first S columns are read; the caller keeps the contract.
 
   Returns:
     float32 logits `[B, T - logits_from, V]`; pure and jittable.
@@ -225,5 +250,21 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
   if attention_mask is None:
     attention_mask = jnp.ones(tokens.shape, bool)
   attention_mask = attention_mask.astype(bool)
-  return Decoder(config, logits_from).apply(
-      {"params": params}, tokens, token_positions(attention_mask), attention_mask)
+  s = int(shared_prefix)
+  if not s:
+    return Decoder(config, logits_from).apply(
+        {"params": params}, tokens, token_positions(attention_mask), attention_mask)
+  if not 0 < s < tokens.shape[1]:
+    raise ValueError(f"forward: shared_prefix={s} must leave at least one of the "
+                     f"{tokens.shape[1]} columns.")
+  head = tokens[:1, :s]
+  prefix_logits, kv = Decoder(config, min(logits_from, s), return_kv=True).apply(
+      {"params": params}, head, jnp.arange(s)[None], jnp.ones(head.shape, bool))
+  mask = attention_mask[:, s:]
+  logits = Decoder(config, max(logits_from - s, 0)).apply(
+      {"params": params}, tokens[:, s:], token_positions(mask, s), mask, kv)
+  if logits_from >= s:
+    return logits
+  b = tokens.shape[0]
+  return jnp.concatenate(
+      [jnp.broadcast_to(prefix_logits, (b,) + prefix_logits.shape[1:]), logits], axis=1)

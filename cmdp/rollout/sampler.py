@@ -13,7 +13,8 @@ a fixed `P` to avoid recompiling. `Sampler.jitted._cache_size()` counts the comp
 
 Algorithm (model math: `cmdp.models.forward_with_cache`, checked against `cmdp.models.forward`):
 the weights are laid out for decoding once per call, one prefill pass over the left-padded prompt
-fills a cache of `P + N - 1` slots and gives the first token, then a `lax.while_loop` of
+(after a `shared_prefix` prefilled once, as one row, when the prompts share one) fills a
+cache of `P + N - 1` slots and gives the first token, then a `lax.while_loop` of
 single-token steps runs until every row has emitted a stop token or N tokens exist. The cache
 lives in the loop carry, so XLA updates it in place; nothing goes to the host until the end.
 Step `i` draws with `fold_in(rng, i)`, so rows are independent and a fixed key reproduces.
@@ -63,10 +64,16 @@ class SamplingSettings:
   greedy: bool = False  # argmax instead of sampling
   eos_ids: tuple[int, ...] = ()  # stop tokens (EOS and extra stops); () never stops early
   pad_id: int = 0  # emitted after a row stops
+  # Leading prompt columns that are the same real tokens in every row (an instruction and
+  # few-shot examples; `cmdp.data.encode_prompts(shared_prefix=...)`): prefilled once, as
+  # one row, and their cache broadcast to the batch. 0: off.
+  shared_prefix: int = 0
 
   def __post_init__(self):
     if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an int >= 1.")
+    if int(self.shared_prefix) != self.shared_prefix or self.shared_prefix < 0:
+      raise ValueError(f"shared_prefix={self.shared_prefix!r} must be an int >= 0.")
     check_settings(self.temperature, self.top_k, self.top_p)
     if not isinstance(self.eos_ids, tuple) or not all(isinstance(i, int) for i in self.eos_ids):
       raise ValueError(f"eos_ids={self.eos_ids!r} must be a tuple of ints, e.g. (eos_id,).")
@@ -104,11 +111,18 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
   # Laid out once, outside the loop; unfused under tensor parallelism (see `decode_params`).
   dparams = models.decode_params(
       config, params, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
-  cache = models.init_cache(config, b, p + n - 1)  # the last token is never fed
+  shared = s.shared_prefix
+  if shared:  # the shared prefix once, as one row; its cache copied to every row
+    one = models.init_cache(config, 1, p + n - 1)
+    _, one = models.forward_with_cache(config, dparams, prompt_tokens[:1, :shared], one)
+    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:]) if x.ndim else x,
+                         one)
+  else:
+    cache = models.init_cache(config, b, p + n - 1)  # the last token is never fed
   if mesh is not None:
     cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
-  logits, cache = models.forward_with_cache(config, dparams, prompt_tokens, cache, prompt_mask,
-                                            last_only=True)
+  logits, cache = models.forward_with_cache(config, dparams, prompt_tokens[:, shared:], cache,
+                                            prompt_mask[:, shared:], last_only=True)
   tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
   out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)
@@ -139,9 +153,18 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
       finished=done)
 
 
-def check_prompts(prompt_tokens, prompt_mask) -> None:
+def _local(x) -> np.ndarray:
+  """A host copy of `x`; of a multi-process global array, the rows this process holds."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.concatenate([np.asarray(s.data) for s in x.addressable_shards])
+  return np.asarray(x)
+
+
+def check_prompts(prompt_tokens, prompt_mask, shared_prefix: int = 0) -> None:
   """Raises ValueError unless prompts are `[B, P]`, left padded, with >= 1 real token per row.
 
+  With `shared_prefix` S > 0: the first S columns are real and the same in every row, and
+  the left padding sits after them (`cmdp.data.encode_prompts(shared_prefix=...)`).
   Skipped for traced arrays (inside an outer jit); a multi-process global array is checked
   on the rows this process holds.
   """
@@ -151,12 +174,18 @@ def check_prompts(prompt_tokens, prompt_mask) -> None:
     raise ValueError(
         f"prompt_tokens {np.shape(prompt_tokens)} and prompt_mask {np.shape(prompt_mask)} must "
         "both be [B, P].")
-  if isinstance(prompt_mask, jax.Array) and not prompt_mask.is_fully_addressable:
-    # A global array of a multi-process run: each process checks the rows it holds.
-    mask = np.concatenate([np.asarray(s.data) for s in prompt_mask.addressable_shards])
-  else:
-    mask = np.asarray(prompt_mask)
-  mask = mask.astype(bool)
+  mask = _local(prompt_mask).astype(bool)
+  if shared_prefix:
+    if not 0 < shared_prefix < mask.shape[1]:
+      raise ValueError(f"shared_prefix={shared_prefix} must be less than the prompt width "
+                       f"{mask.shape[1]}.")
+    head = _local(prompt_tokens)[:, :shared_prefix]
+    if not mask[:, :shared_prefix].all() or (head != head[:1]).any():
+      raise ValueError(
+          f"shared_prefix={shared_prefix}: the first {shared_prefix} prompt columns must be "
+          "the same real tokens in every row (cmdp.data.encode_prompts(shared_prefix=...) "
+          "lays prompts out so), or pass shared_prefix=0.")
+    mask = mask[:, shared_prefix:]
   if not mask[:, -1].all():
     rows = np.flatnonzero(~mask[:, -1]).tolist()
     raise ValueError(
@@ -242,14 +271,15 @@ class Sampler:
     """Samples; `check=False` skips `check_prompts` (for prompts already checked on the
     host: the check reads device prompts back to the host)."""
     if check:
-      check_prompts(prompt_tokens, prompt_mask)
+      check_prompts(prompt_tokens, prompt_mask, self.settings.shared_prefix)
     return self._compiled_for(params, prompt_tokens)(params, prompt_tokens, prompt_mask, rng)
 
 
 def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
                  eos_ids: tuple[int, ...] = (), pad_id: int = 0,
-                 mesh: jax.sharding.Mesh | None = None, repeat: int = 1) -> Sampler:
+                 mesh: jax.sharding.Mesh | None = None, repeat: int = 1,
+                 shared_prefix: int = 0) -> Sampler:
   """Builds the compiled sampler for one config and one set of sampling settings.
 
   Args:
@@ -265,13 +295,17 @@ def make_sampler(config: ModelConfig, *, max_new_tokens: int, temperature: float
     repeat: samples per prompt: the sampler takes `[B / repeat, P]` prompts and repeats
       each row `repeat` times inside the compiled program (copies adjacent); on a mesh the
       prompts are sharded by `Sampler.prompt_spec`.
+    shared_prefix: S > 0 when the first S prompt columns are the same real tokens in every
+      row (`cmdp.data.encode_prompts(shared_prefix=...)`): they are prefilled once, as one
+      row. The rollout is the same; the prefill costs about `S / P` less.
 
   Returns:
     A `Sampler`; the same one serves every call with same-shaped `[B, P]` prompts.
   """
   settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                              eos_ids=_as_ids(eos_ids), pad_id=int(pad_id))
+                              eos_ids=_as_ids(eos_ids), pad_id=int(pad_id),
+                              shared_prefix=int(shared_prefix))
   return Sampler(config, settings, mesh, repeat)
 
 
@@ -283,7 +317,7 @@ def _cached_sampler(config, mesh, **settings) -> Sampler:
 def sample(config: ModelConfig, params, prompt_tokens, prompt_mask, rng, *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
            eos_ids: tuple[int, ...] = (), pad_id: int = 0,
-           mesh: jax.sharding.Mesh | None = None) -> Rollout:
+           mesh: jax.sharding.Mesh | None = None, shared_prefix: int = 0) -> Rollout:
   """Samples continuations of left-padded prompts (one-shot form of `make_sampler`).
 
   Args:
@@ -292,21 +326,22 @@ def sample(config: ModelConfig, params, prompt_tokens, prompt_mask, rng, *, max_
     prompt_tokens: int32 `[B, P]`, LEFT padded.
     prompt_mask: `[B, P]`, 1 for real tokens; every row needs at least one.
     rng: a PRNG key; the same key gives the same rollout.
-    max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id, mesh: see
-      `make_sampler`. All are static: a new value compiles a new sampler (cached).
+    max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id, mesh,
+      shared_prefix: see `make_sampler`. All are static: a new value compiles a new sampler (cached).
 
   Returns:
     A `Rollout` with `[B, P + max_new_tokens]` arrays.
   """
   sampler = _cached_sampler(config, mesh, max_new_tokens=max_new_tokens,
                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                            greedy=bool(greedy), eos_ids=_as_ids(eos_ids), pad_id=int(pad_id))
+                            greedy=bool(greedy), eos_ids=_as_ids(eos_ids), pad_id=int(pad_id),
+                            shared_prefix=int(shared_prefix))
   return sampler(params, prompt_tokens, prompt_mask, rng)
 
 
 def rollout_logprobs(config: ModelConfig, params, tokens: jax.Array, attention_mask: jax.Array,
                      response_mask: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                     top_p: float = 1.0) -> jax.Array:
+                     top_p: float = 1.0, shared_prefix: int = 0) -> jax.Array:
   """Recomputes `Rollout.logprobs` with one full `forward` pass (no cache).
 
   Args:
@@ -316,12 +351,14 @@ def rollout_logprobs(config: ModelConfig, params, tokens: jax.Array, attention_m
     response_mask: `[B, T]` tokens whose log-prob is wanted (each needs a real token before it).
     temperature, top_k, top_p: the sampling distribution used (greedy rollouts: the same
       settings they were made with).
+    shared_prefix: as `models.forward`'s (the sampler's own setting).
 
   Returns:
     float32 `[B, T]`: `log p(tokens[t] | tokens[<t])` under the processed distribution where
     `response_mask`, else 0. Jittable (settings static).
   """
-  logits = models.forward(config, params, tokens, attention_mask)[:, :-1]
+  logits = models.forward(config, params, tokens, attention_mask,
+                          shared_prefix=shared_prefix)[:, :-1]
   logp = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
   picked = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
   picked = jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)

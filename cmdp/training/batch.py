@@ -40,14 +40,16 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
                                 skip_special_tokens=True)
 
 
-def check_prompts(prompts: np.ndarray, prompt_mask: np.ndarray, max_prompt_len: int) -> None:
-  """Raises ValueError unless host prompts are `[n, max_prompt_len]`, left padded, with a
-  real token in every row: the sampler's contract, checked once on the host before the
-  prompts go to the devices (so the sampler need not read them back)."""
+def check_prompts(prompts: np.ndarray, prompt_mask: np.ndarray, max_prompt_len: int,
+                  shared_prefix: int = 0) -> None:
+  """Raises ValueError unless host prompts are `[n, max_prompt_len]`, left padded (after
+  `shared_prefix` columns the same in every row), with a real token in every row: the
+  sampler's contract, checked once on the host before the prompts go to the devices (so
+  the sampler need not read them back)."""
   if np.ndim(prompts) != 2 or np.shape(prompts)[1] != max_prompt_len:
     raise ValueError(f"prompts {np.shape(prompts)} must be [n, max_prompt_len={max_prompt_len}] "
                      "(cmdp.data.encode_prompts pads them to it).")
-  rollout_lib.check_prompts(prompts, prompt_mask)
+  rollout_lib.check_prompts(prompts, prompt_mask, shared_prefix)
 
 
 def repeat_rows(x, n: int):

@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
       few_shot=(),  # (question, worked solution) pairs shown before each question
       prompt_format="chat",  # "chat" (the tokenizer's template) | "plain" (one line each)
       max_prompt_len=128,  # prompts are left padded/truncated to this many tokens
+      # The leading tokens every prompt shares (instruction, few-shot examples) run once
+      # per batch, as one row, in every forward pass and prefill (same numbers, less work).
+      share_prompt_prefix=True,
       sft_max_len=256,  # supervised sequences (sft / gkd off-policy) are padded to this
   ))
 

@@ -134,7 +134,8 @@ class Experiment:
     return step_lib.StepConfig(grad_accum_steps=c.grad_accum_steps, ppo_epochs=c.ppo_epochs,
                                ppo_minibatches=c.ppo_minibatches,
                                teacher_logits_dtype=c.rollout.teacher_logits_dtype,
-                               response_start=0 if references else self.response_start)
+                               response_start=0 if references else self.response_start,
+                               shared_prefix=self.shared_prefix)
 
   @property
   def response_start(self) -> int:
@@ -165,7 +166,7 @@ class Experiment:
     train step never takes them: it scores microbatch by microbatch."""
     fn = programs.teacher_logits(self.teacher.config, self.teacher_mesh,
                                  self.config.rollout.teacher_logits_dtype, None,
-                                 self.response_start)
+                                 self.response_start, self.shared_prefix)
     if self.teacher_mesh is not self.student_mesh:
       inputs, input_mask = self.put_batch((inputs, input_mask), self.teacher_mesh)
     out = fn(self.teacher.params, inputs, input_mask)
@@ -184,7 +185,8 @@ class Experiment:
     mesh = self.student_mesh if model == "student" else self.teacher_mesh
     return programs.sampler(m.config, mesh, max_new_tokens or r.max_new_tokens,
                             r.temperature if temperature is None else temperature, r.top_k,
-                            r.top_p, greedy, self.eos_ids, self.pad_id, group_size)
+                            r.top_p, greedy, self.eos_ids, self.pad_id, group_size,
+                            self.shared_prefix)
 
   def put_prompts(self, tree, mesh=None):
     """Places un-repeated prompts `[n, P]` (host arrays of this process's rows) for a
@@ -218,7 +220,8 @@ class Experiment:
     if teacher_params is None:
       batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
     fn = programs.scorer(self.student.config, self.teacher.config, hp or self.hp,
-                         self.config.rollout.teacher_logits_dtype, self.response_start)
+                         self.config.rollout.teacher_logits_dtype, self.response_start,
+                         self.shared_prefix)
     scores = fn(params, teacher_params, batch)
     if jax.process_count() > 1:  # each process's rows where the batch has them
       scores = jax.device_put(scores, self.batch_sharding())
@@ -233,10 +236,33 @@ class Experiment:
     return data.build_prompt(self.tokenizer, question, few_shot=tuple(cfg.few_shot),
                              prompt_format=cfg.prompt_format, **kw)
 
+  @functools.cached_property
+  def prompt_prefix(self) -> tuple[int, ...]:
+    """The token ids every prompt of the run begins with (the instruction and few-shot
+    examples: `data.common_prefix` of the train and test prompts); () when
+    `data.share_prompt_prefix` is off or some prompt is longer than `data.max_prompt_len`
+    (it is cut from the left, prefix first), and for the planner's abstract experiment (no
+    tokenizer: it costs the unshared layout, an upper bound). Every forward pass and
+    prefill runs them once per batch, as one row."""
+    if not self.config.data.share_prompt_prefix or self.tokenizer is None:
+      return ()
+    texts = [self.prompt_text(ex.question) for ex in self.train_examples + self.test_examples]
+    lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if max(lengths) > self.config.data.max_prompt_len:
+      return ()
+    return data.common_prefix(self.tokenizer, texts)
+
+  @property
+  def shared_prefix(self) -> int:
+    """How many leading columns of every prompt (and of the step's `inputs`) are the
+    shared `prompt_prefix`."""
+    return len(self.prompt_prefix)
+
   def encode_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded `[len(examples), max_prompt_len]` chat prompts."""
+    """`[len(examples), max_prompt_len]` prompts: the shared `prompt_prefix` first, then
+    each prompt's own tokens, left padded (`data.encode_prompts`)."""
     return data.encode_prompts(self.tokenizer, [self.prompt_text(ex.question) for ex in examples],
-                               self.config.data.max_prompt_len)
+                               self.config.data.max_prompt_len, self.prompt_prefix)
 
 
 def stop_token_ids(tokenizer, stops) -> list[int]:

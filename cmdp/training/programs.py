@@ -118,7 +118,7 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
   finish = jax.jit(parts.finish, in_shardings=(st, st.params, st.opt_state, rep, rep),
                    out_shardings=(st, rep), donate_argnums=(0,))
   logits = teacher_logits(teacher_cfg, teacher_mesh, step_config.teacher_logits_dtype,
-                          micro_rows, step_config.response_start)
+                          micro_rows, step_config.response_start, step_config.shared_prefix)
   on_teacher = NamedSharding(teacher_mesh, sharding.rows_spec(micro_rows, teacher_mesh))
 
   def teacher(teacher_params, inputs, input_mask):
@@ -131,11 +131,13 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
 
 @functools.lru_cache(maxsize=16)
 def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None = None,
-                   logits_from: int = 0):
+                   logits_from: int = 0, shared_prefix: int = 0):
   """`(teacher_params, inputs, input_mask) -> logits [B, L - logits_from, V]` on the
-  teacher's mesh (only the response window is handed over); rows over the batch axes, or
-  (`rows` given and not splitting over them) replicated."""
-  fn = lambda p, x, m: models.forward(cfg, p, x, m, logits_from).astype(jnp.dtype(dtype))
+  teacher's mesh (only the response window is handed over; the first `shared_prefix`
+  columns run once, `models.forward`); rows over the batch axes, or (`rows` given and not
+  splitting over them) replicated."""
+  fn = lambda p, x, m: models.forward(cfg, p, x, m, logits_from,
+                                      shared_prefix).astype(jnp.dtype(dtype))
   b = sharding.batch_spec() if rows is None else sharding.rows_spec(rows, mesh)
   return sharding.jit_sharded(
       fn, mesh, (sharding.param_specs(abstract_params(cfg), mesh, cfg), b, b), b)
@@ -143,15 +145,16 @@ def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None =
 
 @functools.lru_cache(maxsize=16)
 def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp: ObjectiveConfig,
-           teacher_dtype: str = "float32", response_start: int = 0):
+           teacher_dtype: str = "float32", response_start: int = 0,
+           shared_prefix: int = 0):
   """`(student_params, teacher_params, batch) -> cmdp.objectives.sequence_scores` of the
   deployed student (the constraint's cost, satisfaction, KL, length per sequence), over
   the `step.response_window` from `response_start` on (sampler rollouts:
-  max_prompt_len - 1)."""
+  max_prompt_len - 1), the first `shared_prefix` columns run once."""
   def fn(params, teacher_params, batch):
     logits, teacher, batch = step_lib.window_logits(student_cfg, teacher_cfg, teacher_dtype,
                                                     response_start, params, teacher_params,
-                                                    batch)
+                                                    batch, shared_prefix)
     return objectives.sequence_scores(logits, teacher, batch, hp)
   return jax.jit(fn)
 
@@ -159,13 +162,14 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
 @functools.lru_cache(maxsize=16)
 def sampler(cfg: models.ModelConfig, mesh, max_new_tokens: int, temperature: float,
             top_k: int, top_p: float, greedy: bool, eos_ids: tuple, pad_id: int,
-            group_size: int = 1):
+            group_size: int = 1, shared_prefix: int = 0):
   """The compiled sampler (prefill + decode loop) of `cmdp.rollout` on `mesh`; with
   `group_size` > 1 it takes each prompt once and samples it `group_size` times (the rows
-  are repeated inside the program; prompts sharded by `Sampler.prompt_spec`)."""
+  are repeated inside the program; prompts sharded by `Sampler.prompt_spec`); the first
+  `shared_prefix` prompt columns are prefilled once."""
   return make_sampler(cfg, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                       top_p=top_p, greedy=greedy, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh,
-                      repeat=group_size)
+                      repeat=group_size, shared_prefix=shared_prefix)
 
 
 @functools.lru_cache(maxsize=16)

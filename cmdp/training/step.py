@@ -105,6 +105,9 @@ class StepConfig(flax.struct.PyTreeNode):
   # 0, or max_prompt_len - 1 when every sequence comes from the sampler (left-padded
   # prompts), so no logits are computed over the prompt.
   response_start: int = flax.struct.field(pytree_node=False, default=0)
+  # Leading columns of `inputs` that are the same real tokens in every row (the prompts'
+  # shared prefix, `models.forward(shared_prefix=...)`): run once per microbatch. 0: off.
+  shared_prefix: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def response_window(batch: dict, start: int) -> dict:
@@ -164,7 +167,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   a, m = sc.grad_accum_steps, sc.ppo_minibatches
   start = sc.response_start
   loss_fn = make_loss_fn(objective, hp, student_config, teacher_config,
-                         sc.teacher_logits_dtype, start)
+                         sc.teacher_logits_dtype, start, sc.shared_prefix)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def trainer_logprobs(params, rows):
@@ -172,7 +175,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     before `response_start`)."""
     def one(micro):
       logits = models.forward(student_config, params, micro["inputs"], micro["input_mask"],
-                              start)
+                              start, sc.shared_prefix)
       policy = logits.astype(jnp.float32) / hp.temperature
       lp = divergences.token_logprobs(policy, micro["targets"][:, start:],
                                       chunk_size=hp.chunk_size)
@@ -444,7 +447,8 @@ def make_host_train_step(programs_for: Callable[[int], HostPrograms],
 def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
                  student_config: models.ModelConfig,
                  teacher_config: models.ModelConfig | None,
-                 teacher_logits_dtype: str = "float32", response_start: int = 0):
+                 teacher_logits_dtype: str = "float32", response_start: int = 0,
+                 shared_prefix: int = 0):
   """`loss_fn(params, teacher_params, microbatch, objective_state) -> (loss, metrics)`:
   the teacher's logits (from `teacher_params` under stop_gradient, or the microbatch's own
   `teacher_logits`), the student's raw logits, and the registered objective on both, all
@@ -452,27 +456,31 @@ def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
   def loss_fn(params, teacher_params, batch, objective_state):
     logits, teacher, batch = window_logits(student_config, teacher_config,
                                            teacher_logits_dtype, response_start, params,
-                                           teacher_params, batch)
+                                           teacher_params, batch, shared_prefix)
     return objective.loss_fn(logits, teacher, batch, hp, objective_state)
   return loss_fn
 
 
 def window_logits(student_config: models.ModelConfig,
                   teacher_config: models.ModelConfig | None, teacher_logits_dtype: str,
-                  response_start: int, params, teacher_params, batch: dict):
+                  response_start: int, params, teacher_params, batch: dict,
+                  shared_prefix: int = 0):
   """`(student logits, teacher logits or None, batch)` over the `response_window` from
   `response_start` on, both float32: the teacher's are the batch's own `teacher_logits`
   when it brings them, else its forward pass (`teacher_config`) in `teacher_logits_dtype`,
-  under stop_gradient. Shared by the loss and the sequence scorer."""
+  under stop_gradient. Both forward passes run the first `shared_prefix` columns once
+  (`models.forward`). Shared by the loss and the sequence scorer."""
   inputs, input_mask = batch["inputs"], batch["input_mask"]
   batch = response_window(batch, response_start)
   teacher = batch.get("teacher_logits")
   if teacher is None and teacher_config is not None:
     teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
-                             response_start).astype(jnp.dtype(teacher_logits_dtype))
+                             response_start, shared_prefix).astype(
+                                 jnp.dtype(teacher_logits_dtype))
   if teacher is not None:
     teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
-  logits = models.forward(student_config, params, inputs, input_mask, response_start)
+  logits = models.forward(student_config, params, inputs, input_mask, response_start,
+                          shared_prefix)
   return logits.astype(jnp.float32), teacher, batch
 
 

@@ -79,7 +79,7 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
   group = [ex for ex in examples for _ in range(g)]
   if on_policy or cfg.rollout.sft_source == "teacher":
     prompts = exp.encode_prompts(examples)  # host, each prompt once
-    batch_lib.check_prompts(*prompts, cfg.data.max_prompt_len)
+    batch_lib.check_prompts(*prompts, cfg.data.max_prompt_len, exp.shared_prefix)
     who = "student" if on_policy else "teacher"
     model = exp.student if on_policy else exp.teacher
     mesh = exp.student_mesh if on_policy else exp.teacher_mesh
@@ -102,6 +102,9 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
                             ex.solution or f"#### {ex.answer}", cfg.data.sft_max_len)
             for ex in group]
     tokens, attn, loss_mask = (np.stack(x) for x in zip(*seqs))
+    if (tokens[:, :exp.shared_prefix] != np.asarray(exp.prompt_prefix, np.int32)).any():
+      raise ValueError("A reference sequence does not begin with the prompts' shared prefix; "
+                       "set config.data.share_prompt_prefix=False.")
     batch = exp.shift_batch(*exp.put_batch((tokens, attn, loss_mask)))
     completions = [ex.solution or f"#### {ex.answer}" for ex in group]
     new_tokens = int(loss_mask.sum())

@@ -7,7 +7,8 @@ import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from cmdp.data import DEFAULT_SYSTEM_PROMPT, build_prompt, encode_prompts, encode_sft
+from cmdp.data import (DEFAULT_SYSTEM_PROMPT, build_prompt, common_prefix, encode_prompts,
+                       encode_sft)
 
 CHATML = (
     "{% for message in messages %}"
@@ -107,3 +108,33 @@ def test_encode_sft_masks_only_the_solution_and_eos(tok):
   assert loss_mask.sum() == len(s_ids)
   with pytest.raises(ValueError, match="no room"):
     encode_sft(tok, prompt, solution, len(p_ids))
+
+
+def test_common_prefix_and_the_shared_prefix_layout(tok):
+  questions = ["What is 2 + 3?", "What is five?", "Hi"]
+  prompts = [build_prompt(tok, q, few_shot=[("What is 1 + 1?", "#### 2")]) for q in questions]
+  ids = [_core_ids(tok, p) for p in prompts]
+  # Brute force: the longest common run of leading ids, one own token left to each prompt.
+  n = 0
+  while n < min(map(len, ids)) - 1 and len({r[n] for r in ids}) == 1:
+    n += 1
+  prefix = common_prefix(tok, prompts)
+  assert list(prefix) == ids[0][:n] and n > 10
+  assert common_prefix(tok, [prompts[0]]) == tuple(ids[0][:-1])
+  assert common_prefix(tok, []) == ()
+  width = max(map(len, ids)) + 2
+  tokens, mask = encode_prompts(tok, prompts, width, prefix)
+  pad = tok.convert_tokens_to_ids("<|pad|>")
+  for row, (t, m) in enumerate(zip(tokens, mask)):
+    own = ids[row][n:]
+    gap = width - n - len(own)
+    np.testing.assert_array_equal(t, ids[row][:n] + [pad] * gap + own)
+    np.testing.assert_array_equal(m, [1] * n + [0] * gap + [1] * len(own))
+    assert tok.decode(t[m == 1]) == prompts[row]
+  # Too long: the prompt's own tokens lose their start; the prefix stays.
+  tokens, _ = encode_prompts(tok, prompts, n + 2, prefix)
+  np.testing.assert_array_equal(tokens[0], ids[0][:n] + ids[0][-2:])
+  with pytest.raises(ValueError, match="does not begin with the"):
+    encode_prompts(tok, prompts + ["Something else"], width, prefix)
+  with pytest.raises(ValueError, match="max_prompt_len"):
+    encode_prompts(tok, prompts, n, prefix)
