@@ -43,15 +43,19 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def model_flops(cfg, rows: int, length: int, head_positions: int, factor: int) -> float:
-  """Model FLOPs of `rows` sequences of `length` tokens: `factor` (6 training, 2 forward)
-  x (the layers' matmul params x tokens + the vocabulary projection x the positions that
-  get logits, `head_positions` per row) + attention (QK and AV over the context)."""
+def model_flops(cfg, rows: int, length: int, head_positions: int, factor: int,
+                shared: int = 0) -> float:
+  """Model FLOPs of `rows` sequences of `length` tokens whose first `shared` are the same in
+  every row and run once (`models.forward(shared_prefix=...)`): `factor` (6 training, 2
+  forward) x (the layers' matmul params x the tokens run + the vocabulary projection x the
+  positions that get logits, `head_positions` per row) + attention (QK and AV over the
+  context)."""
   d, f, n, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
   attn = d * cfg.head_dim * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-  tokens = rows * length
+  tokens = rows * (length - shared) + shared
+  pairs = rows * (length - shared) * length + shared * shared
   return factor * (n * (attn + 3 * d * f) * tokens + d * v * rows * head_positions
-                   + 2 * n * cfg.num_heads * cfg.head_dim * length * tokens)
+                   + 2 * n * cfg.num_heads * cfg.head_dim * pairs)
 
 
 def load_config(path: str, arg: str | None, sets: list[str]):
@@ -123,11 +127,12 @@ def main():
   rows, L = batch["inputs"].shape
   head = L - exp.step_config.response_start  # positions that get logits
   # The student's training pass and the teacher's forward, per epoch.
-  update_flops = (model_flops(scfg, rows, L, head, 6) + model_flops(tcfg, rows, L, head, 2)) \
-      * config.ppo_epochs
+  shared = exp.step_config.shared_prefix  # columns every row shares, run once
+  update_flops = (model_flops(scfg, rows, L, head, 6, shared)
+                  + model_flops(tcfg, rows, L, head, 2, shared)) * config.ppo_epochs
   peak = matmul_peak(dtype=scfg.dtype)
   print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens "
-        f"(logits over the last {head}), "
+        f"(the first {shared} shared, logits over the last {head}), "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
         f"layers, devices {jax.device_count()} ({jax.devices()[0].platform})")
   print("| phase | median s | tokens/s |")

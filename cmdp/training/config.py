@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   # student's per-sequence cost against the teacher, measured on `calibration_prompts`.
   c.calibrate_budget_quantile = 0.0
   c.calibration_prompts = 16  # prompts (x group_size samples) used for calibration
+  c.calibration_batch_size = 0  # sequences sampled and scored per pass (0 = batch_size)
   c.format_reward_weight = 0.0  # task reward = correct + this * well-formed '#### n' line
 
   c.teacher = ml_collections.ConfigDict(dict(
@@ -244,6 +245,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("num_steps", "must be >= 0.")
   if not 0.0 <= config.calibrate_budget_quantile < 1.0:
     fail("calibrate_budget_quantile", "must be in [0, 1); 0 turns calibration off.")
+  if config.calibration_batch_size < 0 or config.calibration_batch_size % g:
+    fail("calibration_batch_size", f"{config.calibration_batch_size} must be 0 (batch_size) "
+         f"or a positive multiple of loss.group_size={g}.")
   if config.rollout.max_new_tokens < 1:
     fail("rollout.max_new_tokens", "must be >= 1.")
   if config.rollout.temperature <= 0:

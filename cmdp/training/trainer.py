@@ -130,7 +130,8 @@ def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   cfg = exp.config
   n = max(cfg.calibration_prompts, 1)
   costs = []
-  it = data.PromptIterator(exp.train_examples, cfg.batch_size // exp.hp.group_size,
+  rows = cfg.calibration_batch_size or cfg.batch_size  # per sampling and scoring pass
+  it = data.PromptIterator(exp.train_examples, rows // exp.hp.group_size,
                            seed=cfg.seed + 7, shard=process_shard())
   # Placed as the train state's key is, so the rollouts reuse the training sampler's program.
   rng = jax.device_put(rng, jax.sharding.NamedSharding(exp.student_mesh, P()))

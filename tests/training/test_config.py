@@ -23,6 +23,7 @@ from tests.training.tiny import _ROOT, load_config_file, tiny_config
     ({"rollout.temperature": 0.0}, "config.rollout.temperature"),
     ({"optimizer.name": "lion"}, "config.optimizer.name"),
     ({"calibrate_budget_quantile": 1.5}, "config.calibrate_budget_quantile"),
+    ({"calibration_batch_size": 3}, "config.calibration_batch_size"),
 ])
 def test_impossible_values_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):

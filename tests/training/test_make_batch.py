@@ -92,3 +92,34 @@ def test_prompts_are_checked_on_the_host():
   mask[1, -1] = 0
   with pytest.raises(ValueError, match="LEFT padded"):
     batch_lib.check_prompts(tokens, mask, 5)
+
+
+def test_shared_prompt_prefix_changes_no_number():
+  """`data.share_prompt_prefix` (on by default) runs the prompts' common start once per
+  batch, on the 8-device mesh: the rollouts, the sequence scores and one update equal
+  those of the plain left-padded layout."""
+  on = experiment.build(tiny_config())
+  off = experiment.build(tiny_config(**{"data.share_prompt_prefix": False}))
+  assert off.shared_prefix == 0 and on.shared_prefix > 10
+  prefix = on.tokenizer.decode(list(on.prompt_prefix))
+  assert all(on.prompt_text(ex.question).startswith(prefix) for ex in on.test_examples)
+  examples = on.train_examples[:4]
+  results = []
+  for exp in (on, off):
+    state, _ = trainer.create_state(exp, exp.student.params)
+    batch, host = trainer.make_batch(exp, state.params, examples, jax.random.PRNGKey(3), True)
+    scores = exp.score_sequences(state.params, batch)
+    step = exp.make_train_step(exp.hp, trainer.create_state(exp, exp.student.params)[1])
+    _, metrics = step(state, exp.step_teacher_params, batch)
+    real = np.asarray(batch["input_mask"])
+    results.append((jax.device_get(batch), scores, jax.device_get(metrics), real))
+  (b_on, s_on, m_on, r_on), (b_off, s_off, m_off, r_off) = results
+  # The same real tokens in each row, in order; responses in the same columns.
+  for i in range(len(r_on)):
+    np.testing.assert_array_equal(b_on["inputs"][i][r_on[i]], b_off["inputs"][i][r_off[i]])
+  np.testing.assert_array_equal(b_on["mask"], b_off["mask"])
+  np.testing.assert_allclose(b_on["old_logprobs"], b_off["old_logprobs"], atol=1e-5)
+  for k in s_off:
+    np.testing.assert_allclose(s_on[k], s_off[k], rtol=1e-4, atol=1e-4, err_msg=k)
+  for k in ("loss", "grad_norm", "update_norm"):
+    np.testing.assert_allclose(m_on[k], m_off[k], rtol=1e-4, err_msg=k)

@@ -176,12 +176,16 @@ def test_training_calibration_and_evaluation_measure_one_constraint(tmp_path):
                                                              rel=1e-4)
 
 
-@pytest.mark.parametrize("objective", ["cmdp", "worst_case", "soft_lagrangian",
-                                       "dual_lagrangian"])
-def test_calibrated_quantile_gives_that_first_step_satisfaction(tmp_path, objective):
+@pytest.mark.parametrize("objective, calibration_batch_size", [
+    ("cmdp", 0), ("cmdp", 32), ("worst_case", 0), ("soft_lagrangian", 0),
+    ("dual_lagrangian", 0)])
+def test_calibrated_quantile_gives_that_first_step_satisfaction(tmp_path, objective,
+                                                                calibration_batch_size):
   """Calibrating d at the median of the initial student's C(y) leaves about half of the
-  first step's fresh samples within it, whatever the objective's constraint."""
+  first step's fresh samples within it, whatever the objective's constraint and however
+  many samples each calibration pass takes."""
   rows, _ = _run(tmp_path, objective=objective, num_steps=1, batch_size=48,
-                 calibrate_budget_quantile=0.5, calibration_prompts=32)
+                 calibrate_budget_quantile=0.5, calibration_prompts=32,
+                 calibration_batch_size=calibration_batch_size)
   # 64 calibration samples, 48 step samples: binomial sd about 0.07 each.
   assert rows[0]["train/constraint_satisfaction"] == pytest.approx(0.5, abs=0.25)
