@@ -2,7 +2,7 @@ r"""SmolLM2-135M-Instruct teacher -> a student cut from its layers, on a CPU or 
 
 Main job (the README's), on its embedded default: sums of one- and two-digit numbers, a
 20-layer student healed first (cached in <workdir>/heal), the proposed `cmdp` objective
-with a budget calibrated on 256 samples of the healed student, and the teacher, the initial
+with a budget calibrated on 512 samples of the healed student, and the teacher, the initial
 and the trained student evaluated on 200 held-out problems:
 
     python -m cmdp.train --config configs/smollm2_gsm8k.py --workdir /tmp/cmdp_smollm2
@@ -23,12 +23,13 @@ Arguments (`configs/smollm2_gsm8k.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 13 min 45 s and 6.1 GB peak
-resident in all. Load 5 s; heal 490 s (96 steps of 16 teacher samples); calibration 34 s
-(d = 3.1 nats); the teacher and the initial student on 200 problems 94 s; 30 steps of about
-4.5 s; the trained student 46 s. The healed student is right 35.5% of the time greedy and
-27.5% sampled (the teacher 71.5%); 29% of the training samples earn reward; after the 30
-steps it is at 42.5% greedy, 32.5% sampled (one seed, overlapping intervals). Every prompt
+Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 13 min 53 s and 5.6 GB peak
+resident in all (6.1 GB in another run). Load 6 s; heal 478 s (96 steps of 16 teacher
+samples); calibration 63 s (d = 3.1 nats, 512 samples); the teacher and the initial student
+on 200 problems 90 s; 30 steps of about 4.5 s; the trained student 43 s. The healed student
+is right 35.5% of the time greedy and 27.5% sampled (the teacher 71.5%); 29% of the
+training samples earn reward; after the 30 steps it is at 42.5% greedy, 32.5% sampled (one
+seed, overlapping intervals). Every prompt
 begins with the same 44 tokens, which every forward pass runs once per batch
 (`data.share_prompt_prefix`). With heal=24 the job takes 7 min 56 s and 5.6 GB, but its
 student (14.5% greedy, 6.5% sampled) earns reward on about 10% of its samples and the 30
@@ -102,8 +103,8 @@ def get_config(arg=None):
   c.loss.group_size = 4  # samples per prompt (leave-one-out baseline)
   c.loss.budget = 30.0  # nats per response; replaced by calibration below
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
-  c.calibration_prompts = 64  # x group_size = 256 samples
-  c.calibration_batch_size = 64  # 4 passes of 64 samples (not 16 of 16: 42 s -> s)
+  c.calibration_prompts = 128  # x group_size = 512 samples
+  c.calibration_batch_size = 64  # 8 passes of 64 samples (passes of 16 took 1.2x as long)
   if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
     c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its cost
   c.batch_size = 16  # 4 prompts x 4 samples
