@@ -327,7 +327,8 @@ def sample(config: ModelConfig, params, prompt_tokens, prompt_mask, rng, *, max_
     prompt_mask: `[B, P]`, 1 for real tokens; every row needs at least one.
     rng: a PRNG key; the same key gives the same rollout.
     max_new_tokens, temperature, top_k, top_p, greedy, eos_ids, pad_id, mesh,
-      shared_prefix: see `make_sampler`. All are static: a new value compiles a new sampler (cached).
+      shared_prefix: see `make_sampler`. All are static: a new value compiles a new
+      sampler (cached).
 
   Returns:
     A `Rollout` with `[B, P + max_new_tokens]` arrays.
