@@ -97,11 +97,14 @@ def _ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def common_prefix(tokenizer, prompts: Sequence[str]) -> tuple[int, ...]:
+def common_prefix(tokenizer, prompts: Sequence[str],
+                  max_prompt_len: int = 0) -> tuple[int, ...]:
   """The longest run of leading tokens every prompt shares, leaving each at least one token
-  of its own (each prompt tokenised whole, as `encode_prompts` does)."""
+  of its own (each prompt tokenised whole, as `encode_prompts` does); () when some prompt
+  is longer than `max_prompt_len` (> 0), which `encode_prompts` then cuts from the left,
+  prefix first."""
   rows = _ids(tokenizer, prompts) if len(prompts) else []
-  if not rows:
+  if not rows or (max_prompt_len and max(map(len, rows)) > max_prompt_len):
     return ()
   first = rows[0]
   n = min(len(r) for r in rows) - 1

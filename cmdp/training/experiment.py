@@ -247,10 +247,7 @@ class Experiment:
     if not self.config.data.share_prompt_prefix or self.tokenizer is None:
       return ()
     texts = [self.prompt_text(ex.question) for ex in self.train_examples + self.test_examples]
-    lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    if max(lengths) > self.config.data.max_prompt_len:
-      return ()
-    return data.common_prefix(self.tokenizer, texts)
+    return data.common_prefix(self.tokenizer, texts, self.config.data.max_prompt_len)
 
   @property
   def shared_prefix(self) -> int:

@@ -122,6 +122,8 @@ def test_common_prefix_and_the_shared_prefix_layout(tok):
   assert list(prefix) == ids[0][:n] and n > 10
   assert common_prefix(tok, [prompts[0]]) == tuple(ids[0][:-1])
   assert common_prefix(tok, []) == ()
+  assert common_prefix(tok, prompts, max(map(len, ids))) == prefix
+  assert common_prefix(tok, prompts, max(map(len, ids)) - 1) == ()  # one would be cut
   width = max(map(len, ids)) + 2
   tokens, mask = encode_prompts(tok, prompts, width, prefix)
   pad = tok.convert_tokens_to_ids("<|pad|>")
