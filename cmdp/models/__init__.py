@@ -9,5 +9,6 @@ from cmdp.models.transformer import forward, init_params
 from cmdp.models.decode import (DecodeParams, KVCache, decode_params, forward_with_cache,
                                 init_cache)
 from cmdp.models.loading import CheckpointError, load_pretrained
+from cmdp.models.refit import LayerFit, refit_cut
 from cmdp.models.saving import save_pretrained
 from cmdp.models.tokenizer import tokenizer_from_gguf

@@ -146,7 +146,9 @@ class MLP(nn.Module):
     dtype = compute_dtype(c)
     gate = _dense(c.intermediate_size, "gate_proj", dtype)(x)
     up = _dense(c.intermediate_size, "up_proj", dtype)(x)
-    return _dense(c.hidden_size, "down_proj", dtype)(nn.silu(gate) * up)
+    hidden = nn.silu(gate) * up
+    self.sow("intermediates", "hidden", hidden)  # down_proj's input (`cmdp.models.refit`)
+    return _dense(c.hidden_size, "down_proj", dtype)(hidden)
 
 
 class Block(nn.Module):
@@ -162,6 +164,7 @@ class Block(nn.Module):
     h, kv = Attention(c, name="self_attn")(
         RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix)
     x = x + h
+    self.sow("intermediates", "attn_residual", x)  # read by `cmdp.models.refit` only
     x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
     return x, (kv if self.return_kv else None)
 

@@ -60,6 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
       path="",  # as teacher.path; "" = cut from the teacher or random init
       # Teacher layers kept by a student cut from the teacher (e.g. (0, 2, 4)); () = no cut.
       cut_layers=(),
+      # A cut student starts from the layer-wise least-squares repair of the cut
+      # (`cmdp.models.refit_cut`: each layer's down_proj from the first dropped layer on is
+      # re-fitted so the student's residual stream tracks the teacher's) on this many
+      # teacher samples of training prompts, in the heal stage (cached); 0 = the plain cut.
+      refit_samples=0,
+      refit_ridge=1e-3,  # the fit's ridge, relative to the Gram matrix's mean diagonal
       random_init=model_fields(num_layers=1),  # architecture when neither path nor cut
       init_workdir="",  # start from the final checkpoint of another run (e.g. an sft heal)
       dtype="float32",  # compute dtype
@@ -67,9 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.tokenizer = ""  # "" = the teacher's; "char" = built-in characters; or a tokenizer dir
   # Healing a student cut from the teacher (cut students are broken at first): before
-  # anything else, distil it on the teacher's samples, as a run of its own in `heal.dir`
-  # (`heal_config`: gkd with gkd_beta=0, the forward KL(teacher || student) at every
-  # response token). A finished heal there is reused by the next run.
+  # anything else, as a run of its own in `heal.dir`, refit it (`student.refit_samples`)
+  # and/or distil it on the teacher's samples (`heal_config`: gkd with gkd_beta=0, the
+  # forward KL(teacher || student) at every response token). A finished heal there is
+  # reused by the next run.
   c.heal = ml_collections.ConfigDict(dict(
       steps=0,  # optimiser steps of the heal; 0 = no heal
       batch_size=16,  # teacher samples per step
@@ -181,12 +188,19 @@ def set_objective(config: ml_collections.ConfigDict, name: str) -> None:
     config.loss[field] = value
 
 
+def heals(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run starts with the heal stage: distillation steps (`heal.steps`) or a
+  refit of the cut student (`student.refit_samples`)."""
+  return bool(config.heal.steps or config.student.refit_samples)
+
+
 def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The run that heals `config`'s student (`config.heal`): the same models, data, prompts
-  and rollout temperature; `gkd` with gkd_beta=0 on teacher samples only (the forward
-  KL(teacher || student) at every response token), `heal.steps` steps of `heal.batch_size`
-  samples, no calibration and no evaluation. Its budget is `config.loss.budget` (only its
-  logged constraint figures read it)."""
+  and rollout temperature; the student refitted first when `student.refit_samples` asks;
+  then `gkd` with gkd_beta=0 on teacher samples only (the forward KL(teacher || student) at
+  every response token), `heal.steps` steps of `heal.batch_size` samples (none: the refit
+  alone, saved as step 0), no calibration and no evaluation. Its budget is
+  `config.loss.budget` (only its logged constraint figures read it)."""
   h = ml_collections.ConfigDict(config.to_dict())
   h.loss = base_config().loss
   set_objective(h, "gkd")
@@ -286,6 +300,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.student.init_workdir!r}; set heal.steps=0 or clear init_workdir.")
   if config.heal.steps and config.heal.batch_size < 1:
     fail("heal.batch_size", "must be >= 1.")
+  s = config.student
+  if s.refit_samples < 0:
+    fail("student.refit_samples", "must be >= 0 (0 = no refit).")
+  if s.refit_samples and (not s.cut_layers or s.path):
+    fail("student.refit_samples", "only a student cut from the teacher (student.cut_layers, "
+         "no student.path) is refitted; set refit_samples=0.")
+  if s.refit_samples and s.init_workdir:
+    fail("student.refit_samples", f"the student already starts from student.init_workdir="
+         f"{s.init_workdir!r}; set refit_samples=0 or clear init_workdir.")
+  if s.refit_samples and s.refit_ridge <= 0:
+    fail("student.refit_ridge", "must be > 0.")
   # Bad loss fields, fields the objective ignores, and contradictions of its preset.
   get_objective(config.objective).check_fields(objective_config(config))
 

@@ -95,9 +95,10 @@ def _rate(per_s: float) -> str:
 class Progress:
   """A tqdm bar over the steps of a stage (process 0 only): seconds per step, new tokens
   per second since the start, and the latest step's figures (`postfix`, e.g. reward, KL,
-  satisfaction)."""
+  satisfaction). No bar when no step is left to run (a refit-only heal, a finished run)."""
 
   def __init__(self, total: int, initial: int, enabled: bool = True, desc: str = "train"):
+    enabled = enabled and initial < total
     self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                          desc=f"{desc:<10}", bar_format=(
                              "{desc} {n_fmt}/{total_fmt} {bar} [{elapsed}<{remaining}, "

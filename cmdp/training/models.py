@@ -13,11 +13,10 @@ import os
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from cmdp import models
-from cmdp.models import presets
+from cmdp.models import presets, refit
 from cmdp.models.char_tokenizer import char_tokenizer
 from cmdp.models.tokenizer import tokenizer_from_directory
 
@@ -42,11 +41,8 @@ def cut_layers(model: LoadedModel, keep: tuple[int, ...]) -> LoadedModel:
   if bad or len(set(keep)) != len(keep):
     raise ValueError(f"config.student.cut_layers={tuple(keep)}: layer indices must be distinct "
                      f"and in [0, {n}) for a {n}-layer teacher.")
-  idx = jnp.asarray(keep)
-  # Fresh arrays (never aliases of the teacher's): the train step donates the student.
-  params = {k: jax.tree.map(jnp.array, v) for k, v in model.params.items() if k != "layers"}
-  params["layers"] = jax.tree.map(lambda w: w[idx], model.params["layers"])
-  return LoadedModel(model.config.replace(num_layers=len(keep)), params)
+  return LoadedModel(model.config.replace(num_layers=len(keep)),
+                     refit.cut(model.params, keep))
 
 
 def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):

@@ -1,6 +1,7 @@
 """The training loop: rollouts -> teacher scoring -> rewards -> the registered objective.
 
-Stages of a run (one console line each): heal (optional, cached: `config.heal`), load,
+Stages of a run (one console line each): heal (optional, cached: `config.heal`; a student
+cut from the teacher is refitted there, `student.refit_samples`, and/or distilled), load,
 calibrate the budget, evaluate the teacher and the initial student, train, evaluate.
 
 One iteration:
@@ -29,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cmdp import constraint, data, evaluation, sharding
+from cmdp import constraint, data, evaluation, models, sharding
 from cmdp.training import batch as batch_lib
 from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import config as config_lib
@@ -120,6 +121,33 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
   return batch, host
 
 
+def refit_student(exp: experiment_lib.Experiment, rng) -> tuple[dict, list]:
+  """The student cut from the teacher (`student.cut_layers`), refitted by layer-wise least
+  squares (`cmdp.models.refit_cut`) on `student.refit_samples` teacher samples of training
+  prompts at the rollout temperature; returns `(params, fits)`.
+
+  The samples come in passes of `calibration_batch_size` (else `batch_size`) prompts; in a
+  multi-process run each process samples its own rows of every pass and the fit's sums run
+  over the global arrays.
+  """
+  cfg = exp.config
+  rows = cfg.calibration_batch_size or cfg.batch_size
+  it = data.PromptIterator(exp.train_examples, rows, seed=cfg.seed + 11, shard=process_shard())
+  sampler = exp.sampler("teacher")
+  tokens, masks = [], []
+  for i in range(-(-cfg.student.refit_samples // rows)):
+    prompts = exp.encode_prompts(it.next_batch())
+    batch_lib.check_prompts(*prompts, cfg.data.max_prompt_len, exp.shared_prefix)
+    rollout = sampler(exp.teacher.params, *exp.put_prompts(prompts, exp.teacher_mesh),
+                      jax.random.fold_in(rng, i), check=False)
+    tokens.append(rollout.tokens)
+    masks.append(rollout.attention_mask)
+  return models.refit_cut(exp.teacher.config, exp.teacher.params,
+                          tuple(cfg.student.cut_layers), jax.numpy.concatenate(tokens),
+                          jax.numpy.concatenate(masks), shared_prefix=exp.shared_prefix,
+                          ridge=cfg.student.refit_ridge, batch_size=rows)
+
+
 def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)` (the
   constraint of `exp.hp`, on samples at the training temperature; docs/method.md).
@@ -182,7 +210,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   _check_processes(config, default_eval=default_eval)
   evaluate_fn = evaluate_fn or functools.partial(eval_loop.evaluate_and_write, workdir=workdir)
   os.makedirs(workdir, exist_ok=True)
-  healed_here = bool(config.heal.steps)  # the heal stage loads the models first
+  # The heal stage (a run of its own, which loads the models first); never inside it.
+  healed_here = stage_name != "heal" and config_lib.heals(config)
   if healed_here:
     config = heal(config, workdir)
     if config is None:  # SIGTERM during the heal: it saved its state; resume later
@@ -195,10 +224,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
     log_lib.stage("load", f"{_describe(exp)} ({time.perf_counter() - t0:.0f} s)")
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints,
                                        config.checkpoint_async)
-  state, shardings = create_state(exp, exp.student.params)
+  start_fresh = checkpointer.latest_step() is None
+  params = exp.student.params
+  if start_fresh and config.student.refit_samples and not config.student.init_workdir:
+    t0 = time.perf_counter()
+    params, fits = refit_student(exp, jax.random.PRNGKey(config.seed + 3))
+    log_lib.stage("refit", f"student layers {fits[0].layer}-{fits[-1].layer} (down_proj) "
+                  f"on {config.student.refit_samples} teacher samples; residual error at "
+                  f"the gap {fits[0].error_before:.2f} -> {fits[0].error_after:.2f} "
+                  f"({time.perf_counter() - t0:.0f} s)")
+  state, shardings = create_state(exp, params)
+  del params
   it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
                            seed=config.seed, shard=process_shard())
-  start_fresh = checkpointer.latest_step() is None
   if not start_fresh:
     state, meta = checkpointer.restore(state, exp.student.config)
     it.restore(meta["data"])
@@ -312,7 +350,7 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
         raise ValueError(f"config.heal.dir={heal_dir!r} holds a heal of another config "
                          "(its config.json differs); point heal.dir at a new directory.")
   if _finished(heal_dir, hcfg.num_steps):
-    log_lib.stage("heal", f"reusing the {hcfg.num_steps}-step heal in {heal_dir}")
+    log_lib.stage("heal", f"reusing the heal in {heal_dir}")
   else:
     t0 = time.perf_counter()
     try:
@@ -322,8 +360,12 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
                        f"{e}") from e
     if not _finished(heal_dir, hcfg.num_steps):
       return None
-    log_lib.stage("heal", f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples "
-                  f"(gkd, forward KL) in {time.perf_counter() - t0:.0f} s: {heal_dir}")
+    done = [f"refitted on {hcfg.student.refit_samples} teacher samples"] * bool(
+        hcfg.student.refit_samples) + [
+            f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples (gkd, forward KL)"
+        ] * bool(hcfg.num_steps)
+    log_lib.stage("heal", f"{', then '.join(done)} in {time.perf_counter() - t0:.0f} s: "
+                  f"{heal_dir}")
   return healed(config, workdir)
 
 
@@ -331,15 +373,15 @@ def healed(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
   """`config` with the student starting from its finished heal (`student.init_workdir`),
   as training started; `config` itself when it has no heal. Raises FileNotFoundError when
   the heal of `workdir` (or `heal.dir`) has not finished."""
-  if not config.heal.steps:
+  if not config_lib.heals(config):
     return config
   heal_dir = _heal_dir(config, workdir)
   if not _finished(heal_dir, config.heal.steps):
-    raise FileNotFoundError(f"config.heal: no finished {config.heal.steps}-step heal in "
+    raise FileNotFoundError(f"config.heal: no finished heal ({config.heal.steps} steps) in "
                             f"{heal_dir!r}; run `python -m cmdp.train` with this config "
                             "first (it heals the student), or set heal.dir.")
   out = ml_collections.ConfigDict(config.to_dict())
-  out.heal.steps = 0
+  out.heal.steps = out.student.refit_samples = 0
   out.student.init_workdir = heal_dir
   return out
 

@@ -46,10 +46,14 @@ def head_dim(config) -> int:
   return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def random_torch_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
-  """A float32 `*ForCausalLM` with weights ~ N(0, 0.1) (norm scales ~ 1 + N(0, 0.1)), eval mode."""
+def random_torch_model(name: str, seed: int = 0,
+                       num_layers: int | None = None) -> transformers.PreTrainedModel:
+  """A float32 `*ForCausalLM` with weights ~ N(0, 0.1) (norm scales ~ 1 + N(0, 0.1)), eval
+  mode; `num_layers` replaces the config's 2."""
   torch.manual_seed(seed)
   config = HF_CONFIGS[name]()
+  if num_layers:
+    config.num_hidden_layers = num_layers
   config._attn_implementation = "eager"
   model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
   with torch.no_grad():

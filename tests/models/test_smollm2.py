@@ -4,6 +4,7 @@ References: the published model facts; a hand-written byte-level BPE for the tok
 Hugging Face PyTorch Llama for the logits (our `save_pretrained` -> torch `from_pretrained`).
 """
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ import transformers
 
 import cmdp.models as M
 from cmdp.models.bundled import smollm2_gguf_path
+from tests.training.tiny import run_train
 
 PROMPT = [{"role": "user", "content": "What is 2+3?"}]
 NEW_TOKENS = 10
@@ -135,3 +137,20 @@ def test_torch_round_trip(smollm2, greedy, tmp_path):
       tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False))
   assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
   assert model.generation_config.eos_token_id == tok.eos_token_id
+
+
+def test_the_main_job_small_runs_end_to_end(tmp_path):
+  """`configs/smollm2_gsm8k.py:small` as a user runs it: the real teacher, the cut student
+  refitted in the heal stage, calibration, both evaluations and the report on screen."""
+  workdir = str(tmp_path / "job")
+  proc = run_train("smollm2_gsm8k.py:small", workdir, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  names = ("load", "refit", "heal", "calibrate", "evaluate", "train")
+  stages = [line.split()[0] for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0] in names]
+  assert stages == ["load", "refit", "heal", "calibrate", "evaluate", "evaluate"], stages
+  assert "refitted on 8 teacher samples" in proc.stdout
+  for row in ("| teacher |", "| initial student |", "| student |"):
+    assert row in proc.stdout
+  assert os.path.exists(os.path.join(workdir, "run.png"))
+  assert os.path.isdir(os.path.join(workdir, "heal", "checkpoints"))

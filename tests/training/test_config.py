@@ -1,7 +1,5 @@
 """Configs fail at start with a message naming the field; every config file builds."""
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -11,7 +9,7 @@ from cmdp.models.char_tokenizer import char_tokenizer
 from cmdp.training import config as config_lib
 from cmdp.training import experiment
 from cmdp.training import models as model_lib
-from tests.training.tiny import _ROOT, load_config_file, tiny_config
+from tests.training.tiny import load_config_file, run_train, tiny_config
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -44,10 +42,7 @@ def test_unknown_keys_fail():
 
 
 def test_unknown_override_on_the_command_line_fails():
-  proc = subprocess.run(
-      [sys.executable, "-m", "cmdp.train", "--config", os.path.join(_ROOT, "configs/tiny.py"),
-       "--workdir", "/tmp/never_written", "--config.loss.budgt=2.0"],
-      capture_output=True, text=True, timeout=300, cwd=_ROOT)
+  proc = run_train("tiny.py", "/tmp/never_written", "--config.loss.budgt=2.0")
   assert proc.returncode != 0
   assert "budgt" in proc.stderr
   assert not os.path.exists("/tmp/never_written")
@@ -132,10 +127,7 @@ def test_the_console_is_quiet_and_ends_with_the_report(tmp_path):
   """The libraries' INFO logs (orbax, absl: 60+ lines) are off unless --verbose; the run
   ends with the results table on stdout."""
   workdir = str(tmp_path / "quiet")
-  proc = subprocess.run(
-      [sys.executable, "-m", "cmdp.train", "--config",
-       os.path.join(_ROOT, "configs/tiny.py:steps=1"), "--workdir", workdir],
-      capture_output=True, text=True, timeout=300, cwd=_ROOT)
+  proc = run_train("tiny.py:steps=1", workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
   noisy = [line for line in proc.stderr.splitlines() if line.startswith("I1") or "INFO" in line]
   assert not noisy, noisy[:5]

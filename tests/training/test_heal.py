@@ -96,7 +96,7 @@ def test_the_evaluate_command_starts_from_the_heal(tmp_path):
   untrained = eval_loop.evaluate(exp, exp.student.params, "student", exp.hp)
   assert untrained["kl_seq_greedy_mean"] != results["initial_student"]["kl_seq_greedy_mean"]
   os.rename(os.path.join(workdir, "heal"), os.path.join(workdir, "gone"))
-  with pytest.raises(FileNotFoundError, match=r"config\.heal: no finished 2-step heal"):
+  with pytest.raises(FileNotFoundError, match=r"config\.heal: no finished heal \(2 steps\)"):
     evaluate.run(config, workdir)
 
 
@@ -124,3 +124,54 @@ def test_sigterm_during_the_heal_stops_the_run_and_resumes_there(tmp_path, monke
   trainer.train(tiny_config(**overrides), workdir, evaluate_fn=_no_eval)
   assert [r["step"] for r in read_metrics(heal_dir)] == [1, 2]
   assert [r["step"] for r in read_metrics(workdir)] == [1]
+
+
+def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypatch):
+  """`student.refit_samples` alone: the heal stage saves the cut student refitted on teacher
+  samples as its step 0, the run starts from it, the next run reuses it, and a refit of
+  another size there is refused."""
+  cut = {"student.cut_layers": (0,), "num_steps": 0}
+  overrides = {**cut, "student.refit_samples": 8}
+  config = tiny_config(**overrides)
+  workdir = str(tmp_path / "run")
+  trainer.train(config, workdir, evaluate_fn=_no_eval)
+  heal_dir = os.path.join(workdir, "heal")
+  assert ckpt_lib.Checkpointer(heal_dir).latest_step() == 0
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)["student"]
+  assert (record["init_workdir"], record["refit_samples"]) == (heal_dir, 0)
+
+  # The run's student is the refit of the heal's teacher samples, drawn again here.
+  hcfg = config_lib.heal_config(config)
+  refit, fits = trainer.refit_student(experiment.build(hcfg), jax.random.PRNGKey(hcfg.seed + 3))
+  assert [f.layer for f in fits] == [0] and fits[0].error_after < fits[0].error_before
+  started = _final_params(tiny_config(**cut), workdir)
+  plain = jax.device_get(experiment.build(tiny_config(**cut)).student.params)
+  flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
+  for path, value in flat(started).items():
+    np.testing.assert_allclose(value, flat(jax.device_get(refit))[path], atol=1e-6)
+    if "down_proj" in jax.tree_util.keystr(path):  # the refit's only change to the cut
+      assert not np.allclose(value, flat(plain)[path])
+    else:
+      np.testing.assert_array_equal(value, flat(plain)[path])
+
+  # Reused: no refit runs again.
+  monkeypatch.setattr(trainer, "refit_student", lambda *a: pytest.fail("refitted again"))
+  trainer.train(tiny_config(**overrides, **{"heal.dir": heal_dir}), str(tmp_path / "again"),
+                evaluate_fn=_no_eval)
+  other = tiny_config(**{**overrides, "student.refit_samples": 16, "heal.dir": heal_dir})
+  with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
+    trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"student.refit_samples": -1}, "refit_samples: must be >= 0"),
+    ({"student.refit_samples": 8}, "refit_samples: only a student cut from the teacher"),
+    ({"student.refit_samples": 8, "student.cut_layers": (0,), "student.init_workdir": "/tmp/x"},
+     "refit_samples: the student already starts"),
+    ({"student.refit_samples": 8, "student.cut_layers": (0,), "student.refit_ridge": 0.0},
+     "refit_ridge: must be > 0"),
+])
+def test_refit_fields_are_checked(overrides, message):
+  with pytest.raises(ValueError, match=r"config\.student\." + message):
+    config_lib.validate(tiny_config(**overrides))

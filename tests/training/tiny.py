@@ -1,8 +1,23 @@
 """configs/tiny.py with dotted-key overrides, as the command line would apply them."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_train(config: str, workdir: str, *flags: str,
+              timeout: int = 300) -> subprocess.CompletedProcess:
+  """`python -m cmdp.train --config configs/<config> --workdir <workdir> <flags>`, as a user
+  runs it from the repository root: on one CPU device, not the tests' eight."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
+  return subprocess.run(
+      [sys.executable, "-m", "cmdp.train", "--config", os.path.join(_ROOT, "configs", config),
+       "--workdir", workdir, *flags], capture_output=True, text=True, timeout=timeout,
+      cwd=_ROOT, env=env)
 
 
 def load_config_file(name: str, arg: str | None = None):
