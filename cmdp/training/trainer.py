@@ -212,6 +212,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   os.makedirs(workdir, exist_ok=True)
   # The heal stage (a run of its own, which loads the models first); never inside it.
   healed_here = stage_name != "heal" and config_lib.heals(config)
+  # A heal run here loads the models and says so; a finished one reused does not.
+  loaded_in_heal = healed_here and not _finished(_heal_dir(config, workdir), config.heal.steps)
   if healed_here:
     config = heal(config, workdir)
     if config is None:  # SIGTERM during the heal: it saved its state; resume later
@@ -220,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   t0 = time.perf_counter()
   exp = experiment_lib.build(config)
   hp = exp.hp
-  if not healed_here:
+  if not loaded_in_heal:
     log_lib.stage("load", f"{_describe(exp)} ({time.perf_counter() - t0:.0f} s)")
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints,
                                        config.checkpoint_async)

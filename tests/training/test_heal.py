@@ -126,7 +126,7 @@ def test_sigterm_during_the_heal_stops_the_run_and_resumes_there(tmp_path, monke
   assert [r["step"] for r in read_metrics(workdir)] == [1]
 
 
-def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypatch):
+def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypatch, capsys):
   """`student.refit_samples` alone: the heal stage saves the cut student refitted on teacher
   samples as its step 0, the run starts from it, the next run reuses it, and a refit of
   another size there is refused."""
@@ -155,10 +155,13 @@ def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypat
     else:
       np.testing.assert_array_equal(value, flat(plain)[path])
 
-  # Reused: no refit runs again.
+  # Reused: no refit runs again, and the run's own load has its console line.
   monkeypatch.setattr(trainer, "refit_student", lambda *a: pytest.fail("refitted again"))
+  capsys.readouterr()
   trainer.train(tiny_config(**overrides, **{"heal.dir": heal_dir}), str(tmp_path / "again"),
                 evaluate_fn=_no_eval)
+  stages = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+  assert stages[:2] == ["heal", "load"], stages
   other = tiny_config(**{**overrides, "student.refit_samples": 16, "heal.dir": heal_dir})
   with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
     trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
