@@ -141,16 +141,19 @@ def test_torch_round_trip(smollm2, greedy, tmp_path):
 
 def test_the_main_job_small_runs_end_to_end(tmp_path):
   """`configs/smollm2_gsm8k.py:small` as a user runs it: the real teacher, the cut student
-  refitted in the heal stage, calibration, both evaluations and the report on screen."""
+  refitted in the heal stage, calibration, both evaluations and the report on screen; the
+  libraries' INFO logs (orbax, absl: 60+ lines) are off without --verbose."""
   workdir = str(tmp_path / "job")
   proc = run_train("smollm2_gsm8k.py:small", workdir, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  noisy = [line for line in proc.stderr.splitlines() if line.startswith("I1") or "INFO" in line]
+  assert not noisy, noisy[:5]
   names = ("load", "refit", "heal", "calibrate", "evaluate", "train")
   stages = [line.split()[0] for line in proc.stdout.splitlines()
             if line.split() and line.split()[0] in names]
   assert stages == ["load", "refit", "heal", "calibrate", "evaluate", "evaluate"], stages
   assert "refitted on 8 teacher samples" in proc.stdout
-  for row in ("| teacher |", "| initial student |", "| student |"):
+  for row in ("| teacher |", "| initial student |", "| student |", "95% intervals"):
     assert row in proc.stdout
   assert os.path.exists(os.path.join(workdir, "run.png"))
   assert os.path.isdir(os.path.join(workdir, "heal", "checkpoints"))

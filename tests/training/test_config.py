@@ -121,15 +121,3 @@ def test_training_rollouts_sample_the_policy_itself():
     config_lib.validate(tiny_config(**{"rollout.top_k": 20}))
   with pytest.raises(ValueError, match=r"config\.rollout\.top_p"):
     config_lib.validate(tiny_config(**{"rollout.top_p": 0.9}))
-
-
-def test_the_console_is_quiet_and_ends_with_the_report(tmp_path):
-  """The libraries' INFO logs (orbax, absl: 60+ lines) are off unless --verbose; the run
-  ends with the results table on stdout."""
-  workdir = str(tmp_path / "quiet")
-  proc = run_train("tiny.py:steps=1", workdir)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  noisy = [line for line in proc.stderr.splitlines() if line.startswith("I1") or "INFO" in line]
-  assert not noisy, noisy[:5]
-  assert "| student |" in proc.stdout and "95% intervals" in proc.stdout
-  assert os.path.exists(os.path.join(workdir, "run.png"))
