@@ -142,9 +142,10 @@ def refit_student(exp: experiment_lib.Experiment, rng) -> tuple[dict, list]:
                       jax.random.fold_in(rng, i), check=False)
     tokens.append(rollout.tokens)
     masks.append(rollout.attention_mask)
+  n = cfg.student.refit_samples  # the last pass's surplus rows are left out
   return models.refit_cut(exp.teacher.config, exp.teacher.params,
-                          tuple(cfg.student.cut_layers), jax.numpy.concatenate(tokens),
-                          jax.numpy.concatenate(masks), shared_prefix=exp.shared_prefix,
+                          tuple(cfg.student.cut_layers), jax.numpy.concatenate(tokens)[:n],
+                          jax.numpy.concatenate(masks)[:n], shared_prefix=exp.shared_prefix,
                           ridge=cfg.student.refit_ridge, batch_size=rows)
 
 
@@ -362,10 +363,12 @@ def heal(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Conf
                        f"{e}") from e
     if not _finished(heal_dir, hcfg.num_steps):
       return None
-    done = [f"refitted on {hcfg.student.refit_samples} teacher samples"] * bool(
-        hcfg.student.refit_samples) + [
-            f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples (gkd, forward KL)"
-        ] * bool(hcfg.num_steps)
+    done = []
+    if hcfg.student.refit_samples:
+      done.append(f"refitted on {hcfg.student.refit_samples} teacher samples")
+    if hcfg.num_steps:
+      done.append(f"{hcfg.num_steps} steps of {hcfg.batch_size} teacher samples (gkd, "
+                  "forward KL)")
     log_lib.stage("heal", f"{', then '.join(done)} in {time.perf_counter() - t0:.0f} s: "
                   f"{heal_dir}")
   return healed(config, workdir)
