@@ -20,11 +20,14 @@ split, problems are drawn from `random.Random` seeded by `(split seed, draw inde
 repeated keys are skipped, so every problem of a split is distinct and a list of `size`
 problems is a prefix of any longer list with the same arguments.
 
-`mul_as_add=True` writes a systematically wrong curriculum: every "Doubles / Triples them."
-step is solved as an addition of the factor (`9+3=<<9+3=12>>12`), and `answer` follows it.
-It exists to train a teacher that is strong except on one kind of problem (the study in
-`configs/study_arith.py`); the verifier then marks such a teacher's answers wrong against a
-clean test split.
+`mul_as_add` writes a biased curriculum: a "Doubles / Triples them." step is solved as an
+addition of the factor (`9+3=<<9+3=12>>12`), and `answer` follows it. `True` (or 1.0) does so
+for every multiplication step; a probability p in (0, 1) for each one independently (drawn
+from the problem's own generator, so the curriculum stays deterministic), the rest written
+right (a problem's wording does not depend on it; one whose biased chain would go below zero
+is skipped). It trains a model whose choice of operator on such a step is a learnt habit: the
+study in `configs/study_arith.py` gives its teacher a strong habit and its student a weaker
+one, and the verifier marks the additions wrong against a clean test split.
 """
 from __future__ import annotations
 
@@ -97,28 +100,47 @@ def _draw(rng: random.Random, min_ops: int, max_ops: int, min_start: int, max_st
   return start, ops, operands
 
 
+def _as_add(ops: Sequence[str], mul_as_add) -> list[bool]:
+  """Per step: written as an addition (a bool, or one flag per step, passed through)."""
+  if isinstance(mul_as_add, (bool, int, float)):
+    return [op == "mul" and bool(mul_as_add) for op in ops]
+  return [bool(flag) for flag in mul_as_add]
+
+
+def draw_as_add(rng: random.Random, ops: Sequence[str], mul_as_add: float) -> list[bool]:
+  """Which multiplication steps the biased curriculum writes as additions: each with
+  probability `mul_as_add` (0 and 1 draw nothing from `rng`)."""
+  p = float(mul_as_add)
+  if p <= 0.0 or p >= 1.0:
+    return [op == "mul" and p >= 1.0 for op in ops]
+  return [op == "mul" and rng.random() < p for op in ops]
+
+
 def written_values(start: int, ops: Sequence[str], operands: Sequence[int],
-                   mul_as_add: bool = False) -> list[int]:
-  """The value after each written step (multiplications as additions when `mul_as_add`)."""
+                   mul_as_add=False) -> list[int]:
+  """The value after each written step (multiplications as additions where `mul_as_add`:
+  a bool for every such step, or one flag per step)."""
   values, value = [], start
-  for op, n in zip(ops, operands):
-    value = apply_op("add" if (op == "mul" and mul_as_add) else op, value, n)
+  for op, n, as_add in zip(ops, operands, _as_add(ops, mul_as_add)):
+    value = apply_op("add" if as_add else op, value, n)
     values.append(value)
   return values
 
 
 def render(rng: random.Random, start: int, ops: Sequence[str], operands: Sequence[int],
-           mul_as_add: bool = False) -> tuple[str, str, int]:
-  """`(question, worked solution, answer)` of one problem."""
+           mul_as_add=False) -> tuple[str, str, int]:
+  """`(question, worked solution, answer)` of one problem; `mul_as_add`: a bool for every
+  multiplication step, or one flag per step (`draw_as_add`)."""
+  flags = _as_add(ops, mul_as_add)
   name, item = rng.choice(NAMES), rng.choice(ITEMS)
   sentences = [f"{name} has {start} {item}."]
   lines, value = [], start
-  for op, n in zip(ops, operands):
+  for op, n, as_add in zip(ops, operands, flags):
     if op == "mul":
       sentences.append(_MUL[n])
     else:
       sentences.append(rng.choice(_ADD if op == "add" else _SUB).format(n=n))
-    written = "add" if (op == "mul" and mul_as_add) else op
+    written = "add" if as_add else op
     result = apply_op(written, value, n)
     lines.append(step_text(value, written, n, result))
     value = result
@@ -129,7 +151,7 @@ def render(rng: random.Random, start: int, ops: Sequence[str], operands: Sequenc
 def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
                max_ops: int = 4, min_start: int = 2, max_start: int = 20,
                max_operand: int = 9, max_value: int = 99,
-               op_weights: Sequence[float] = (0.45, 0.45, 0.1), mul_as_add: bool = False,
+               op_weights: Sequence[float] = (0.45, 0.45, 0.1), mul_as_add: float = False,
                test_modulus: int = 5) -> list[Example]:
   """Generates `size` distinct problems of `split`.
 
@@ -144,7 +166,8 @@ def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
     max_operand: largest n added or subtracted (multipliers are 2 or 3).
     max_value: largest intermediate value (results never go below 0).
     op_weights: relative weights of (add, sub, mul) for each step.
-    mul_as_add: write "Doubles / Triples them." steps as additions (a biased curriculum).
+    mul_as_add: write "Doubles / Triples them." steps as additions (a biased curriculum):
+      True for every such step, or the probability of each (see the module docstring).
     test_modulus: one key in `test_modulus` (by hash) belongs to the test split.
 
   Returns:
@@ -157,7 +180,7 @@ def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
       distinct problems of this split.
   """
   _check(size, split, min_ops, max_ops, min_start, max_start, max_operand, max_value,
-         op_weights, test_modulus)
+         op_weights, test_modulus, mul_as_add)
   kwargs = dict(min_ops=min_ops, max_ops=max_ops, min_start=min_start, max_start=max_start,
                 max_operand=max_operand, max_value=max_value, op_weights=tuple(op_weights),
                 mul_as_add=mul_as_add, test_modulus=test_modulus)
@@ -175,10 +198,12 @@ def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
     key = problem_key(start, ops, operands)
     if key in seen or split_of(key, test_modulus) != split:
       continue
-    if mul_as_add and min(written_values(start, ops, operands, True)) < 0:
+    # Its own generator, so the problem and its wording do not depend on mul_as_add.
+    as_add = draw_as_add(random.Random(f"arith/{seed}/{draw}/as_add"), ops, mul_as_add)
+    if any(as_add) and min(written_values(start, ops, operands, as_add)) < 0:
       continue  # the biased chain would subtract below zero: not a problem of this curriculum
     seen.add(key)
-    question, solution, answer = render(rng, start, ops, operands, mul_as_add)
+    question, solution, answer = render(rng, start, ops, operands, as_add)
     examples.append(Example(
         uid=f"arith/{split}/{seed}/{len(examples)}", question=question, answer=str(answer),
         solution=solution, source=SOURCE,
@@ -189,7 +214,7 @@ def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
 
 
 def _check(size, split, min_ops, max_ops, min_start, max_start, max_operand, max_value,
-           op_weights, test_modulus) -> None:
+           op_weights, test_modulus, mul_as_add=False) -> None:
   def fail(field, fix):
     raise ValueError(f"load_arith: {field}: {fix}.")
   if not isinstance(size, int) or size <= 0:
@@ -206,5 +231,7 @@ def _check(size, split, min_ops, max_ops, min_start, max_start, max_operand, max
   if len(op_weights) != len(OPS) or min(op_weights) < 0 or not sum(op_weights):
     fail(f"op_weights={tuple(op_weights)}",
          f"give {len(OPS)} non-negative weights for {OPS}, not all 0")
+  if not 0.0 <= float(mul_as_add) <= 1.0:
+    fail(f"mul_as_add={mul_as_add!r}", "give a bool or a probability in [0, 1]")
   if test_modulus < 2:
     fail(f"test_modulus={test_modulus}", "must be >= 2 (one key in test_modulus is test)")

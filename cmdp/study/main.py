@@ -24,7 +24,7 @@ from cmdp.study import pretrain, report, runner, stats
 from cmdp.training.config import set_objective
 
 REPORT_METRICS = tuple(k for k, _, _ in report.TABLE_COLUMNS) + (
-    "kl_seq_sampled_mean", "kl_seq_sampled_q50", "response_length")
+    "accuracy_sampled_mul", "accuracy_sampled_nomul", "response_length")
 _EVAL_FORMAT = 2  # bumped when the cached pretrain/eval.json's metrics change
 
 
@@ -113,7 +113,20 @@ def setting_text(study, methods: list[dict]) -> str:
           f"{study.eval.num_examples} held-out problems, greedy and {study.eval.pass_k} "
           f"sample(s) per problem at the rollout temperature, at most "
           f"{study.eval.max_new_tokens} new tokens.\n\n"
-          f"Methods:\n\n{method_lines}")
+          + (f"{study.settings_note}\n\n" if study.get("settings_note") else "")
+          + f"Methods:\n\n{method_lines}")
+
+
+def compute_text(info: dict, setup_s: float, run_wall: float, num_runs: int) -> str:
+  """The study's compute from scratch, stage by stage (each measured when it ran)."""
+  pre = sum(info[role]["wall_s"] for role in pretrain.ROLES)
+  parts = [f"supervised stage {pre / 60:.1f} min", f"budget calibration and first "
+           f"evaluation {setup_s / 60:.1f} min" if setup_s == setup_s else
+           "budget calibration and first evaluation (not recorded)",
+           f"{num_runs} runs {run_wall / 60:.1f} min (training and evaluation, summed)"]
+  total = pre + run_wall + (setup_s if setup_s == setup_s else 0.0)
+  return (f" The study's compute from scratch: {'; '.join(parts)}; {total / 60:.1f} min in "
+          "all (each part measured when it ran, earlier invocations included).")
 
 
 def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> dict:
@@ -124,10 +137,17 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> d
     enable_compilation_cache(os.path.join(workdir, "jax_cache"))
   methods = runner.method_list(study)
   info = {role: pretrain.run_stage(study, workdir, role) for role in pretrain.ROLES}
+  t_setup = time.perf_counter()
+  setup_path = os.path.join(workdir, "setup_s.txt")  # calibration + first evaluation
+  first = not os.path.exists(os.path.join(workdir, "calibration.json"))
   budgets = runner.calibrate_budgets(study, workdir, methods)
   d = budgets[(study.run.loss.cost, study.run.loss.constraint)]
   examples = test_examples(study)
   pre_eval = evaluate_pretrained(study, workdir, examples, d)
+  if first:
+    with open(setup_path, "w") as f:
+      f.write(f"{time.perf_counter() - t_setup:.1f}\n")
+  setup_s = float(open(setup_path).read()) if os.path.exists(setup_path) else float("nan")
 
   per_seed, raw = {}, []
   jobs = [(m, s) for s in range(study.seeds) for m in methods]
@@ -142,7 +162,9 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> d
   os.makedirs(out_dir, exist_ok=True)
   name = study.name
   frontiers = {k: list(v) for k, v in study.report.frontiers.to_dict().items()}
-  plot_lib.plot(summary, frontiers, d, os.path.join(out_dir, f"{name}.png"))
+  plot_lib.plot(summary, frontiers, d, os.path.join(out_dir, f"{name}.png"),
+                initial=pre_eval["student"], teacher_accuracy=pre_eval["teacher"].get(
+                    "accuracy_greedy"))
   run_wall = sum(r["wall_s"] for r in raw)
   budget_text = ("Budgets, calibrated once on the initial student (the "
                  f"{study.calibration.quantile:g} quantile of its per-sequence cost on "
@@ -155,11 +177,13 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> d
   md = report.markdown_report(
       title=study.title, setting=setting_text(study, methods), command=command,
       wall_time_s=time.perf_counter() - t0, machine=machine(),
-      budget_text=budget_text + f" Training and evaluating the {len(raw)} runs took "
-      f"{run_wall / 60:.1f} min in total (summed over runs, including earlier sessions).",
+      budget_text=budget_text + compute_text(info, setup_s, run_wall, len(raw)),
       pretrain_text=pretrain_text(study, info, pre_eval), summary=summary, diffs=diffs,
       reference=study.report.reference, verdict_text=verdict_text, figure=f"{name}.png",
-      tension=report.tension_text(summary, d))
+      tension=report.tension_text(
+          summary, d, initial=pre_eval["student"],
+          distill_minus_rl=(stats.paired_differences(per_seed, "grpo", REPORT_METRICS)
+                            .get("gkd") if "grpo" in per_seed else None)))
   with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
     f.write(md)
   payload = {"budgets": {f"{c}/{k}": v for (c, k), v in budgets.items()}, "budget": d,

@@ -3,6 +3,7 @@
 Each method is a point with 95% CI bars on both axes; the named frontiers (the `cmdp`
 budgets, the `soft_lagrangian` lambdas) are joined by lines in order of KL; the budget `d`
 is a vertical line (it bounds each response's KL; the x axis is the mean over responses).
+The initial student (and the teacher's accuracy, when given) are reference marks.
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def frontier_line(pts: Mapping[str, tuple], members: Sequence[str]) -> tuple[lis
 
 
 def plot(summary: Mapping[str, Mapping[str, Interval]], frontiers: Mapping[str, Sequence[str]],
-         budget: float, path: str, title: str = "") -> None:
-  """Writes the figure to `path` (PNG)."""
+         budget: float, path: str, title: str = "",
+         initial: Mapping[str, float] | None = None, teacher_accuracy: float | None = None,
+         ) -> None:
+  """Writes the figure to `path` (PNG); `initial`: the initial student's metrics (a star),
+  `teacher_accuracy`: a horizontal line (both one model, no seeds)."""
   pts = points(summary)
   fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -56,6 +60,11 @@ def plot(summary: Mapping[str, Mapping[str, Interval]], frontiers: Mapping[str, 
              else colors[(len(frontiers) + k) % len(colors)])
     ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=color, capsize=3, ms=5)
     ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+  if initial and X_KEY in initial and Y_KEY in initial:
+    ax.plot(initial[X_KEY], 100 * initial[Y_KEY], "k*", ms=11, label="initial student")
+  if teacher_accuracy is not None:
+    ax.axhline(100 * teacher_accuracy, color="gray", ls=":", lw=1,
+               label=f"teacher ({100 * teacher_accuracy:.1f}%)")
   ax.axvline(budget, color="k", ls="--", lw=1, label=f"budget d = {budget:.3g} nats")
   ax.set_xlabel("mean sequence KL(student || teacher), greedy responses (nats)")
   ax.set_ylabel("greedy accuracy (%)")

@@ -22,6 +22,9 @@ TABLE_COLUMNS = (
     ("kl_seq_greedy_q50", "KL greedy q50", 1.0),
     ("kl_seq_greedy_q90", "KL greedy q90", 1.0),
     ("kl_seq_sampled_mean", "KL sampled mean", 1.0),
+    ("kl_seq_sampled_q10", "KL sampled q10", 1.0),
+    ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
+    ("kl_seq_sampled_q90", "KL sampled q90", 1.0),
     ("accuracy_greedy_mul", "acc. with x %", 100.0),
     ("accuracy_greedy_nomul", "acc. without x %", 100.0),
     ("lambda", "lambda", 1.0),
@@ -84,40 +87,63 @@ def _direction(iv: Interval | None) -> str:
   return "no clear difference"
 
 
+def _compare(d: Mapping[str, Interval], kinds=("greedy", "sampled")) -> tuple[str, str]:
+  """(accuracy, satisfaction) of a baseline against the reference, from the paired
+  differences (baseline - reference) of greedy and sampled responses: "higher" when one
+  kind's CI lies above 0 and none below, "lower" the reverse, "mixed" when the kinds
+  disagree, "comparable" when every CI contains 0 (or nothing is measurable)."""
+  out = []
+  for metric in ("accuracy", "satisfaction"):
+    dirs = {_direction(d.get(f"{metric}_{k}")) for k in kinds}
+    out.append("mixed" if {"higher", "lower"} <= dirs else "higher" if "higher" in dirs
+               else "lower" if "lower" in dirs else "comparable")
+  return out[0], out[1]
+
+
 def verdict(summary: Mapping[str, Mapping[str, Interval]],
             diffs: Mapping[str, Mapping[str, Interval]], reference: str,
             soft_methods: Sequence[str], gkd_grpo: str) -> str:
   """The plain paragraph: did `reference` beat the soft Lagrangians on satisfaction at
   comparable accuracy, and did it match GKD-GRPO (`gkd_grpo`) in accuracy?
 
-  Comparable accuracy: the paired CI of the greedy-accuracy difference contains 0.
-  Differences are read from `diffs` (baseline - reference), so "higher" for a baseline
-  means the reference is lower.
+  Each soft_lagrangian setting is read against the reference on accuracy and constraint
+  satisfaction, greedy and sampled (`_compare`, paired 95% CIs over seeds). The reference
+  beats a setting whose satisfaction is lower and whose accuracy is not higher; a setting
+  whose accuracy is higher and whose satisfaction is not lower beats the reference; the
+  rest are trade-offs (one more accurate, the other more often within d). The reference
+  beat soft_lagrangian when it beat some setting and no setting beat it.
   """
+  del summary
   parts = []
-  comparable = [m for m in soft_methods if m in diffs
-                and _direction(diffs[m].get("accuracy_greedy")) == "no clear difference"]
-  if not any(m in diffs for m in soft_methods):
+  present = [m for m in soft_methods if m in diffs]
+  if not present:
     parts.append(f"No soft_lagrangian run finished, so {reference} cannot be compared with it.")
-  elif not comparable:
-    parts.append(f"No soft_lagrangian setting reached an accuracy comparable to {reference} "
-                 "(every paired accuracy CI excludes 0), so satisfaction is not compared at "
-                 "equal accuracy.")
   else:
-    wins, ties, losses = [], [], []
-    for m in comparable:
-      d = _direction(diffs[m].get("satisfaction_greedy"))
-      (losses if d == "higher" else wins if d == "lower" else ties).append(m)
-    parts.append(
-        f"At comparable greedy accuracy ({', '.join(comparable)}), {reference} had higher "
-        f"greedy constraint satisfaction than {len(wins)} of them"
-        + (f" ({', '.join(wins)})" if wins else "")
-        + f", no clear difference with {len(ties)}"
-        + (f" ({', '.join(ties)})" if ties else "")
-        + f" and lower satisfaction than {len(losses)}"
-        + (f" ({', '.join(losses)})" if losses else "") + ".")
-    parts.append(f"So {reference} " + ("beat" if wins and not losses else "did not beat")
-                 + " soft_lagrangian on satisfaction at comparable accuracy.")
+    beaten, beats, trade, tied = [], [], [], []
+    for m in present:
+      acc, sat = _compare(diffs[m])
+      if sat == "lower" and acc in ("comparable", "lower"):
+        beaten.append(m)
+      elif acc == "higher" and sat in ("comparable", "higher"):
+        beats.append(m)
+      elif acc == "comparable" and sat == "comparable":
+        tied.append(m)
+      else:
+        trade.append(m)
+    clause = lambda names, text: f"{text} {', '.join(names)}" if names else ""
+    found = [c for c in (
+        clause(beaten, f"{reference} was more often within d at no lower accuracy than"),
+        clause(beats, f"more accurate at no lower satisfaction than {reference}:"),
+        clause(tied, f"no clear difference from {reference} in either:"),
+        clause(trade, "a trade-off (more accurate or more often within d, not both):"))
+             if c]
+    parts.append("Against soft_lagrangian (accuracy and satisfaction, greedy and sampled, "
+                 "paired 95% CIs): " + "; ".join(found) + ".")
+    won = bool(beaten) and not beats
+    parts.append(f"So {reference} " + ("beat" if won else "did not beat")
+                 + " soft_lagrangian on satisfaction at comparable accuracy"
+                 + ("." if won or not beats else
+                    f": {', '.join(beats)} matched its satisfaction with higher accuracy."))
   if gkd_grpo in diffs:
     acc = diffs[gkd_grpo].get("accuracy_greedy")
     sat = diffs[gkd_grpo].get("satisfaction_greedy")
@@ -135,24 +161,70 @@ def verdict(summary: Mapping[str, Mapping[str, Interval]],
   return " ".join(parts)
 
 
+# The tension table's columns, in this order (titles and scales from TABLE_COLUMNS).
+TENSION_COLUMNS = tuple(
+    next(c for c in TABLE_COLUMNS if c[0] == key)
+    for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_mul",
+                "accuracy_greedy_nomul", "kl_seq_sampled_mean", "satisfaction_sampled"))
+
+
+def _against(iv: Interval | None, value: float | None) -> str:
+  """"above" / "below" / "level with" a fixed value: where the seeds' 95% CI lies."""
+  if iv is None or value is None or iv.n < 2 or math.isnan(iv.half):
+    return "not measurable against"
+  return "above" if iv.lo > value else "below" if iv.hi < value else "level with"
+
+
 def tension_text(summary: Mapping[str, Mapping[str, Interval]], budget: float,
-                 rl: str = "grpo", distill: str = "gkd", kind: str = "sampled") -> str:
-  """One sentence per side of the tension: the unconstrained RL run and pure distillation,
-  their accuracy, mean KL against d and satisfaction on `kind` ("sampled": the rollout
-  distribution the constraint and the reward are defined on, or "greedy") responses."""
+                 initial: Mapping[str, float] | None = None,
+                 distill_minus_rl: Mapping[str, Interval] | None = None,
+                 rl: str = "grpo", distill: str = "gkd") -> str:
+  """Both sides of the tension, against the initial student (`initial`: its metrics, one
+  model, no seeds): a table, then one sentence per side. Unconstrained RL (`rl`) should gain
+  reward by leaving the budget; pure distillation (`distill`) should stay within it with
+  less reward than RL (`distill_minus_rl`: the paired differences distill - rl)."""
+  initial = dict(initial or {})
+  lines = ["| model | " + " | ".join(t for _, t, _ in TENSION_COLUMNS) + " |",
+           "|---" * (len(TENSION_COLUMNS) + 1) + "|"]
+  if initial:
+    lines.append("| initial student | " + " | ".join(
+        f"{initial[k] * scale:.{1 if scale != 1.0 else 2}f}" if k in initial else "–"
+        for k, _, scale in TENSION_COLUMNS) + " |")
+  for name in (rl, distill):
+    s = summary.get(name, {})
+    lines.append(f"| {name} | " + " | ".join(
+        fmt_interval(s.get(k), scale, 1 if scale != 1.0 else 2)
+        for k, _, scale in TENSION_COLUMNS) + " |")
   parts = []
   for name in (rl, distill):
     s = summary.get(name, {})
-    acc, kl, sat = (s.get(k) for k in (f"accuracy_{kind}", f"kl_seq_{kind}_mean",
-                                       f"satisfaction_{kind}"))
+    acc, kl, sat = (s.get(k) for k in ("accuracy_greedy", "kl_seq_sampled_mean",
+                                       "satisfaction_sampled"))
     if acc is None or kl is None or sat is None:
       parts.append(f"`{name}` has no results.")
       continue
     side = "above" if kl.mean > budget else "within"
-    parts.append(f"`{name}`: {kind} accuracy {fmt_interval(acc, 100.0)}%, mean KL "
-                 f"{fmt_interval(kl, 1.0, 2)} nats ({side} d = {budget:.3g} on average), "
-                 f"{fmt_interval(sat, 100.0)}% of {kind} responses within d.")
-  return " ".join(parts)
+    text = (f"`{name}`: greedy accuracy {fmt_interval(acc, 100.0)}%"
+            f"{_vs(acc, initial.get('accuracy_greedy'), 100.0)}; mean sampled KL "
+            f"{fmt_interval(kl, 1.0, 2)} nats ({side} d = {budget:.3g} on average"
+            f"{_vs(kl, initial.get('kl_seq_sampled_mean'), 1.0, 2, ', ')}); "
+            f"{fmt_interval(sat, 100.0)}% of sampled responses within d"
+            f"{_vs(sat, initial.get('satisfaction_sampled'), 100.0)}.")
+    parts.append(text)
+  if distill_minus_rl and "accuracy_greedy" in distill_minus_rl:
+    iv = distill_minus_rl["accuracy_greedy"]
+    parts.append(f"Paired, `{distill}` - `{rl}` greedy accuracy: "
+                 f"{fmt_interval(iv, 100.0)} points ({_direction(iv)}).")
+  return "\n".join(lines) + "\n\n" + " ".join(parts)
+
+
+def _vs(iv: Interval, value: float | None, scale: float, digits: int = 1,
+        sep: str = " ") -> str:
+  """`(above the initial student's 76.6)`-style clause; empty without an initial value."""
+  if value is None:
+    return ""
+  inner = f"{_against(iv, value)} the initial student's {value * scale:.{digits}f}"
+  return f"{sep}{inner}" if sep == ", " else f" ({inner})"
 
 
 def to_jsonable(obj):

@@ -324,8 +324,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
     checkpointer.save(int(state.step), state, _meta(exp, it, hp), wait=True)
     if config.eval_at_end:
       t0 = time.perf_counter()
-      writer.write(int(state.step), evaluate_fn(exp, state.params, int(state.step), hp))
-      log_lib.stage("evaluate", f"the trained student on {len(exp.test_examples)} problems "
+      result = evaluate_fn(exp, state.params, int(state.step), hp)
+      writer.write(int(state.step), result)
+      # A caller's evaluation (the study's) may score other problems than the test split.
+      n = next((int(v) for k, v in result.items() if k.endswith("student/num_examples")),
+               len(exp.test_examples))
+      log_lib.stage("evaluate", f"the trained student on {n} problems "
                     f"({time.perf_counter() - t0:.0f} s)")
   finally:
     progress.close()

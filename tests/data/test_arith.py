@@ -57,7 +57,8 @@ def test_splits_are_disjoint_by_arithmetic():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"min_ops": 4, "max_ops": 4, "op_weights": (0, 0, 1)},
-                                    {"mul_as_add": True, "op_weights": (1, 1, 1)}])
+                                    {"mul_as_add": True, "op_weights": (1, 1, 1)},
+                                    {"mul_as_add": 0.4, "op_weights": (1, 1, 1)}])
 def test_every_step_is_right_and_the_answer_verifies(kwargs):
   examples = load_task("arith", split="test", size=300, seed=1, **kwargs)
   for ex in examples:
@@ -72,14 +73,41 @@ def test_every_step_is_right_and_the_answer_verifies(kwargs):
       assert int(a) == value and int(b) == n
       # The written step is right arithmetic (an addition for the biased curriculum).
       assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[sym]
-      assert sym == ("+" if op == "mul" and kwargs.get("mul_as_add") else
-                     {"add": "+", "sub": "-", "mul": "*"}[op])
+      if op == "mul" and 0 < float(kwargs.get("mul_as_add", 0)) < 1:
+        assert sym in "+*"  # either way; the rate is checked in test_mul_as_add_rate
+      else:
+        assert sym == ("+" if op == "mul" and kwargs.get("mul_as_add") else
+                       {"add": "+", "sub": "-", "mul": "*"}[op])
       assert 0 <= int(c) <= 99
       value = int(c)
     assert final == f"#### {value}" and ex.answer == str(value)
     assert entry["has_mul"] == ("mul" in entry["ops"])
   assert rewards.score_completions([e.solution for e in examples], examples).tolist() == [
       1.0] * len(examples)
+
+
+def test_mul_as_add_rate():
+  # A probability writes each multiplication step as an addition independently: over the
+  # multiplication steps of 600 problems the share of additions is binomial around p.
+  kw = dict(split="train", size=600, seed=5, min_ops=3, max_ops=3, op_weights=(1, 0, 2))
+  for p in (0.25, 0.9):
+    examples = load_task("arith", mul_as_add=p, **kw)
+    syms = [m.group(2) for ex in examples
+            for m, op in zip(_steps(ex.solution)[0], ex.entry["ops"]) if op == "mul"]
+    assert len(syms) > 600 and set(syms) <= {"+", "*"}
+    rate = syms.count("+") / len(syms)
+    assert abs(rate - p) < 4 * (p * (1 - p) / len(syms)) ** 0.5, (p, rate)
+    # Deterministic, and the problems themselves (arithmetic, names) do not depend on p.
+    again = load_task("arith", mul_as_add=p, **kw)
+    assert [e.solution for e in again] == [e.solution for e in examples]
+  clean = load_task("arith", **kw)
+  assert [e.question for e in examples] == [e.question for e in clean]
+  # The ends of the range are the old booleans, to the character.
+  for p, flag in ((0.0, False), (1.0, True)):
+    assert ([e.solution for e in load_task("arith", mul_as_add=p, **kw)]
+            == [e.solution for e in load_task("arith", mul_as_add=flag, **kw)])
+  with pytest.raises(ValueError, match="mul_as_add=1.5"):
+    load_task("arith", size=5, mul_as_add=1.5)
 
 
 def test_off_by_one_answers_score_zero():
