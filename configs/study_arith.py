@@ -3,53 +3,51 @@ r"""Evidence study on generated GSM8K-format arithmetic: every objective, >= 5 s
     python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith
     python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
 
-The setting (runs on 2 CPU cores): a character-level teacher and a student with under half
-its parameters, both trained from scratch by supervised learning on worked solutions
-(`cmdp.study.pretrain`, cached). The teacher's curriculum is biased: its "Doubles / Triples
-them." steps are written as additions (`mul_as_add`), so it is strong on problems without a
-multiplication (86% greedy) and wrong on the others (3.7%); the student learns from correct
-solutions (38% greedy on problems with a multiplication, 35% without). About half of the
-RL and test problems have a multiplication, so maximising the task reward needs the student
-to depart from the teacher there, which the KL budget d forbids.
+The setting (runs on 2 CPU cores): a character-level teacher (4 layers, 220k parameters) and
+a student with under half its parameters (2 layers, 101k), both trained from scratch by
+supervised learning on worked solutions (`cmdp.study.pretrain`, cached). Both curricula
+write most "Doubles / Triples them." steps as additions of the factor (`mul_as_add`, a
+learnt habit of choosing `+` where `*` is right): the teacher 95% of them, the student half.
+So the teacher is strong on problems without a multiplication (97% greedy) and wrong on the
+15% with one (4%: only where adding the factor happens to give the product), 83% in all;
+the student is weaker at arithmetic (83% without a multiplication) and writes `*` about as
+often as `+`, 77% in all. On the problems with a multiplication the reward and the teacher
+pull apart: a right answer needs `*`, which the teacher all but never writes, so a correct
+response there costs about 7-9 nats of KL(student || teacher) against a budget d of about
+4.4 (the 0.9 quantile of the initial student's sampled sequence KL). Unconstrained `grpo`
+can gain reward by leaving the budget; `gkd` moves the student towards the teacher's habit.
 
-soft_lagrangian penalises lambda * C(y), C the per-sequence KL in nats (d is about 36 nats
-with the 1,400-step student): lambda * d, the penalty of a response exactly at the budget,
-is 0.1, 0.36, 1.1 and 3.6 reward units for lambda = 0.003, 0.01, 0.03, 0.1 (reward is 0/1).
+soft_lagrangian penalises lambda * C(y), C the per-sequence KL in nats: lambda * d, the
+penalty of a response exactly at the budget, is 0.04, 0.13, 0.44 and 1.3 reward units for
+lambda = 0.01, 0.03, 0.1, 0.3; for a correct response with a multiplication (about 8 nats)
+only lambda = 0.3 outweighs the reward of 1.
 
-Status of the tension (docs/results/arith_tension.md, 1 seed, 500 problems, on-policy
-sampling fixed): NOT SHOWN. At learning rate 1e-4 grpo ends with more reward than gkd
-(greedy 30.2% vs 16.8% at temperature 1, F2; 30.4% vs 16.6% at rollout temperature 0.7
-with 200 steps, T07) and beyond the budget on average (sampled KL 50 vs d = 36 nats; 54 vs
-d = 30.5 at 0.7), gkd within it (97-98% of samples within d); but grpo never *gains*
-reward over the initial student (36.6% greedy): not at temperature 0.7, 200 steps; not
-with 128 sequences per step (16 x 8 or 32 x 4, 150 steps: level with the start); at 3e-4
-it collapses; SGD loses reward too. Diagnosis (section D there): the gradient points the
-right way (10 updates on 16 prompts raise their reward by 19 points at 1e-4) but does not
-transfer (other prompts lose 5), so 16-prompt steps at 1e-4 cost held-out reward; at 3e-5
-the training reward rises without a dip, but 100 steps gain only 1.8 sampled points (within
-the intervals), and a 50-step warm-up to 1e-4 still loses (greedy 30.8%). The run settings
-below are unchanged by those probes.
+The run settings (rollout temperature 0.7, learning rate 2.5e-5, 50 steps of 8 prompts x 8)
+come from the probes of docs/results/arith_tension.md (section E, one seed each): at 5e-5
+for 60 steps grpo gained on problems with a multiplication (+18 points greedy) but lost 10
+on the others; at 2e-5 it gained 15 points there and lost under 1 on the rest.
+
+Results: docs/results/arith.md (every method, 5 seeds, 95% intervals, paired comparisons).
 
 Argument: `small` (tiny models, 2 seeds, 4 methods, a few steps, 48 evaluation problems:
-the CI smoke test, about 70 s of CPU time). Cost of the full study on 2 shared CPU cores:
-about 46 min of pretraining (teacher 29 min, student about 17 min) and about 3-4 min per
-run (100 steps of 64 sequences: 1.2 s per gkd step, 1.6-2.2 s per grpo step, measured
-before the response-window change to the step; evaluation on 1,000 problems under 1 min),
-14 methods x 5 seeds = 70 runs: about 3.5-4.5 hours. Finishing the whole study in 90
-minutes would need about 77 s per run with the pretraining cached (about 38 s without):
-some 30-40 steps of 64 sequences at the measured step cost, against the 100 steps that
-show grpo's side of the comparison.
+the CI smoke test, about 60 s). Cost of the full study on 2 CPU cores: pretraining 9 min
+(teacher 6.0 min, student 3.1 min); each run about 1 min (50 steps of 64 sequences at about
+0.7 s, the evaluation on 1,000 problems); 14 methods x 5 seeds = 70 runs.
 """
 import ml_collections
 
 from cmdp.training.config import base_config, model_fields, parse_arg
 
 
-def methods(soft_lambdas=(0.003, 0.01, 0.03, 0.1), budget_scales=(0.5, 2.0)):
+def methods(soft_lambdas=(0.01, 0.03, 0.1, 0.3), budget_scales=(0.5, 2.0),
+            penalty_scales=()):
   """Every method: name, registered objective, loss overrides, budget factor on d."""
   out = [dict(name="cmdp", objective="cmdp", loss={}, budget_scale=1.0)]
   out += [dict(name=f"cmdp@{s:g}d", objective="cmdp", loss={}, budget_scale=s)
           for s in budget_scales]
+  # cmdp at other penalty scales n (the default is n = 1), one method each.
+  out += [dict(name=f"cmdp_penalty{n:g}", objective="cmdp", loss=dict(penalty_scale=n),
+               budget_scale=1.0) for n in penalty_scales]
   out += [dict(name=f"soft_lagrangian@{lam:g}", objective="soft_lagrangian",
                loss=dict(soft_lambda=lam), budget_scale=1.0) for lam in soft_lambdas]
   out += [dict(name="dual_lagrangian_mean", objective="dual_lagrangian",
@@ -67,21 +65,34 @@ def get_config(arg=None):
   c.name = "arith"  # report files: <output_dir>/<name>.md / .png / .json
   c.title = "Evidence study: constrained distillation on generated arithmetic"
   c.description = (
-      "Multi-step arithmetic word problems in the GSM8K format (2-4 operations, worked "
-      "steps `a+b=<<a+b=c>>c`, final `#### n`), a character-level teacher trained on a "
-      "curriculum that solves every multiplication step as an addition, and a smaller "
-      "student trained on correct solutions. Reward needs departing from the teacher on "
-      "problems with a multiplication.")
+      "Multi-step arithmetic word problems in the GSM8K format (2-3 operations, worked "
+      "steps `a+b=<<a+b=c>>c`, final `#### n`). A character-level teacher and a student "
+      "with under half its parameters are trained from scratch on curricula that write "
+      "most multiplication steps as additions of the factor: the teacher 95% of them, the "
+      "student half. On the problems with a multiplication a right answer needs `*`, which "
+      "the teacher all but never writes: there the reward pulls the student away from the "
+      "teacher, beyond the KL budget.")
+  c.settings_note = (
+      "The shared settings were chosen once, before the study, from one-seed probes of "
+      "grpo, gkd, cmdp and soft_lagrangian@0.1 on 500 test problems "
+      "(docs/results/arith_tension.md, section E), and every method uses them unchanged: "
+      "rollout temperature 0.7 (at 1.0 a weaker student's samples were mostly wrong: 25% "
+      "sampled against 51% greedy); d at the 0.9 quantile of the initial student's sampled "
+      "KL (at the median, 0.24 nats for a stronger student, d cut through ordinary "
+      "responses, so every method sat near 50% satisfaction); learning rate 2.5e-5 for 50 "
+      "steps of 8 prompts x 8 samples (at 5e-5 for 60 steps grpo lost 10 points on the "
+      "problems without a multiplication, at 2e-5 under 1), the number of steps set by the "
+      "study's 90-minute limit.")
   c.output_dir = "docs/results"  # "" = <workdir>/results
   c.seeds = 5  # seeds 0..seeds-1, each shared by every method (paired)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache (seeds > 0 reuse)
 
   # The task everything trains on and is evaluated on (cmdp.data.arith.load_arith kwargs).
   c.task = ml_collections.ConfigDict(dict(
-      min_ops=2, max_ops=4, min_start=2, max_start=15, max_operand=9, max_value=50,
-      # add, subtract, multiply: about half of the problems have a multiplication, the
-      # sub-type on which the teacher is wrong (3.7% greedy) and the student is not (38%)
-      op_weights=(0.4, 0.4, 0.2)))
+      min_ops=2, max_ops=3, min_start=2, max_start=15, max_operand=9, max_value=30,
+      # add, subtract, multiply: 15% of the problems have a multiplication, the sub-type
+      # on which the teacher's habit is wrong
+      op_weights=(0.47, 0.47, 0.06)))
 
   # The supervised stage (cached in <workdir>/pretrain/<role>).
   teacher_model = model_fields(hidden_size=64, intermediate_size=192, num_layers=4,
@@ -92,15 +103,15 @@ def get_config(arg=None):
                                max_position_embeddings=256)
   c.pretrain = ml_collections.ConfigDict()
   for role, model, steps, overrides in (
-      ("teacher", teacher_model, 1_200,
-       dict(mul_as_add=True, op_weights=(0.4825, 0.4825, 0.035))),
-      # The student sees multiplications more often, so it can solve some of them.
-      ("student", student_model, 1_400, dict(op_weights=(0.4, 0.4, 0.2)))):
+      # Both curricula are rich in multiplication steps and write most of them as
+      # additions: the teacher 95% of them (a strong wrong habit), the student half.
+      ("teacher", teacher_model, 1_000, dict(mul_as_add=0.95, op_weights=(0.35, 0.35, 0.3))),
+      ("student", student_model, 1_000, dict(mul_as_add=0.5, op_weights=(0.35, 0.35, 0.3)))):
     c.pretrain[role] = ml_collections.ConfigDict(dict(
         model=model,  # architecture (random init)
         steps=steps,  # optimiser steps of cross-entropy on worked solutions
         batch_size=32,  # sequences per step
-        train_size=30_000,  # distinct training problems
+        train_size=20_000,  # distinct training problems
         task_overrides=overrides,  # task kwargs changed for this model's curriculum
         optimizer=dict(learning_rate=3e-3, warmup_steps=50, schedule="cosine"),
         checkpoint_every=250,  # an interrupted stage resumes from here
@@ -108,7 +119,7 @@ def get_config(arg=None):
     ))
 
   # Budget d: this quantile of the initial student's per-sequence cost, measured once.
-  c.calibration = ml_collections.ConfigDict(dict(quantile=0.5, prompts=64, seed=0))
+  c.calibration = ml_collections.ConfigDict(dict(quantile=0.9, prompts=64, seed=0))
 
   # Shared by every run (equal budgets): batch, rollouts, new tokens, optimiser, steps.
   r = base_config()
@@ -118,14 +129,15 @@ def get_config(arg=None):
   r.data.train_size = 5_000  # RL prompts
   r.data.test_size = 8  # the trainer's own split (unused: the study evaluates)
   r.data.system_prompt = "."  # short: every character is a token
+  r.rollout.sft_source = "teacher"  # sft: sequence-level distillation on teacher samples
   r.data.max_prompt_len = 128
-  r.data.sft_max_len = 208
+  r.data.sft_max_len = 176
   r.loss.group_size = 8  # samples per prompt (the reward is sparse: 8 give most groups a 1)
-  r.rollout.max_new_tokens = 88
-  r.rollout.temperature = 1.0
+  r.rollout.max_new_tokens = 72
+  r.rollout.temperature = 0.7
   r.batch_size = 64  # 8 prompts x 8 samples
-  r.num_steps = 100
-  r.optimizer.learning_rate = 1e-4  # 3e-4 collapses grpo (docs/results/arith_tension.md)
+  r.num_steps = 50
+  r.optimizer.learning_rate = 2.5e-5
   r.checkpoint_every = 0  # final checkpoint only: runs are short
   r.keep_checkpoints = 1
   r.log_every = 10
@@ -137,7 +149,7 @@ def get_config(arg=None):
       num_examples=1_000,  # held-out problems (the test split)
       data_seed=0,  # generator seed of the test split
       batch_size=250,  # prompts per generation batch
-      max_new_tokens=88,  # response cap
+      max_new_tokens=72,  # response cap
       # samples per problem at the rollout temperature (sampled accuracy, satisfaction, KL;
       # the same keys for every run), next to the greedy decode
       pass_k=1,
