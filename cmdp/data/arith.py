@@ -101,8 +101,12 @@ def _draw(rng: random.Random, min_ops: int, max_ops: int, min_start: int, max_st
 
 
 def _as_add(ops: Sequence[str], mul_as_add) -> list[bool]:
-  """Per step: written as an addition (a bool, or one flag per step, passed through)."""
+  """Per step: written as an addition (a bool for every multiplication step, or one flag per
+  step, passed through; a probability is drawn into flags by `draw_as_add` first)."""
   if isinstance(mul_as_add, (bool, int, float)):
+    if mul_as_add not in (0, 1):
+      raise ValueError(f"mul_as_add={mul_as_add!r}: render and written_values take a bool or "
+                       "one flag per step; draw a probability's flags with draw_as_add.")
     return [op == "mul" and bool(mul_as_add) for op in ops]
   return [bool(flag) for flag in mul_as_add]
 

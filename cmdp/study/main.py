@@ -9,6 +9,7 @@ its `result.json`); the report (`<name>.md`, `<name>.png`, `<name>.json`) goes t
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -120,11 +121,12 @@ def setting_text(study, methods: list[dict]) -> str:
 def compute_text(info: dict, setup_s: float, run_wall: float, num_runs: int) -> str:
   """The study's compute from scratch, stage by stage (each measured when it ran)."""
   pre = sum(info[role]["wall_s"] for role in pretrain.ROLES)
-  parts = [f"supervised stage {pre / 60:.1f} min", f"budget calibration and first "
-           f"evaluation {setup_s / 60:.1f} min" if setup_s == setup_s else
-           "budget calibration and first evaluation (not recorded)",
+  recorded = not math.isnan(setup_s)
+  parts = [f"supervised stage {pre / 60:.1f} min",
+           "budget calibration and first evaluation "
+           + (f"{setup_s / 60:.1f} min" if recorded else "(not recorded)"),
            f"{num_runs} runs {run_wall / 60:.1f} min (training and evaluation, summed)"]
-  total = pre + run_wall + (setup_s if setup_s == setup_s else 0.0)
+  total = pre + run_wall + (setup_s if recorded else 0.0)
   return (f" The study's compute from scratch: {'; '.join(parts)}; {total / 60:.1f} min in "
           "all (each part measured when it ran, earlier invocations included).")
 

@@ -204,13 +204,15 @@ def tension_text(summary: Mapping[str, Mapping[str, Interval]], budget: float,
       parts.append(f"`{name}` has no results.")
       continue
     side = "above" if kl.mean > budget else "within"
-    text = (f"`{name}`: greedy accuracy {fmt_interval(acc, 100.0)}%"
-            f"{_vs(acc, initial.get('accuracy_greedy'), 100.0)}; mean sampled KL "
-            f"{fmt_interval(kl, 1.0, 2)} nats ({side} d = {budget:.3g} on average"
-            f"{_vs(kl, initial.get('kl_seq_sampled_mean'), 1.0, 2, ', ')}); "
-            f"{fmt_interval(sat, 100.0)}% of sampled responses within d"
-            f"{_vs(sat, initial.get('satisfaction_sampled'), 100.0)}.")
-    parts.append(text)
+    vs = lambda iv, key, scale, digits=1: _vs(iv, initial.get(key), scale, digits)
+    acc_vs, kl_vs = vs(acc, "accuracy_greedy", 100.0), vs(kl, "kl_seq_sampled_mean", 1.0, 2)
+    sat_vs = vs(sat, "satisfaction_sampled", 100.0)
+    parts.append(f"`{name}`: greedy accuracy {fmt_interval(acc, 100.0)}%"
+                 + (f" ({acc_vs})" if acc_vs else "") + "; mean sampled KL "
+                 f"{fmt_interval(kl, 1.0, 2)} nats ({side} d = {budget:.3g} on average"
+                 + (f", {kl_vs}" if kl_vs else "") + "); "
+                 f"{fmt_interval(sat, 100.0)}% of sampled responses within d"
+                 + (f" ({sat_vs})" if sat_vs else "") + ".")
   if distill_minus_rl and "accuracy_greedy" in distill_minus_rl:
     iv = distill_minus_rl["accuracy_greedy"]
     parts.append(f"Paired, `{distill}` - `{rl}` greedy accuracy: "
@@ -218,13 +220,11 @@ def tension_text(summary: Mapping[str, Mapping[str, Interval]], budget: float,
   return "\n".join(lines) + "\n\n" + " ".join(parts)
 
 
-def _vs(iv: Interval, value: float | None, scale: float, digits: int = 1,
-        sep: str = " ") -> str:
-  """`(above the initial student's 76.6)`-style clause; empty without an initial value."""
+def _vs(iv: Interval, value: float | None, scale: float, digits: int = 1) -> str:
+  """`above the initial student's 76.6`-style clause; empty without an initial value."""
   if value is None:
     return ""
-  inner = f"{_against(iv, value)} the initial student's {value * scale:.{digits}f}"
-  return f"{sep}{inner}" if sep == ", " else f" ({inner})"
+  return f"{_against(iv, value)} the initial student's {value * scale:.{digits}f}"
 
 
 def to_jsonable(obj):

@@ -327,8 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
       result = evaluate_fn(exp, state.params, int(state.step), hp)
       writer.write(int(state.step), result)
       # A caller's evaluation (the study's) may score other problems than the test split.
-      n = next((int(v) for k, v in result.items() if k.endswith("student/num_examples")),
-               len(exp.test_examples))
+      n = int(result.get("eval/student/num_examples", len(exp.test_examples)))
       log_lib.stage("evaluate", f"the trained student on {n} problems "
                     f"({time.perf_counter() - t0:.0f} s)")
   finally:
