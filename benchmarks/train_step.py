@@ -1,7 +1,7 @@
 r"""Times one training step by phase and the update's model-FLOPs utilisation.
 
     python benchmarks/train_step.py --config configs/tiny.py
-    python benchmarks/train_step.py --config configs/smollm2_gsm8k.py --arg keep=half \
+    python benchmarks/train_step.py --config configs/smollm2_sums.py --arg keep=half \
         --set batch_size=8 --set rollout.max_new_tokens=64
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher

@@ -48,7 +48,7 @@ def methods(soft_lambdas=(0.01, 0.03, 0.1, 0.3), budget_scales=(0.5, 2.0),
   out += [dict(name=f"cmdp@{s:g}d", objective="cmdp", loss={}, budget_scale=s)
           for s in budget_scales]
   # cmdp at other penalty scales n (the default is n = 1), one method each. n = 0.1 (the
-  # main job's, configs/smollm2_gsm8k.py) was added after the first 70 runs, in which cmdp
+  # main job's, configs/smollm2_sums.py) was added after the first 70 runs, in which cmdp
   # at n = 1 lost accuracy.
   out += [dict(name=f"cmdp_penalty{n:g}", objective="cmdp", loss=dict(penalty_scale=n),
                budget_scale=1.0) for n in penalty_scales]

@@ -140,11 +140,11 @@ def test_torch_round_trip(smollm2, greedy, tmp_path):
 
 
 def test_the_main_job_small_runs_end_to_end(tmp_path):
-  """`configs/smollm2_gsm8k.py:small` as a user runs it: the real teacher, the cut student
+  """`configs/smollm2_sums.py:small` as a user runs it: the real teacher, the cut student
   refitted in the heal stage, calibration, both evaluations and the report on screen; the
   libraries' INFO logs (orbax, absl: 60+ lines) are off without --verbose."""
   workdir = str(tmp_path / "job")
-  proc = run_train("smollm2_gsm8k.py:small", workdir, timeout=600)
+  proc = run_train("smollm2_sums.py:small", workdir, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   noisy = [line for line in proc.stderr.splitlines() if line.startswith("I1") or "INFO" in line]
   assert not noisy, noisy[:5]

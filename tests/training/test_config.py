@@ -104,8 +104,8 @@ def test_padded_vocabularies_share_their_rows():
 
 @pytest.mark.parametrize("name, arg", [
     ("tiny.py", "objective=worst_case"),
-    ("smollm2_gsm8k.py", "objective=grpo,task=gsm8k,keep=half"),
-    ("smollm2_gsm8k.py", "small"),
+    ("smollm2_sums.py", "objective=grpo,task=gsm8k,keep=half"),
+    ("smollm2_sums.py", "small"),
     ("qwen_math.py", "task=math"),
     ("qwen_math.py", "small"),
 ])

