@@ -90,7 +90,10 @@ def test_cache_and_batch_specs():
   assert specs.k == specs.v == (P(("data", "fsdp"), "tensor", None, None),) * layers
   assert specs.mask == P(("data", "fsdp"), None) and specs.pos == P(("data", "fsdp"))
   odd = sharding.cache_specs(jax.eval_shape(lambda: init_cache(ODD, 6, 5)), mesh)
-  assert odd.k == (P(None, None, None, None),) * layers  # batch 6 / 4 and 3 kv heads / 2
+  # batch 6 / 4 stays whole; 3 kv heads do not divide tensor=2, so head_dim (8) is split:
+  # dim 2 of the float32 keys [B, KVH, hd, S], dim 3 of the values [B, KVH, S, hd]
+  assert odd.k == (P(None, None, "tensor", None),) * layers
+  assert odd.v == (P(None, None, None, "tensor"),) * layers
   assert sharding.batch_spec() == P(("data", "fsdp"))
 
 

@@ -36,12 +36,17 @@ class ModelConfig:
   # teacher and student compare distributions over the shared rows.
   output_vocab: int = 0
   architecture: str = "LlamaForCausalLM"  # Hugging Face architecture name, kept for saving
-  dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"; params stay float32
+  dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
+  # storage dtype of the parameters (`init_params`, `cmdp.sharding.shard_params`): float32
+  # master weights for what trains; a frozen teacher may be stored in bfloat16
+  param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
 
   def __post_init__(self):
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"ModelConfig.dtype={self.dtype!r}: use 'float32' or 'bfloat16'.")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in ("float32", "bfloat16"):
+        raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: use 'float32' or "
+                         "'bfloat16'.")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"ModelConfig.num_heads={self.num_heads} is not a multiple of "

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cmdp import sharding
 from cmdp.models import transformer
 from cmdp.models.config import ModelConfig
 
@@ -153,7 +154,8 @@ def _mlp(c: ModelConfig, p: dict, x):
     gate, up = jnp.split(_dense(x, p["gate_up"], dtype), 2, axis=-1)
   else:
     gate, up = _dense(x, p["gate_proj"], dtype), _dense(x, p["up_proj"], dtype)
-  return _dense(jax.nn.silu(gate) * up, p["down_proj"], dtype)
+  hidden = sharding.constrain(jax.nn.silu(gate) * up, *transformer.MLP_WIDTH)
+  return sharding.constrain(_dense(hidden, p["down_proj"], dtype), *transformer.EMBED)
 
 
 def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
@@ -170,18 +172,23 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
     q, k, v = jnp.split(_dense(x, p["qkv"], dtype), [h * hd, (h + kvh) * hd], axis=-1)
   else:
     q, k, v = (_dense(x, p[name], dtype) for name in ("q_proj", "k_proj", "v_proj"))
-  q, k, v = q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
+  q = sharding.constrain(q.reshape(b, t, h, hd), *transformer.HEADS)
+  k = sharding.constrain(k.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
+  v = sharding.constrain(v.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
   if c.qk_norm:
     q = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["q_norm"]}, q)
     k = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["k_norm"]}, k)
   q, k = transformer.rotate(q, *rope), transformer.rotate(k, *rope)
   zero = jnp.zeros((), jnp.int32)
   v_cache = _write(v_cache, v.swapaxes(1, 2), (zero, zero, index, zero))
+  v_cache = sharding.constrain_cache(v_cache, 3)
   if keys_transposed(k_cache.dtype):
     k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
+    k_cache = sharding.constrain_cache(k_cache, 2)
     scores_spec = "bkqd,bkds->bkqs"
   else:
     k_cache = _write(k_cache, k.swapaxes(1, 2), (zero, zero, index, zero))
+    k_cache = sharding.constrain_cache(k_cache, 3)
     scores_spec = "bkqd,bksd->bkqs"
   # Queries as [B, KVH, groups * T, hd]: plain batched matmuls over the cache layout (for
   # T = 1 every transpose here is a free reshape).
@@ -194,7 +201,8 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(dtype),
                    preferred_element_type=jnp.float32).astype(dtype)
   out = out.reshape(b, kvh, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
-  return _dense(out, p["o_proj"], dtype), k_cache, v_cache
+  return (sharding.constrain(_dense(out, p["o_proj"], dtype), *transformer.EMBED), k_cache,
+          v_cache)
 
 
 def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens: jax.Array,
@@ -232,7 +240,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
   bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None, None]  # [B, 1, 1, T, S], shared by layers
   positions = transformer.token_positions(token_mask, cache.pos[:, None])
   rope = transformer.rope_tables(positions, transformer.rope_inv_freq(c))
-  x = params.embedding[tokens].astype(dtype)
+  x = sharding.constrain(params.embedding[tokens].astype(dtype), *transformer.EMBED)
   norm = transformer.RMSNorm(c.rms_norm_eps, dtype)
   ks, vs = [], []
   for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
@@ -241,6 +249,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
                                      cache.index)
     x = x + h
     x = x + _mlp(c, layer["mlp"], norm.apply({"params": layer["post_attention_layernorm"]}, x))
+    x = sharding.constrain(x, *transformer.EMBED)
     ks.append(k_cache)
     vs.append(v_cache)
   if last_only:
@@ -250,6 +259,8 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
                    preferred_element_type=jnp.float32)
   if c.output_vocab:
     logits = logits[..., :c.output_vocab]
+  vocab = transformer.VOCAB if logits.ndim == 3 else transformer.VOCAB[::2]  # [B, V]
+  logits = sharding.constrain(logits, *vocab)
   new_cache = KVCache(tuple(ks), tuple(vs), mask, cache.index + t,
                       cache.pos + token_mask.sum(-1).astype(jnp.int32))
   return logits.astype(jnp.float32), new_cache

@@ -28,9 +28,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmdp import sharding
 from cmdp.models.config import ModelConfig
 
 _MASK_VALUE = -1e30  # finite, so fully masked rows (left padding) give zeros, never NaN
+
+# Logical names of the activations' dims (`cmdp.sharding.LOGICAL_AXIS_RULES`): each block
+# boundary and each projection's output is pinned to them, so on a mesh every device keeps
+# its own rows (batch over data and fsdp) and its own heads / MLP columns (tensor).
+EMBED = ("activation_batch", "activation_length", "activation_embed")
+HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+KV_HEADS = ("activation_batch", "activation_length", "activation_kv_heads",
+            "activation_head_dim")
+MLP_WIDTH = ("activation_batch", "activation_length", "activation_mlp")
+VOCAB = ("activation_batch", "activation_length", "activation_vocab")
 
 
 def compute_dtype(config: ModelConfig):
@@ -110,9 +121,9 @@ class Attention(nn.Module):
     q = _dense(c.num_heads * c.head_dim, "q_proj", dtype, c.attention_bias)(x)
     k = _dense(c.num_kv_heads * c.head_dim, "k_proj", dtype, c.attention_bias)(x)
     v = _dense(c.num_kv_heads * c.head_dim, "v_proj", dtype, c.attention_bias)(x)
-    q = q.reshape(b, t, c.num_heads, c.head_dim)
-    k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
-    v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
+    q = sharding.constrain(q.reshape(b, t, c.num_heads, c.head_dim), *HEADS)
+    k = sharding.constrain(k.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
+    v = sharding.constrain(v.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
     if c.qk_norm:
       q = RMSNorm(c.rms_norm_eps, dtype, name="q_norm")(q)
       k = RMSNorm(c.rms_norm_eps, dtype, name="k_norm")(k)
@@ -134,7 +145,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     out = out.reshape(b, t, c.num_heads * c.head_dim)
-    return _dense(c.hidden_size, "o_proj", dtype)(out), own
+    return sharding.constrain(_dense(c.hidden_size, "o_proj", dtype)(out), *EMBED), own
 
 
 class MLP(nn.Module):
@@ -146,9 +157,9 @@ class MLP(nn.Module):
     dtype = compute_dtype(c)
     gate = _dense(c.intermediate_size, "gate_proj", dtype)(x)
     up = _dense(c.intermediate_size, "up_proj", dtype)(x)
-    hidden = nn.silu(gate) * up
+    hidden = sharding.constrain(nn.silu(gate) * up, *MLP_WIDTH)
     self.sow("intermediates", "hidden", hidden)  # down_proj's input (`cmdp.models.refit`)
-    return _dense(c.hidden_size, "down_proj", dtype)(hidden)
+    return sharding.constrain(_dense(c.hidden_size, "down_proj", dtype)(hidden), *EMBED)
 
 
 class Block(nn.Module):
@@ -161,6 +172,7 @@ class Block(nn.Module):
     layer's own keys and values when `return_kv`, else None."""
     c = self.config
     dtype = compute_dtype(c)
+    x = sharding.constrain(x, *EMBED)
     h, kv = Attention(c, name="self_attn")(
         RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix)
     x = x + h
@@ -183,7 +195,7 @@ class Decoder(nn.Module):
     dtype = compute_dtype(c)
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                      embedding_init=nn.initializers.normal(0.02), name="embed_tokens")
-    x = embed(tokens)
+    x = sharding.constrain(embed(tokens), *EMBED)
     block = Block
     if c.remat:
       block = nn.remat(Block, prevent_cse=False)
@@ -199,7 +211,7 @@ class Decoder(nn.Module):
       logits = _dense(c.vocab_size, "lm_head", dtype)(x)
     if c.output_vocab:
       logits = logits[..., :c.output_vocab]
-    logits = logits.astype(jnp.float32)
+    logits = sharding.constrain(logits.astype(jnp.float32), *VOCAB)
     return (logits, kv) if self.return_kv else logits
 
 
@@ -211,8 +223,15 @@ def _init_fn(config: ModelConfig):
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:
-  """Random parameters (normal(0.02) weights, unit norms), float32."""
-  return _init_fn(config)(rng)
+  """Random parameters (normal(0.02) weights, unit norms) in `config.param_dtype`."""
+  return cast_params(_init_fn(config.replace(param_dtype="float32"))(rng), config.param_dtype)
+
+
+def cast_params(params, dtype) -> dict:
+  """Every floating leaf in `dtype` (the storage dtype, `ModelConfig.param_dtype`)."""
+  dtype = jnp.dtype(dtype)
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
 
 
 def token_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:

@@ -81,14 +81,15 @@ def model_configs(config: ml_collections.ConfigDict):
   t, s = config.teacher, config.student
   teacher = (architecture(t.path, "teacher.path") if t.path
              else _random_init(t.random_init, vocab, "teacher.random_init"))
-  teacher = teacher.replace(dtype=t.dtype)
+  teacher_dtype, student_dtype = config_lib.param_dtypes(config)
+  teacher = teacher.replace(dtype=t.dtype, param_dtype=teacher_dtype)
   if s.path:
     student = architecture(s.path, "student.path")
   elif s.cut_layers:
     student = teacher.replace(num_layers=len(tuple(s.cut_layers)))
   else:
     student = _random_init(s.random_init, teacher.vocab_size, "student.random_init")
-  student = student.replace(dtype=s.dtype, remat=s.remat)
+  student = student.replace(dtype=s.dtype, param_dtype=student_dtype, remat=s.remat)
   t_model, s_model = model_lib.share_vocabulary(
       model_lib.LoadedModel(teacher, None), model_lib.LoadedModel(student, None), vocab)
   return t_model.config, s_model.config

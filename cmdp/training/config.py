@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
       path="",  # HF directory, hub id (local cache only) or .gguf file; "" = random init
       random_init=model_fields(),  # architecture when path is ""
       dtype="float32",  # compute dtype: float32 | bfloat16
+      # storage dtype of the frozen teacher's parameters: "" = its compute dtype (a
+      # bfloat16 teacher needs no float32 copy), or float32 | bfloat16
+      param_dtype="",
   ))
   c.student = ml_collections.ConfigDict(dict(
       path="",  # as teacher.path; "" = cut from the teacher or random init
@@ -69,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
       random_init=model_fields(num_layers=1),  # architecture when neither path nor cut
       init_workdir="",  # start from the final checkpoint of another run (e.g. an sft heal)
       dtype="float32",  # compute dtype
+      param_dtype="float32",  # storage dtype of the trained weights (float32 master weights)
       remat=False,  # rematerialise blocks in the backward pass
   ))
   c.tokenizer = ""  # "" = the teacher's; "char" = built-in characters; or a tokenizer dir
@@ -188,6 +192,12 @@ def set_objective(config: ml_collections.ConfigDict, name: str) -> None:
     config.loss[field] = value
 
 
+def param_dtypes(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """`(teacher, student)` storage dtypes of the parameters (`teacher.param_dtype` "" is the
+  teacher's compute dtype)."""
+  return config.teacher.param_dtype or config.teacher.dtype, config.student.param_dtype
+
+
 def heals(config: ml_collections.ConfigDict) -> bool:
   """Whether a run starts with the heal stage: distillation steps (`heal.steps`) or a
   refit of the cut student (`student.refit_samples`)."""
@@ -281,6 +291,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "texts, e.g. ('\\n',).")
   if config.rollout.sft_source not in ("reference", "teacher"):
     fail("rollout.sft_source", "use 'reference' or 'teacher'.")
+  for field, value in zip(("teacher.param_dtype", "student.param_dtype"), param_dtypes(config)):
+    if value not in ("float32", "bfloat16"):
+      fail(field, f"{value!r}; use 'float32' or 'bfloat16' ('' for the teacher: its dtype).")
   if config.rollout.teacher_logits_dtype not in ("float32", "bfloat16"):
     fail("rollout.teacher_logits_dtype", "use 'float32' or 'bfloat16'.")
   if config.optimizer.name not in ("adamw", "adam", "sgd"):

@@ -19,6 +19,7 @@ from cmdp import models
 from cmdp.models import presets, refit
 from cmdp.models.char_tokenizer import char_tokenizer
 from cmdp.models.tokenizer import tokenizer_from_directory
+from cmdp.training import config as config_lib
 
 
 class LoadedModel(NamedTuple):
@@ -63,6 +64,8 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
     teacher = _random_model(config.teacher.random_init, len(tokenizer), config.teacher.dtype,
                             t_rng)
 
+  teacher_dtype, student_dtype = config_lib.param_dtypes(config)
+  teacher = LoadedModel(teacher.config.replace(param_dtype=teacher_dtype), teacher.params)
   s = config.student
   if s.path:
     student, s_tok = _load(s.path, "student", tokenizer, s_rng)
@@ -71,7 +74,8 @@ def load_teacher_and_student(config: ml_collections.ConfigDict, rng: jax.Array):
     student = cut_layers(teacher, tuple(s.cut_layers))
   else:
     student = _random_model(s.random_init, teacher.config.vocab_size, s.dtype, s_rng)
-  student = LoadedModel(student.config.replace(dtype=s.dtype, remat=s.remat), student.params)
+  student = LoadedModel(student.config.replace(dtype=s.dtype, param_dtype=student_dtype,
+                                              remat=s.remat), student.params)
 
   return (*share_vocabulary(teacher, student, len(tokenizer) if tokenizer else 0), tokenizer)
 

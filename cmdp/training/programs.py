@@ -13,7 +13,8 @@ shardings (from `cmdp.sharding`'s rules) and donated arguments:
 | `shift_batch` | `(tokens, attention_mask, action_mask[, logprobs]) -> batch` (rollout or reference sequences -> the step's fields) | rows over (data, fsdp) | - |
 
 Inside the train step the microbatches are constrained to the batch sharding and the
-gradients to the parameter layout.
+gradients to the parameter layout (reduce-scattered over fsdp); every program is traced
+under `sharding.activation_mesh`, so the model's activations follow the logical axis rules.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def train_step(objective: Objective, hp: ObjectiveConfig, student_cfg: models.Mo
                                 constrain_grads=_grad_constraint(state_shardings))
   teacher_sh = (param_shardings(teacher_cfg, teacher_mesh or mesh) if teacher_cfg is not None
                 else None)
-  return jax.jit(fn, in_shardings=(state_shardings, teacher_sh, rows),
+  return jax.jit(sharding.on_mesh(fn, mesh), in_shardings=(state_shardings, teacher_sh, rows),
                  out_shardings=(state_shardings, NamedSharding(mesh, P())),
                  donate_argnums=(0,))
 
@@ -101,6 +102,7 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
   parts = step_lib.make_step_parts(objective, hp, student_cfg, optimizer, step_config,
                                    teacher_config=None, constrain_rows=_row_constraint(mesh),
                                    constrain_grads=_grad_constraint(state_shardings))
+  parts = step_lib.StepParts(*(sharding.on_mesh(f, mesh) for f in parts))
   rep = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, sharding.batch_spec())
   micro = NamedSharding(mesh, sharding.rows_spec(micro_rows, mesh))
