@@ -18,7 +18,8 @@ from cmdp import divergences
 
 COST_KINDS = ("reverse_kl", "logratio", "teacher_nll")
 CONSTRAINTS = ("sum", "mean", "prefix_mean")
-PENALTIES = ("constant", "scaled", "constant_plus_scaled")
+PENALTIES = ("terminal", "constant", "scaled", "constant_plus_scaled")
+PENALTY_UNITS = ("budget", "nats")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -79,9 +80,56 @@ def _violations(spend: jax.Array, mask: jax.Array, z0: jax.Array, gamma: float) 
   return flags
 
 
+def penalty_divisor(mask: jax.Array, budget, constraint: str = "sum",
+                    penalty_units: str = "budget") -> jax.Array:
+  """`D [B, 1]`, the unit a cost is divided by inside a penalty (method.md).
+
+  `penalty_units="budget"`: the constraint's per-sequence limit, `d` for `sum` and `d T`
+  (`T` the response length) for `mean` and `prefix_mean`, so a penalty `n c_t / D` summed
+  over a response is `n` times its cost in budgets: overshooting by one budget costs `n`
+  task rewards. `"nats"`: 1 (the penalty reads the cost in nats; the old scale
+  `penalty_scale = n_nats` is `n = n_nats d` in budget units for `sum`).
+  """
+  _check_choice("penalty_units", penalty_units, PENALTY_UNITS)
+  rows = mask.shape[:1] + (1,)
+  if penalty_units == "nats":
+    return jnp.ones(rows, jnp.float32)
+  budget = jnp.asarray(budget, jnp.float32)
+  if constraint == "sum":
+    return jnp.broadcast_to(budget, rows)
+  return budget * jnp.maximum(jnp.sum(mask.astype(jnp.float32), axis=-1, keepdims=True), 1.0)
+
+
+def penalty_cost_coef(penalty: str, penalty_scale, divisor: jax.Array) -> jax.Array:
+  """`kappa [B, 1]`: the weight of `c_t` in a violated token's penalty, `p_t = -(...) -
+  kappa c_t` (`scaled`: `n / D`; `constant_plus_scaled`: `1 / D`; `constant`, `terminal`:
+  0). It is also the weight of the exact cost gradient (`cmdp.objectives`)."""
+  _check_choice("penalty", penalty, PENALTIES)
+  n = jnp.asarray(penalty_scale, jnp.float32)
+  return {"scaled": n / divisor, "constant_plus_scaled": 1.0 / divisor}.get(
+      penalty, jnp.zeros_like(divisor))
+
+
+def violation_flags(costs: jax.Array, mask: jax.Array, budget, constraint: str = "sum",
+                    cost_discount: float = 1.0) -> jax.Array:
+  """The absorbing Sauté flags `v_t` of `augmented_rewards`, bool `[B, T]` (off-mask False)."""
+  _check_choice("constraint", constraint, CONSTRAINTS)
+  costs = costs.astype(jnp.float32)
+  mask = mask.astype(bool)
+  budget = jnp.asarray(budget, jnp.float32)
+  if constraint == "prefix_mean":
+    spend, z0 = costs / budget - 1.0, jnp.zeros(mask.shape[:1])
+  else:
+    limit = budget * jnp.sum(mask, axis=-1) if constraint == "mean" else jnp.full(
+        mask.shape[:1], budget)
+    spend, z0 = costs / limit[:, None], jnp.ones(mask.shape[:1])
+  return jax.vmap(_violations, in_axes=(0, 0, 0, None))(spend, mask, z0, cost_discount)
+
+
 def augmented_rewards(task_reward: jax.Array, costs: jax.Array, mask: jax.Array, *,
-                      budget, constraint: str = "sum", penalty: str = "scaled",
-                      penalty_scale: float = 1.0, cost_discount: float = 1.0,
+                      budget, constraint: str = "sum", penalty: str = "terminal",
+                      penalty_scale: float = 1.0, penalty_units: str = "budget",
+                      cost_discount: float = 1.0,
                       pay_reward_if_violated: bool = False) -> tuple[jax.Array, jax.Array]:
   """The constraint-augmented (Sauté) per-token reward `r~_t = (1 - v_t) r_t + v_t p_t`.
 
@@ -98,16 +146,24 @@ def augmented_rewards(task_reward: jax.Array, costs: jax.Array, mask: jax.Array,
     state starts at `z_0 = 0` and spends `c_t / d - 1` per token, i.e. violated when
     `sum_{k<=t} gamma_c^k c_k > d sum_{k<=t} gamma_c^k` (a discounted running mean).
 
-  Penalty `p_t` with `n = penalty_scale`: `constant` `-n`; `scaled` `-n * c_t`;
-  `constant_plus_scaled` `-n - c_t`. With `pay_reward_if_violated`, `r_t` is paid at the
-  last token even when violated (on top of `p_t`).
+  Penalty `p_t` on violated tokens, `n = penalty_scale`, `D` = `penalty_divisor` (the
+  per-sequence budget in `budget` units, 1 in `nats`):
+
+  * `terminal` (default): `-n` once, at the first violated token (Sauté's constant unsafe
+    reward, paid when the budget runs out);
+  * `constant`: `-n` on every violated token;
+  * `scaled`: `-n c_t / D`;
+  * `constant_plus_scaled`: `-n - c_t / D`.
+
+  With `pay_reward_if_violated`, `r_t` is paid at the last token even when violated (on
+  top of `p_t`).
 
   Args:
     task_reward: `[B]` sequence reward `R(x, y)`.
     costs: `[B, T]` per-token costs `c_t`; values off the mask are ignored.
     mask: `[B, T]` 1 (or True) on response tokens.
     budget: the threshold `d > 0`; a Python number or a (possibly traced) scalar.
-    constraint, penalty: static switches, see above.
+    constraint, penalty, penalty_units: static switches, see above.
     penalty_scale: `n`.
     cost_discount: `gamma_c` in (0, 1].
     pay_reward_if_violated: static bool.
@@ -123,26 +179,38 @@ def augmented_rewards(task_reward: jax.Array, costs: jax.Array, mask: jax.Array,
     raise ValueError(f"cost_discount (gamma_c) must be in (0, 1], got {cost_discount}.")
   costs = costs.astype(jnp.float32)
   mask = mask.astype(bool)
-  budget = jnp.asarray(budget, jnp.float32)
   n = jnp.asarray(penalty_scale, jnp.float32)
 
   positions = jnp.arange(mask.shape[-1])
   last = jnp.max(jnp.where(mask, positions, -1), axis=-1, keepdims=True)
   task = jnp.where(positions == last, task_reward.astype(jnp.float32)[:, None], 0.0)
+  violated = violation_flags(costs, mask, budget, constraint, cost_discount)
 
-  if constraint == "prefix_mean":
-    spend, z0 = costs / budget - 1.0, jnp.zeros(mask.shape[:1])
+  kappa = penalty_cost_coef(penalty, n, penalty_divisor(mask, budget, constraint,
+                                                        penalty_units))
+  if penalty == "terminal":  # the first violated token only
+    first = violated & ~jnp.pad(violated[:, :-1], ((0, 0), (1, 0)))
+    pen = jnp.where(first, -n, 0.0)
   else:
-    limit = budget * jnp.sum(mask, axis=-1) if constraint == "mean" else jnp.full(
-        mask.shape[:1], budget)
-    spend, z0 = costs / limit[:, None], jnp.ones(mask.shape[:1])
-  violated = jax.vmap(_violations, in_axes=(0, 0, 0, None))(spend, mask, z0, cost_discount)
-
-  pen = {"constant": -n * jnp.ones_like(costs), "scaled": -n * costs,
-         "constant_plus_scaled": -n - costs}[penalty]
+    pen = jnp.where(violated, -(0.0 if penalty == "scaled" else n) - kappa * costs, 0.0)
   kept = task if pay_reward_if_violated else jnp.where(violated, 0.0, task)
-  rewards = jnp.where(mask, kept + jnp.where(violated, pen, 0.0), 0.0)
+  rewards = jnp.where(mask, kept + pen, 0.0)
   return rewards, violated
+
+
+def reward_is_causal(constraint: str, penalty: str = "terminal",
+                     penalty_units: str = "budget") -> bool:
+  """Whether `augmented_rewards`' `r~_t` reads the response only up to token t.
+
+  `mean`'s flag reads the final length `T`; so does the cost divisor `d T` of a scaled
+  penalty in budget units under `prefix_mean`. The estimator then weighs every token by
+  the whole return (`cmdp.objectives.policy_gradient`)."""
+  if constraint == "sum":
+    return True
+  if constraint == "mean":
+    return False
+  reads_length = penalty in ("scaled", "constant_plus_scaled") and penalty_units == "budget"
+  return not reads_length
 
 
 def _discounts(mask: jax.Array, cost_discount: float) -> jax.Array:

@@ -10,18 +10,24 @@ import pytest
 from cmdp import constraint as cst
 
 CONSTRAINTS = ("sum", "mean", "prefix_mean")
-PENALTIES = ("constant", "scaled", "constant_plus_scaled")
+PENALTIES = ("terminal", "constant", "scaled", "constant_plus_scaled")
 BUDGETS = {"sum": 3.0, "mean": 0.45, "prefix_mean": 0.6}
-SWITCHES = list(itertools.product(CONSTRAINTS, PENALTIES, (False, True), (1.0, 0.9)))
+# (constraint, penalty, pay, gamma_c, units); units matter only where the cost is read.
+SWITCHES = [s + (u,) for s in itertools.product(CONSTRAINTS, PENALTIES, (False, True), (1.0, 0.9))
+            for u in (("budget", "nats") if "scaled" in s[1] else ("budget",))]
 
 
-def reference_rewards(task_reward, costs, mask, budget, constraint, penalty, n, gamma, pay):
+def reference_rewards(task_reward, costs, mask, budget, constraint, penalty, n, gamma, pay,
+                      units="budget"):
   """method.md read literally, one token at a time, in float64."""
   rewards, violated = np.zeros(costs.shape), np.zeros(costs.shape, bool)
   for b in range(costs.shape[0]):
     tokens = [t for t in range(costs.shape[1]) if mask[b, t]]
     z, v, weighted_sum, weights = 1.0, False, 0.0, 0.0
+    # the penalty's cost unit: the per-sequence budget (d, or d T per token constraints)
+    unit = 1.0 if units == "nats" else budget * (1 if constraint == "sum" else len(tokens))
     for k, t in enumerate(tokens):
+      was = v
       c = float(costs[b, t])
       if constraint == "sum":
         z = (z - c / budget) / gamma
@@ -34,7 +40,8 @@ def reference_rewards(task_reward, costs, mask, budget, constraint, penalty, n, 
         weights += gamma**k
         v = v or weighted_sum / weights > budget
       r = task_reward[b] if t == tokens[-1] else 0.0
-      p = {"constant": -n, "scaled": -n * c, "constant_plus_scaled": -n - c}[penalty]
+      p = {"constant": -n, "scaled": -n * c / unit, "constant_plus_scaled": -n - c / unit,
+           "terminal": 0.0 if was else -n}[penalty]
       rewards[b, t] = (r if pay or not v else 0.0) + (p if v else 0.0)
       violated[b, t] = v
   return rewards, violated
@@ -56,17 +63,18 @@ def random_batch(seed, batch=6, length=12):
 def all_switches(task_reward, costs, mask):
   """{switches: augmented_rewards(...)} for every combination in SWITCHES, compiled once
   per input shape (all tests below use [6, 12] so they share one compile)."""
-  return {(c, p, pay, g): cst.augmented_rewards(
+  return {(c, p, pay, g, u): cst.augmented_rewards(
       task_reward, costs, mask, budget=BUDGETS[c], constraint=c, penalty=p, penalty_scale=1.7,
-      cost_discount=g, pay_reward_if_violated=pay) for c, p, pay, g in SWITCHES}
+      penalty_units=u, cost_discount=g, pay_reward_if_violated=pay)
+      for c, p, pay, g, u in SWITCHES}
 
 
 def test_augmented_rewards_match_python_loop_for_every_switch():
   task_reward, costs, mask = random_batch(0)
   for switches, (rewards, violated) in all_switches(task_reward, costs, mask).items():
-    c, p, pay, g = switches
+    c, p, pay, g, u = switches
     expected_r, expected_v = reference_rewards(task_reward, costs, mask, BUDGETS[c], c, p, 1.7,
-                                               g, pay)
+                                               g, pay, u)
     assert 0 < expected_v[mask].mean() < 1, switches  # the data has both outcomes
     np.testing.assert_array_equal(violated, expected_v, err_msg=str(switches))
     np.testing.assert_allclose(rewards, expected_r, rtol=1e-5, atol=1e-6, err_msg=str(switches))
@@ -76,12 +84,23 @@ def test_hand_computed_sum_and_prefix_mean():
   costs, mask = jnp.array([[0.5, 0.7, 0.2, 0.1]]), jnp.ones((1, 4))
   # z: 1 -> 0.5 -> -0.2 (violated from t = 1) ; scaled penalty -2 c_t.
   rewards, violated = cst.augmented_rewards(jnp.array([1.0]), costs, mask, budget=1.0,
-                                            penalty_scale=2.0)
+                                            penalty="scaled", penalty_scale=2.0)
   np.testing.assert_allclose(rewards, [[0.0, -1.4, -0.4, -0.2]], rtol=1e-6)
   np.testing.assert_array_equal(violated, [[False, True, True, True]])
   rewards, _ = cst.augmented_rewards(jnp.array([1.0]), costs, mask, budget=1.0,
-                                     penalty_scale=2.0, pay_reward_if_violated=True)
+                                     penalty="scaled", penalty_scale=2.0,
+                                     pay_reward_if_violated=True)
   np.testing.assert_allclose(rewards, [[0.0, -1.4, -0.4, 0.8]], rtol=1e-6)
+  # In budget units at d = 0.5 the scaled penalty reads c_t / 0.5: -2 c_t / 0.5 from the
+  # flag (z: 1 -> 0 -> -1.4 at t = 1); in nats -2 c_t. The default: -2 once, at t = 1.
+  for units, unit in (("budget", 0.5), ("nats", 1.0)):
+    rewards, _ = cst.augmented_rewards(jnp.array([1.0]), costs, mask, budget=0.5,
+                                       penalty="scaled", penalty_scale=2.0, penalty_units=units)
+    np.testing.assert_allclose(rewards, [[0.0, -1.4 / unit, -0.4 / unit, -0.2 / unit]],
+                               rtol=1e-6)
+  rewards, _ = cst.augmented_rewards(jnp.array([1.0]), costs, mask, budget=1.0,
+                                     penalty_scale=2.0)
+  np.testing.assert_allclose(rewards, [[0.0, -2.0, 0.0, 0.0]])
   # Running means 2, 1, 2/3, 1/2 against d = 1: violated at t = 0 and absorbing after.
   rewards, violated = cst.augmented_rewards(jnp.array([1.0]), jnp.array([[2.0, 0.0, 0.0, 0.0]]),
                                             mask, budget=1.0, constraint="prefix_mean",
@@ -140,8 +159,8 @@ def test_jit_with_traced_budget():
   task_reward, costs, mask = random_batch(4)
   jitted = jax.jit(lambda d: cst.augmented_rewards(task_reward, costs, mask, budget=d))
   for d in (2.0, 3.5):
-    expected_r, expected_v = reference_rewards(task_reward, costs, mask, d, "sum", "scaled", 1.0,
-                                               1.0, False)
+    expected_r, expected_v = reference_rewards(task_reward, costs, mask, d, "sum", "terminal",
+                                               1.0, 1.0, False)
     rewards, violated = jitted(jnp.float32(d))
     np.testing.assert_allclose(rewards, expected_r, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(violated, expected_v)
@@ -159,7 +178,8 @@ def test_sequence_cost_and_satisfaction():
     satisfied = np.asarray(cst.constraint_satisfied(costs, mask, BUDGETS[c], c))
     np.testing.assert_array_equal(satisfied, np.array(expected) <= BUDGETS[c])
     # Agrees with the reward's violation flag (undiscounted).
-    _, violated = all_switches(task_reward, costs, mask)[(c, "scaled", False, 1.0)]
+    _, violated = all_switches(task_reward, costs, mask)[(c, "scaled", False, 1.0,
+                                                                  "budget")]
     np.testing.assert_array_equal(satisfied, ~np.asarray(violated).any(axis=1))
   np.testing.assert_array_equal(cst.sequence_cost(costs, np.zeros_like(mask), "prefix_mean"), 0)
 
@@ -180,7 +200,7 @@ def test_discounted_sequence_cost_matches_the_reward_flag_and_its_weights():
                                           for t in range(len(real)))}[c])
     got = cst.sequence_cost(costs, mask, c, gamma)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    _, violated = outputs[(c, "scaled", False, gamma)]
+    _, violated = outputs[(c, "scaled", False, gamma, "budget")]
     np.testing.assert_array_equal(np.asarray(got) <= BUDGETS[c], ~np.asarray(violated).any(1))
     w = np.asarray(cst.sequence_weights(costs, mask, c, gamma))
     assert np.all(w[~mask] == 0)

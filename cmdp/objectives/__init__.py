@@ -31,6 +31,7 @@ counts, so summing them over microbatches gives the full-batch gradient and metr
 | grpo | task reward, group baseline, PPO clip (grpo.py) |
 | cmdp | Sauté-augmented reward + exact cost gradient (cmdp_reward.py) |
 | worst_case | cmdp under its preset: teacher_nll cost, prefix_mean constraint, constant penalty |
+| cmdp_hinge | Sauté's withheld reward + the hinge n (C - d)_+ / d with its pathwise gradient (cmdp_reward.py) |
 | soft_lagrangian | R - lambda C(y), lambda fixed (lagrangian.py) |
 | dual_lagrangian | the same with lambda learned by dual ascent on E[C] or P(C > d) (lagrangian.py) |
 | gkd | per-token generalized JSD(beta) teacher/student (distill.py) |
@@ -42,9 +43,9 @@ from cmdp.objectives.registry import (Objective, available_objectives, get_objec
                                       register_objective)
 # Importing the families registers their objectives.
 from cmdp.objectives import cmdp_reward, distill, grpo, lagrangian  # noqa: E402,F401  isort: skip
-from cmdp.objectives.common import sequence_scores
+from cmdp.objectives.common import sequence_scores, step_metrics
 from cmdp.objectives.lagrangian import LambdaState, init_lambda_state, update_lambda
 
 __all__ = ["ObjectiveConfig", "Objective", "available_objectives", "get_objective",
-           "register_objective", "sequence_scores", "LambdaState", "init_lambda_state",
+           "register_objective", "sequence_scores", "step_metrics", "LambdaState", "init_lambda_state",
            "update_lambda"]

@@ -1,29 +1,39 @@
-"""`cmdp` (the proposed method) and `worst_case` (the follow-up paper's preset of it).
+"""`cmdp` (the proposed method), `worst_case` (the follow-up's preset of it) and the
+`cmdp_hinge` variant.
 
 Reward (docs/method.md, Sauté without state augmentation), per response token t:
 
     r~_t = (1 - v_t) r_t + v_t p_t,   c_t = the deployed student's cost (common.token_costs),
 
 built by `cmdp.constraint.augmented_rewards`, with `v_t` the absorbing violation flag and
-`p_t` the penalty (`constant` -n, `scaled` -n c_t, `constant_plus_scaled` -n - c_t).
+`p_t` the penalty, `n = penalty_scale` in task-reward units and `D` the cost's unit
+(`penalty_units`: the per-sequence budget, or 1 nat): `terminal` -n once at the first
+violated token (the default, Sauté's constant unsafe reward), `constant` -n on every
+violated token, `scaled` -n c_t / D, `constant_plus_scaled` -n - c_t / D.
 
 Estimator: the gradient of E[sum_t r~_t] over responses sampled from the policy is
 
     E[ sum_t grad log pi(y_t|s_t) W_t ]  -  E[ sum_t kappa v_t grad c_t(theta) ],
 
-with `kappa = n` (scaled), 1 (constant_plus_scaled), 0 (constant): v_t is piecewise
-constant in theta, so the only direct dependence on theta is the cost inside the penalty
-(`common.cost_gradient`):
+with `kappa = n / D` (scaled), `1 / D` (constant_plus_scaled), 0 (terminal, constant): v_t
+is piecewise constant in theta, so the only direct dependence on theta is the cost inside
+the penalty (`common.cost_gradient`):
   * reverse_kl: `c_t = KL_t(theta)` depends on the state only; its gradient is exact over
-    the vocabulary and, for a causal constraint, the immediate `-kappa v_t KL_t` leaves the
+    the vocabulary and, for a causal reward, the immediate `-kappa v_t KL_t` leaves the
     token's own weight W_t (mean zero against its score);
   * logratio: `c_t = log pi(y_t|s_t) - log pi_T(y_t|s_t)`: the direct term is
     `kappa v_t grad log pi(y_t|s_t)`. It is NOT mean zero, since v_t depends on y_t.
   * teacher_nll: no direct dependence.
-`W_t` is the return to go for the causal constraints (`sum`, `prefix_mean`) and the whole
-sequence return for `mean`, whose flag reads the final length (policy_gradient).
+`W_t` is the return to go for a causal reward (`sum`; `prefix_mean` unless a scaled
+penalty's unit `d T` reads the length) and the whole sequence return otherwise
+(`constraint.reward_is_causal`).
 
-`worst_case` is the same loss under its preset: cost=teacher_nll, constraint=prefix_mean,
+`cmdp_hinge` pays, at the last token, `(1 - V) R - n (C(y) - d)_+ / D'` with `V = 1[C(y) >
+d]` and `D' = d` (budget units) or 1 (nats): its gradient is the score function on the
+whole return plus the pathwise subgradient `(n / D') V grad C(y) = (n / D') V sum_t w_t
+grad c_t` on every token of a violating response, also those before the Sauté flag.
+
+`worst_case` is the cmdp loss under its preset: cost=teacher_nll, constraint=prefix_mean,
 penalty=constant. The preset lives in the config (`cmdp.training.config.set_objective`), so
 calibration, metrics and evaluation measure the constraint it trains on.
 """
@@ -35,53 +45,99 @@ import jax.numpy as jnp
 from cmdp import constraint, divergences
 from cmdp.objectives import common
 from cmdp.objectives.config import ObjectiveConfig
-from cmdp.objectives.policy_gradient import policy_gradient_loss, token_sum
+from cmdp.objectives.policy_gradient import (last_token_rewards, policy_gradient_loss,
+                                              sequence_sum, token_sum)
 from cmdp.objectives.registry import PG_FIELDS, register_objective
 
 WORST_CASE_PRESET = dict(cost="teacher_nll", constraint="prefix_mean", penalty="constant")
-SAUTE_FIELDS = PG_FIELDS | {"penalty", "penalty_scale", "pay_reward_if_violated"}
+SAUTE_FIELDS = PG_FIELDS | {"penalty", "penalty_scale", "penalty_units", "pay_reward_if_violated"}
+HINGE_FIELDS = SAUTE_FIELDS - {"penalty"}
 
 
-def exact_penalty_coef(hp: ObjectiveConfig) -> float:
-  """kappa: the weight of c_t(theta) in a violated token's penalty (0: none)."""
-  return {"constant": 0.0, "scaled": hp.penalty_scale, "constant_plus_scaled": 1.0}[hp.penalty]
-
-
-def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
-  """The constraint-augmented policy-gradient loss `(loss, metrics)` (module docstring)."""
-  del state
-  common.check_batch(batch, "cmdp", ("old_logprobs", "task_reward"), teacher_logits, True)
-  mask = batch["mask"]
+def _setup(student_logits, teacher_logits, batch, hp: ObjectiveConfig, name: str):
+  """The policy's log-probs, the teacher (no gradient) and the costs (no gradient)."""
+  common.check_batch(batch, name, ("old_logprobs", "task_reward"), teacher_logits, True)
   teacher = jax.lax.stop_gradient(teacher_logits)
   logp = divergences.token_logprobs(common.policy_logits(student_logits, hp), batch["targets"],
                                     chunk_size=hp.chunk_size)
   costs = common.token_costs(jax.lax.stop_gradient(student_logits), teacher, batch["targets"],
                              hp)
-  rewards, violated = constraint.augmented_rewards(
-      batch["task_reward"], costs, mask, budget=hp.budget, constraint=hp.constraint,
-      penalty=hp.penalty, penalty_scale=hp.penalty_scale, cost_discount=hp.cost_discount,
-      pay_reward_if_violated=hp.pay_reward_if_violated)
-  violated = violated.astype(jnp.float32) * mask
-  kappa = exact_penalty_coef(hp)
-  exact = immediate = kl_token = None
-  if kappa:
-    if hp.cost == "reverse_kl":  # differentiable kl(student||teacher), reused by the metrics
-      kl_token = divergences.kl(student_logits, teacher, chunk_size=hp.chunk_size)
-    exact, immediate = common.cost_gradient(kappa * violated, student_logits, teacher, batch,
-                                            hp, kl_token)
-  causal = hp.constraint != "mean"
-  loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, causal=causal,
-                                       immediate=immediate, exact=exact)
+  return logp, teacher, costs
+
+
+def _finish(loss, metrics, student_logits, teacher, batch, hp, costs, kl_token, penalty):
+  """The entropy bonus and the metrics every Sauté objective reports."""
   loss, entropy = common.add_entropy_bonus(loss, student_logits, batch, hp, metrics)
-  metrics["violation_fraction"] = token_sum(violated, batch)
+  metrics["penalty"] = sequence_sum(penalty, batch)
   metrics.update(common.common_metrics(
-      student_logits, teacher, batch, hp, entropy=entropy,
+      student_logits, teacher, batch, hp, entropy=entropy, costs=costs,
       scores=common.sequence_scores(student_logits, teacher, batch, hp, costs=costs,
                                     kl_token=kl_token)))
   return loss, metrics
+
+
+def _exact_kl(student_logits, teacher, hp: ObjectiveConfig):
+  """The differentiable kl(student||teacher) per token when the cost is it (else None)."""
+  if hp.cost != "reverse_kl":
+    return None
+  return divergences.kl(student_logits, teacher, chunk_size=hp.chunk_size)
+
+
+def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
+  """The constraint-augmented policy-gradient loss `(loss, metrics)` (module docstring)."""
+  del state
+  mask = batch["mask"]
+  logp, teacher, costs = _setup(student_logits, teacher_logits, batch, hp, "cmdp")
+  rewards, violated = constraint.augmented_rewards(
+      batch["task_reward"], costs, mask, budget=hp.budget, constraint=hp.constraint,
+      penalty=hp.penalty, penalty_scale=hp.penalty_scale, penalty_units=hp.penalty_units,
+      cost_discount=hp.cost_discount, pay_reward_if_violated=hp.pay_reward_if_violated)
+  violated = violated.astype(jnp.float32) * mask
+  kappa = constraint.penalty_cost_coef(hp.penalty, hp.penalty_scale, constraint.penalty_divisor(
+      mask, hp.budget, hp.constraint, hp.penalty_units))
+  exact = immediate = kl_token = None
+  if hp.penalty in ("scaled", "constant_plus_scaled"):
+    kl_token = _exact_kl(student_logits, teacher, hp)  # reused by the metrics
+    exact, immediate = common.cost_gradient(kappa * violated, student_logits, teacher, batch,
+                                            hp, kl_token)
+  causal = constraint.reward_is_causal(hp.constraint, hp.penalty, hp.penalty_units)
+  loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, causal=causal,
+                                       immediate=immediate, exact=exact)
+  metrics["violation_fraction"] = token_sum(violated, batch)
+  # The penalty paid per sequence, in reward units: the reward a sequence would have had
+  # without the constraint minus the one it got.
+  task = batch["task_reward"].astype(jnp.float32)
+  kept = task if hp.pay_reward_if_violated else jnp.where(jnp.any(violated > 0, -1), 0.0, task)
+  paid = kept - jnp.sum(rewards, axis=-1)
+  return _finish(loss, metrics, student_logits, teacher, batch, hp, costs, kl_token, paid)
+
+
+def hinge_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
+  """`cmdp_hinge`: Sauté's withheld reward plus the hinge `n (C(y) - d)_+ / D` (module
+  docstring), `D = d` in budget units and 1 in nats."""
+  del state
+  mask = batch["mask"]
+  logp, teacher, costs = _setup(student_logits, teacher_logits, batch, hp, "cmdp_hinge")
+  seq_cost = constraint.sequence_cost(costs, mask, hp.constraint, hp.cost_discount)
+  violating = (seq_cost > hp.budget).astype(jnp.float32)
+  unit = hp.budget if hp.penalty_units == "budget" else 1.0
+  paid = hp.penalty_scale * jnp.maximum(seq_cost - hp.budget, 0.0) / unit
+  task = batch["task_reward"].astype(jnp.float32)
+  kept = task if hp.pay_reward_if_violated else task * (1.0 - violating)
+  rewards = last_token_rewards(kept - paid, mask)
+  # The pathwise (sub)gradient of -n (C - d)_+ / D: (n / D) 1[C > d] w_t on every token's
+  # cost; the whole sequence return weighs every token's score (the hinge reads all of y).
+  weights = constraint.sequence_weights(costs, mask, hp.constraint, hp.cost_discount)
+  kl_token = _exact_kl(student_logits, teacher, hp)
+  coef = (hp.penalty_scale / unit) * violating[:, None] * weights
+  exact, _ = common.cost_gradient(coef, student_logits, teacher, batch, hp, kl_token)
+  loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, causal=False, exact=exact)
+  return _finish(loss, metrics, student_logits, teacher, batch, hp, costs, kl_token, paid)
 
 
 register_objective("cmdp", on_policy=True, needs_teacher=True, constrained=True,
                    reads=SAUTE_FIELDS)(cmdp_loss)
 register_objective("worst_case", on_policy=True, needs_teacher=True, constrained=True,
                    reads=SAUTE_FIELDS, preset=WORST_CASE_PRESET)(cmdp_loss)
+register_objective("cmdp_hinge", on_policy=True, needs_teacher=True, constrained=True,
+                   reads=HINGE_FIELDS)(hinge_loss)

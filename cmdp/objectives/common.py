@@ -102,9 +102,18 @@ def loss_term(values: jax.Array, batch: dict, hp: ObjectiveConfig) -> jax.Array:
                    batch["num_sequences"])
 
 
+def group_fractions(flags: jax.Array, batch: dict, group_size: int) -> tuple:
+  """Shares of the full batch's groups (`num_sequences / group_size` of them) whose rows'
+  0/1 `flags [B]` are all 1 and mixed: `(all, mixed)` (a microbatch holds whole groups)."""
+  g = flags.reshape(-1, group_size)
+  groups = batch["num_sequences"] / group_size
+  every, some = jnp.all(g > 0, axis=-1), jnp.any(g > 0, axis=-1)
+  return (jnp.sum(every) / groups, jnp.sum(some & ~every) / groups)
+
+
 def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
                    hp: ObjectiveConfig, *, entropy: jax.Array | None = None,
-                   scores: dict | None = None) -> dict:
+                   scores: dict | None = None, costs: jax.Array | None = None) -> dict:
   """The metrics every objective reports (shares of full-batch means, see `token_sum`).
 
   task_reward: mean R per sequence (when the batch has it).
@@ -112,8 +121,17 @@ def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
   entropy: mean over response tokens of the sampling policy's entropy (nats).
   With a teacher, from `sequence_scores` (passed or computed):
   kl_token: sum of kl(student||teacher) / response tokens.
-  kl_seq: mean per-sequence sum of kl(student||teacher).
+  kl_seq: mean per-sequence sum of kl(student||teacher); `seq/kl_seq` the per-row values
+    (the train step turns them into the batch's quantiles).
   constraint_value: mean `C(y)`; constraint_satisfaction: fraction with `C(y) <= d`.
+  groups_violating, groups_mixed: shares of the groups whose samples all violate `d`, and
+    whose samples fall on both sides of it.
+  entropy_gap: the deployed student's entropy minus the teacher's, per response token
+    (negative: the student is sharper than its teacher).
+  violating_cost, violating_cost_before_flag: sum over violating responses of `C(y)`, and
+    of the part of it before the Sauté flag fires, per sequence of the batch (their ratio,
+    `cost_before_flag`, is formed by the step).
+  `costs` (`[B, L]`, the constraint's per-token costs) may be passed when computed.
   """
   mask = batch["mask"]
   if entropy is None:
@@ -125,13 +143,50 @@ def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
     m["task_reward"] = sequence_sum(batch["task_reward"].astype(jnp.float32), batch)
   if teacher_logits is None:
     return m
+  student = jax.lax.stop_gradient(student_logits)
+  teacher = jax.lax.stop_gradient(teacher_logits)
+  if costs is None:
+    costs = token_costs(student, teacher, batch["targets"], hp)
+  costs = jax.lax.stop_gradient(costs)
   if scores is None:
-    scores = sequence_scores(student_logits, teacher_logits, batch, hp)
+    scores = sequence_scores(student, teacher, batch, hp, costs=costs)
   m["kl_token"] = jnp.sum(scores["kl_seq"]) / batch["num_tokens"]
   m["kl_seq"] = sequence_sum(scores["kl_seq"], batch)
+  m["seq/kl_seq"] = scores["kl_seq"]
   m["constraint_value"] = sequence_sum(scores["sequence_cost"], batch)
   m["constraint_satisfaction"] = sequence_sum(scores["satisfied"], batch)
+  violating = 1.0 - scores["satisfied"]
+  if violating.shape[0] % hp.group_size == 0:  # rows in whole groups (every trainer batch)
+    m["groups_violating"], m["groups_mixed"] = group_fractions(violating, batch, hp.group_size)
+  deployed = (jax.lax.stop_gradient(entropy) if hp.temperature == 1.0 else
+              divergences.entropy(student, chunk_size=hp.chunk_size))
+  m["entropy_gap"] = token_sum(deployed - divergences.entropy(teacher, chunk_size=hp.chunk_size),
+                               batch)
+  flags = constraint.violation_flags(costs, mask, hp.budget, hp.constraint, hp.cost_discount)
+  weighted = constraint.sequence_weights(costs, mask, hp.constraint, hp.cost_discount) * \
+      jnp.where(mask > 0, costs, 0.0)
+  before = jnp.sum(jnp.where(flags, 0.0, weighted), axis=-1)
+  m["violating_cost"] = sequence_sum(violating * scores["sequence_cost"], batch)
+  m["violating_cost_before_flag"] = sequence_sum(violating * before, batch)
   return m
+
+
+def step_metrics(metrics: dict) -> dict:
+  """A step's summed metrics -> the logged ones: each per-row `seq/<name> [B]` becomes
+  `<name>_q10`, `<name>_q50`, `<name>_q90` (the batch's quantiles, linear interpolation),
+  and `cost_before_flag = violating_cost_before_flag / violating_cost` (NaN when no
+  response violates)."""
+  out = {k: v for k, v in metrics.items() if not k.startswith("seq/")}
+  for k, v in metrics.items():
+    if k.startswith("seq/"):
+      for q in (10, 50, 90):
+        out[f"{k[4:]}_q{q}"] = jnp.quantile(v.astype(jnp.float32), q / 100)
+  if "violating_cost" in metrics:
+    total = metrics["violating_cost"]
+    out["cost_before_flag"] = jnp.where(
+        total > 0, metrics["violating_cost_before_flag"] / jnp.where(total > 0, total, 1.0),
+        jnp.nan)
+  return out
 
 
 def add_entropy_bonus(loss: jax.Array, student_logits: jax.Array, batch: dict,

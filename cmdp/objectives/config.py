@@ -12,9 +12,9 @@ import difflib
 import numbers
 from typing import Any, Mapping
 
-COSTS = ("reverse_kl", "logratio", "teacher_nll")
-CONSTRAINTS = ("sum", "mean", "prefix_mean")
-PENALTIES = ("constant", "scaled", "constant_plus_scaled")
+from cmdp.constraint import COST_KINDS as COSTS
+from cmdp.constraint import CONSTRAINTS, PENALTIES, PENALTY_UNITS
+
 ADVANTAGES = ("loo", "grpo", "none")
 DUAL_TARGETS = ("mean", "rate")
 AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
@@ -36,10 +36,15 @@ class ObjectiveConfig:
   cost: str = "reverse_kl"  # per-token cost c_t: reverse_kl | logratio | teacher_nll
   constraint: str = "sum"  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
   cost_discount: float = 1.0  # gamma_c: the constraint weighs token t's cost by gamma_c^t
-  # --- The Sauté reward (cmdp, worst_case) ---
-  # p_t on violated tokens: constant (-n) | scaled (-n c_t) | constant_plus_scaled (-n - c_t)
-  penalty: str = "scaled"
-  penalty_scale: float = 1.0  # n in the penalty
+  # --- The Sauté reward (cmdp, worst_case, cmdp_hinge) ---
+  # p_t on violated tokens (docs/method.md): terminal (-n once, when the budget runs out:
+  # Sauté's constant unsafe reward) | constant (-n on every violated token) | scaled
+  # (-n c_t / D) | constant_plus_scaled (-n - c_t / D); cmdp_hinge ignores it
+  penalty: str = "terminal"
+  penalty_scale: float = 1.0  # n in the penalty, in task-reward units
+  # D, the unit of a cost inside a penalty: budget (the per-sequence budget: d for sum, d T
+  # for mean and prefix_mean, so overshooting by one budget costs n rewards) | nats (1)
+  penalty_units: str = "budget"
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
   # --- Memory ---
   chunk_size: int = 0  # time chunk for the exact-vocabulary terms (KL, entropy, log-probs); 0 = off
@@ -144,6 +149,7 @@ def _fail(name, value, fix):
 
 _KIND = dict(
     budget=float, cost=COSTS, constraint=CONSTRAINTS, penalty=PENALTIES, penalty_scale=float,
+    penalty_units=PENALTY_UNITS,
     cost_discount=float, pay_reward_if_violated=bool, gamma=float, group_size=int,
     advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
     entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,

@@ -198,7 +198,8 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
     `(loss, metrics)`; the loss is full-batch normalised; the metrics (shares of
     full-batch means, see `token_sum`) are pg_loss, exact_loss, clip_fraction, ratio_mean,
     advantage_mean, advantage_abs_mean, approx_kl_old (k3 estimate of kl(pi_old||pi_theta)),
-    abs_logprob_diff (mean |log pi_theta - log pi_old|), return (mean G0), tis_weight_mean.
+    abs_logprob_diff (mean |log pi_theta - log pi_old|), return (mean G0), tis_weight_mean,
+    groups_tied (the share of groups whose sequence returns are all equal: no contrast).
   """
   mask = batch["mask"]
   rewards = jax.lax.stop_gradient(rewards)
@@ -239,6 +240,10 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
       abs_logprob_diff=token_sum(jnp.abs(jax.lax.stop_gradient(logp) - old), batch),
       **{"return": sequence_sum(g0, batch)},
   )
+  if g0.shape[0] % hp.group_size == 0:  # groups whose returns give no contrast
+    g = g0.reshape(-1, hp.group_size)
+    tied = jnp.max(g, axis=-1) - jnp.min(g, axis=-1) <= 1e-6 * (1.0 + jnp.max(jnp.abs(g), -1))
+    metrics["groups_tied"] = jnp.sum(tied) * hp.group_size / batch["num_sequences"]
   if tis is not None:
     metrics["tis_weight_mean"] = token_sum(tis, batch)
   if exact is not None:

@@ -45,11 +45,11 @@ import jax.numpy as jnp
 import optax
 
 from cmdp import divergences, models
-from cmdp.objectives import Objective, ObjectiveConfig
+from cmdp.objectives import Objective, ObjectiveConfig, step_metrics
 
 # Batch fields with a leading batch axis (split into micro/minibatches); see cmdp.objectives.
 ROW_FIELDS = ("inputs", "targets", "input_mask", "mask", "old_logprobs", "teacher_logits",
-              "ref_logprobs", "task_reward", "trainer_logprobs")
+              "ref_logprobs", "task_reward", "trainer_logprobs", "row_index")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -210,6 +210,9 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   def micro(params, teacher_params, batch, objective_state):
     (loss, metrics), grads = grad_fn(params, teacher_params, batch, objective_state)
     return loss, metrics, constrain_grads(grads)
+    # Per-row metrics (`seq/...`) of a microbatch land in their rows of a full-batch vector.
+    rows["row_index"] = jnp.arange(mask.shape[0], dtype=jnp.int32)
+    shared["row_slots"] = jnp.zeros(mask.shape[:1], jnp.float32)
 
   def zeros(params, teacher_params, objective_state, rows, shared):
     return _zeros_like_tree(jax.eval_shape(micro, params, teacher_params,
@@ -226,6 +229,8 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     params = optax.apply_updates(params, updates)
     norms = dict(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                  loss_minibatch=loss * m)
+    metrics = {k: (batch["row_slots"].at[batch["row_index"]].set(v) if k.startswith("seq/")
+                   else v) for k, v in metrics.items()}
     return params, opt_state, (loss, metrics, norms)
 
   def combine(result):
@@ -235,7 +240,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     if isinstance(result, list):
       result = jax.tree.map(lambda *x: jnp.stack(x), *result)
     loss, metrics, nrm = result
-    return (jnp.sum(loss), jax.tree.map(jnp.sum, metrics),
+    return (jnp.sum(loss), jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics),
             dict(first=nrm["grad_norm"][0], grad_norm=jnp.max(nrm["grad_norm"])))
 
   def finish(state: TrainState, params, opt_state, passes, extra):
@@ -257,7 +262,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
         step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         objective_state=keep(objective_state, state.objective_state))
-    out = dict(metrics)
+    out = step_metrics(metrics)
     out.update(extra)
     if sc.ppo_epochs > 1 and "clip_fraction" in last:
       out["clip_fraction_last_epoch"] = last["clip_fraction"]

@@ -114,17 +114,31 @@ def sequence_cost(costs, constraint, discount):
   return jnp.max(jnp.stack(means))
 
 
-def saute_return(task_reward, costs, budget, constraint, penalty, n, discount, pay):
-  """sum_t r~_t of one response (method.md literally)."""
+def saute_return(task_reward, costs, budget, constraint, penalty, n, discount, pay,
+                 units="budget"):
+  """sum_t r~_t of one response (method.md literally). A cost inside a penalty is divided
+  by the per-sequence budget (d for sum, d T otherwise) in budget units, by 1 in nats."""
   sg = [jax.lax.stop_gradient(c) for c in costs]
   flags = violation_flags(sg, budget, constraint, discount)
-  total = 0.0
+  unit = 1.0 if units == "nats" else budget * (1 if constraint == "sum" else len(costs))
+  total, before = 0.0, False
   for t, (c, v) in enumerate(zip(costs, flags)):
-    p = {"constant": -n, "scaled": -n * c, "constant_plus_scaled": -n - c}[penalty]
+    p = {"constant": -n, "scaled": -n * c / unit, "constant_plus_scaled": -n - c / unit,
+         "terminal": jnp.where(before, 0.0, -n)}[penalty]
     r = task_reward if t == len(costs) - 1 else 0.0
     kept = r if pay else jnp.where(v, 0.0, r)
     total = total + kept + jnp.where(v, p, 0.0)
+    before = v
   return total
+
+
+def hinge_return(task_reward, costs, budget, constraint, n, discount, pay, units="budget"):
+  """cmdp_hinge: R unless violated (Sauté) minus n (C(y) - d)_+ / d (budget units)."""
+  cost = sequence_cost(costs, constraint, discount)
+  violated = jax.lax.stop_gradient(cost) > budget
+  unit = budget if units == "budget" else 1.0
+  kept = task_reward if pay else jnp.where(violated, 0.0, task_reward)
+  return kept - n * jnp.maximum(cost - budget, 0.0) / unit
 
 
 def objective_value(name, student, teacher, reward, hp, lam=0.0):
@@ -137,7 +151,12 @@ def objective_value(name, student, teacher, reward, hp, lam=0.0):
     elif name in ("cmdp", "worst_case"):
       costs = costs_of(hp.cost, student, teacher, y)
       value = saute_return(reward[i], costs, hp.budget, hp.constraint, hp.penalty,
-                           hp.penalty_scale, hp.cost_discount, hp.pay_reward_if_violated)
+                           hp.penalty_scale, hp.cost_discount, hp.pay_reward_if_violated,
+                           hp.penalty_units)
+    elif name == "cmdp_hinge":
+      costs = costs_of(hp.cost, student, teacher, y)
+      value = hinge_return(reward[i], costs, hp.budget, hp.constraint, hp.penalty_scale,
+                           hp.cost_discount, hp.pay_reward_if_violated, hp.penalty_units)
     elif name in ("soft_lagrangian", "dual_lagrangian"):
       costs = costs_of(hp.cost, student, teacher, y)
       value = reward[i] - lam * sequence_cost(costs, hp.constraint, hp.cost_discount)

@@ -37,23 +37,27 @@ def last_token_rewards(task_reward, mask):
 
 
 def saute_rewards(task_reward, costs, mask, budget, penalty, n, pay_reward_if_violated=False,
-                  constraint="sum"):
+                  constraint="sum", units="budget"):
   """Sauté reward with gamma_c = 1: returns (rewards, violated).
 
   constraint 'sum': violated once the running sum of costs exceeds the budget;
-  'prefix_mean': once the running mean of costs exceeds it.
+  'prefix_mean': once the running mean of costs exceeds it. A cost inside a penalty is in
+  units of the per-sequence budget (d, or d T for prefix_mean) or in nats.
   """
   rewards, violated = np.zeros(mask.shape), np.zeros(mask.shape)
   task = last_token_rewards(task_reward, mask)
   for b in range(mask.shape[0]):
     total, count, v = 0.0, 0, False
+    length = mask[b].sum()
+    unit = 1.0 if units == "nats" else budget * (1.0 if constraint == "sum" else length)
     for t in range(mask.shape[1]):
       if not mask[b, t]:
         continue
+      was = v
       total, count = total + costs[b, t], count + 1
       v = v or (total > budget if constraint == "sum" else total / count > budget)
-      p = {"constant": -n, "scaled": -n * costs[b, t],
-           "constant_plus_scaled": -n - costs[b, t]}[penalty]
+      p = {"constant": -n, "scaled": -n * costs[b, t] / unit, "terminal": 0.0 if was else -n,
+           "constant_plus_scaled": -n - costs[b, t] / unit}[penalty]
       keep = task[b, t] if (pay_reward_if_violated or not v) else 0.0
       rewards[b, t] = keep + (p if v else 0.0)
       violated[b, t] = v

@@ -6,7 +6,7 @@ import pytest
 from cmdp.objectives import ObjectiveConfig, available_objectives, get_objective
 from cmdp.objectives.registry import register_objective
 
-ALL = ("cmdp", "dual_lagrangian", "gkd", "grpo", "minillm", "sft", "soft_lagrangian",
+ALL = ("cmdp", "cmdp_hinge", "dual_lagrangian", "gkd", "grpo", "minillm", "sft", "soft_lagrangian",
        "worst_case")
 
 
@@ -17,6 +17,7 @@ def test_all_objectives_registered_with_flags():
   assert flags["grpo"] == (True, False, False)
   assert flags["cmdp"] == (True, True, True)
   assert flags["worst_case"] == (True, True, True)
+  assert flags["cmdp_hinge"] == (True, True, True)
   assert flags["dual_lagrangian"] == (True, True, True)
   assert flags["soft_lagrangian"] == (True, True, True)
   assert flags["gkd"] == (True, True, False)
@@ -37,8 +38,8 @@ def test_duplicate_registration_raises():
 
 def test_defaults_roundtrip_and_hashable():
   hp = ObjectiveConfig()
-  assert (hp.cost, hp.constraint, hp.penalty, hp.penalty_scale, hp.cost_discount) == (
-      "reverse_kl", "sum", "scaled", 1.0, 1.0)
+  assert (hp.cost, hp.constraint, hp.penalty, hp.penalty_scale, hp.penalty_units,
+          hp.cost_discount) == ("reverse_kl", "sum", "terminal", 1.0, "budget", 1.0)
   assert (hp.gamma, hp.clip_eps, hp.pay_reward_if_violated, hp.gkd_beta) == (1.0, 0.2, False, 0.5)
   # The unbiased estimator: leave-one-out baseline, no scale, per-sequence sums.
   assert (hp.advantage, hp.normalize_std, hp.aggregation) == ("loo", False, "sequence_mean")

@@ -72,20 +72,37 @@ def with_budget(hp, seed):
                                          teacher))
 
 
-CMDP_CASES = [  # (cost, constraint, penalty): every cost and constraint, every penalty
-    ("reverse_kl", "sum", "scaled"), ("reverse_kl", "sum", "constant_plus_scaled"),
-    ("reverse_kl", "sum", "constant"), ("reverse_kl", "mean", "scaled"),
-    ("reverse_kl", "prefix_mean", "scaled"), ("logratio", "sum", "scaled"),
-    ("logratio", "mean", "constant_plus_scaled"), ("logratio", "prefix_mean", "scaled"),
-    ("teacher_nll", "sum", "scaled"), ("teacher_nll", "mean", "constant"),
+CMDP_CASES = [  # (cost, constraint, penalty, units): every cost, constraint, penalty, unit
+    ("reverse_kl", "sum", "terminal", "budget"), ("reverse_kl", "sum", "scaled", "budget"),
+    ("reverse_kl", "sum", "scaled", "nats"), ("reverse_kl", "sum", "constant_plus_scaled", "budget"),
+    ("reverse_kl", "sum", "constant", "budget"), ("reverse_kl", "mean", "scaled", "budget"),
+    ("reverse_kl", "prefix_mean", "scaled", "budget"),  # d T reads the length: not causal
+    ("reverse_kl", "prefix_mean", "scaled", "nats"), ("reverse_kl", "prefix_mean", "terminal", "budget"),
+    ("logratio", "sum", "scaled", "budget"), ("logratio", "mean", "constant_plus_scaled", "nats"),
+    ("logratio", "prefix_mean", "scaled", "budget"), ("logratio", "sum", "terminal", "budget"),
+    ("teacher_nll", "sum", "scaled", "budget"), ("teacher_nll", "mean", "constant", "budget"),
 ]
 
 
-@pytest.mark.parametrize("cost, constraint_, penalty", CMDP_CASES)
-def test_cmdp_is_unbiased_under_the_defaults(cost, constraint_, penalty):
+@pytest.mark.parametrize("cost, constraint_, penalty, units", CMDP_CASES)
+def test_cmdp_is_unbiased_under_the_defaults(cost, constraint_, penalty, units):
   hp = with_budget(ObjectiveConfig(group_size=2, cost=cost, constraint=constraint_,
-                                   penalty=penalty, penalty_scale=1.7), seed=3)
+                                   penalty=penalty, penalty_scale=1.7, penalty_units=units),
+                   seed=3)
   check("cmdp", hp, seed=3)
+
+
+@pytest.mark.parametrize("cost, constraint_, units", [
+    ("reverse_kl", "sum", "budget"), ("reverse_kl", "mean", "nats"),
+    ("reverse_kl", "prefix_mean", "budget"), ("logratio", "sum", "budget"),
+    ("teacher_nll", "prefix_mean", "budget")])
+def test_cmdp_hinge_is_unbiased_for_its_objective(cost, constraint_, units):
+  """Sauté's withheld reward minus n (C - d)_+ / d: the estimator's expectation is the
+  true gradient, pathwise subgradient (n/d) grad C on every token of a violating response
+  included."""
+  hp = with_budget(ObjectiveConfig(group_size=2, cost=cost, constraint=constraint_,
+                                   penalty_scale=1.3, penalty_units=units), seed=21)
+  check("cmdp_hinge", hp, seed=21)
 
 
 def test_cmdp_unbiased_with_temperature_discount_groups_of_three_and_paid_reward():
@@ -128,3 +145,16 @@ def test_dual_lagrangian_uses_its_state():
 
 def test_minillm_is_unbiased():
   check("minillm", ObjectiveConfig(group_size=2, temperature=0.9), seed=19)
+
+
+@pytest.mark.parametrize("penalty", ["scaled", "constant_plus_scaled"])
+def test_cmdp_scaled_penalty_in_budget_units_under_prefix_mean_weighs_the_whole_return(penalty):
+  """Under prefix_mean a scaled penalty in budget units divides by d T: an early token's
+  penalty reads the final length, so the estimator must weigh every token by the whole
+  return. With a budget under the first state's cost every response violates from its
+  first token, whose penalty then depends on whether the second token ends the response."""
+  student, teacher, _ = bf.tables(3)
+  first = float(bf.kl_row(student[0], teacher[0]))
+  hp = ObjectiveConfig(group_size=2, constraint="prefix_mean", penalty=penalty,
+                       penalty_scale=1.7, budget=0.5 * first)
+  check("cmdp", hp, seed=3)

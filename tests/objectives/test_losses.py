@@ -102,7 +102,7 @@ def cmdp_reference(a, costs, hp, kappa, direct):
   removed (reverse_kl) plus the exact / direct term, as docs/method.md writes it."""
   rewards, violated = ref.saute_rewards(a["task_reward"], costs, MASK, hp.budget, hp.penalty,
                                         hp.penalty_scale, hp.pay_reward_if_violated,
-                                        hp.constraint)
+                                        hp.constraint, hp.penalty_units)
   ret = ref.returns(rewards, MASK, hp.gamma)
   weights = ret + (kappa * violated * costs if hp.cost == "reverse_kl" else 0.0)
   want, scale = ref.pg_loss(a["logp"], a["old"], MASK, weights,
@@ -115,14 +115,18 @@ def cmdp_reference(a, costs, hp, kappa, direct):
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-@pytest.mark.parametrize("penalty,kappa", [("scaled", 1.5), ("constant_plus_scaled", 1.0),
-                                           ("constant", 0.0)])
-def test_cmdp_matches_reference(aggregation, penalty, kappa):
+@pytest.mark.parametrize("penalty,units", [("scaled", "budget"), ("scaled", "nats"),
+                                           ("constant_plus_scaled", "budget"),
+                                           ("constant", "budget"), ("terminal", "budget")])
+def test_cmdp_matches_reference(aggregation, penalty, units):
   params, batch, a = make_batch()
   costs = ref.kl(a["logits"], a["teacher"])
   budget = float(np.median(seq_sum(costs)))  # half the rows violate
   hp = ObjectiveConfig(group_size=G, aggregation=aggregation, budget=budget, penalty=penalty,
-                       penalty_scale=1.5, advantage="grpo", normalize_std=True)
+                       penalty_scale=1.5, penalty_units=units, advantage="grpo",
+                       normalize_std=True)
+  unit = budget if units == "budget" else 1.0  # the sum constraint's cost unit
+  kappa = {"scaled": 1.5 / unit, "constant_plus_scaled": 1.0 / unit}.get(penalty, 0.0)
   loss, metrics = run("cmdp", hp, params, batch)
   want, violated = cmdp_reference(a, costs, hp, kappa, costs)
   assert 0 < violated.sum() < MASK.sum()
@@ -138,7 +142,8 @@ def test_cmdp_logratio_cost_adds_the_direct_term():
   costs = a["logp"] - ref.token_logprobs(a["teacher"], a["targets"])
   budget = float(np.median(seq_sum(costs)))
   hp = ObjectiveConfig(group_size=G, budget=budget, cost="logratio", gamma=0.9,
-                       pay_reward_if_violated=True, penalty_scale=1.3)
+                       pay_reward_if_violated=True, penalty="scaled", penalty_scale=1.3,
+                       penalty_units="nats")
   loss, _ = run("cmdp", hp, params, batch)
   want, violated = cmdp_reference(a, costs, hp, 1.3, a["logp"])
   assert 0 < violated.sum() < MASK.sum()
@@ -274,9 +279,10 @@ def test_grad_accumulation_equals_full_batch_for_loss_gradient_and_metrics(name,
   np.testing.assert_allclose(parts[0][0] + parts[1][0], full[0], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(parts[0][2] + parts[1][2], full[2], rtol=1e-5, atol=1e-7)
   assert np.abs(full[2]).max() > 1e-3
-  for key, want in full[1].items():
-    np.testing.assert_allclose(parts[0][1][key] + parts[1][1][key], want, rtol=1e-5,
-                               atol=1e-6, err_msg=key)
+  for key, want in full[1].items():  # per-row metrics (seq/...) are the rows' values
+    got = (np.concatenate([parts[0][1][key], parts[1][1][key]]) if key.startswith("seq/")
+           else parts[0][1][key] + parts[1][1][key])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_missing_batch_field_is_named():

@@ -220,6 +220,13 @@ def test_logits_over_the_response_window_give_the_whole_step(objective, override
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
   window = programs.scorer(exp.student.config, exp.teacher.config, exp.hp, "float32", start)
   every = programs.scorer(exp.student.config, exp.teacher.config, exp.hp, "float32", 0)
+  # The batch's KL quantiles: per-row values gathered across microbatches and minibatches.
+  kl_rows = np.asarray(every(state.params, exp.teacher.params, batch)["kl_seq"])
+  assert len(np.unique(np.round(kl_rows, 4))) > 2
+  for q in (10, 50, 90):
+    assert float(want[f"kl_seq_q{q}"]) == pytest.approx(np.quantile(kl_rows, q / 100),
+                                                         rel=2e-3, abs=1e-4), q
+  assert not any(k.startswith("seq/") for k in want)
   for key, value in every(state.params, exp.teacher.params, batch).items():
     np.testing.assert_allclose(np.asarray(window(state.params, exp.teacher.params, batch)[key]),
                                np.asarray(value), rtol=2e-5, atol=1e-5, err_msg=key)
