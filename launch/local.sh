@@ -2,6 +2,8 @@
 # Runs an experiment on this machine (CPU, one GPU or one TPU VM host), then evaluates it.
 #
 #   launch/local.sh [options] CONFIG WORKDIR [--config.x=y ...]
+#
+# Example:
 #   launch/local.sh configs/tiny.py /tmp/cmdp_tiny --config.num_steps=10
 #
 # Options (before the positional arguments):
@@ -10,6 +12,9 @@
 #   --no-eval        train only.
 #   --dry-run        print the commands instead of running them.
 set -euo pipefail
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then  # the header above, as usage
+  sed -n '/^set -euo/q; /^#[!S]/d; s/^# \{0,1\}//p' "$0"; exit 0
+fi
 
 DRY_RUN=0; PLAN=""; CPU_DEVICES=""; EVAL=1
 while [[ $# -gt 0 && $1 == --* ]]; do

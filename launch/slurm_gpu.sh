@@ -11,6 +11,8 @@
 #
 #   sbatch [--nodes=N] [--gpus-per-node=G] launch/slurm_gpu.sh [options] CONFIG WORKDIR \
 #       [--config.x=y ...]
+#
+# Example:
 #   sbatch --nodes=4 launch/slurm_gpu.sh configs/qwen_math.py:task=math /shared/runs/math
 #
 # Options (before the positional arguments):
@@ -25,6 +27,9 @@
 #   JAX_PROCESS_ID=$SLURM_PROCID                  CMDP_MULTIHOST=1
 # WORKDIR must be on a filesystem every node sees (checkpoints are written from all nodes).
 set -euo pipefail
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then  # the header above, as usage
+  sed -n '/^set -euo/q; /^#[!S]/d; s/^# \{0,1\}//p' "$0"; exit 0
+fi
 
 DRY_RUN=0; INSTALL=0; PORT=""; LOGS=""
 while [[ $# -gt 0 && $1 == --* ]]; do

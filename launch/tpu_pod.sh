@@ -4,6 +4,7 @@
 #
 #   launch/tpu_pod.sh [options] TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #
+# Example:
 #   launch/tpu_pod.sh --accelerator-type=v5litepod-32 cmdp-v5e europe-west4-b \
 #       configs/qwen_math.py:task=gsm8k gs://bucket/runs/qwen_gsm8k
 #
@@ -28,6 +29,9 @@
 # checkpoints from all hosts to the shared WORKDIR (use a GCS bucket). On preemption the TPU
 # runtime sends SIGTERM: the run saves and exits, and re-running the same command resumes.
 set -euo pipefail
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then  # the header above, as usage
+  sed -n '/^set -euo/q; /^#[!S]/d; s/^# \{0,1\}//p' "$0"; exit 0
+fi
 
 DRY_RUN=0; ACCEL=""; VERSION=""; SPOT=0; PROJECT=""; REF=""; LOGS=""; PLAN=0
 REPO=${CMDP_REPO:-}

@@ -8,6 +8,7 @@ fields are overridden as for training: `--config.batch_size=256`.
 """
 import sys
 
+from cmdp import cli
 from cmdp.plan import topology as topology_lib
 
 
@@ -31,7 +32,8 @@ def _configure() -> topology_lib.Topology:
   return target
 
 
-TARGET = _configure()
+# `--help` needs no topology (and starts no jax).
+TARGET = None if cli.wants_help(sys.argv) else _configure()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
@@ -42,7 +44,7 @@ import re
 import tempfile
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -134,5 +136,17 @@ def main(argv):
     print(f"wrote {_JSON.value}")
 
 
+USAGE = """python -m cmdp.plan --config CONFIG[:ARG] --topology TOPOLOGY [--json PATH] [--search=N]
+    [--config.FIELD=VALUE ...]
+
+Compiles the config's step for a TPU slice or N simulated CPU devices, without weights and
+without a TPU, and prints per-device memory, whether it fits and the estimated step time
+(docs/planner.md). TOPOLOGY: a Cloud TPU accelerator type (v4-64, v5e-32 = v5litepod-32,
+v5p-128, v6e-64, ...) or cpu:N.
+
+Examples:
+  python -m cmdp.plan --config configs/tiny.py --topology cpu:8
+  python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128 --json plan.json"""
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "python -m cmdp.plan", USAGE)

@@ -1,30 +1,55 @@
-r"""`python -m cmdp.study --config configs/study_arith.py --workdir DIR` (see cmdp.study.main)."""
+r"""`python -m cmdp.study --config configs/study_arith.py --workdir DIR` (see cmdp.study.main).
+
+The report goes to `DIR/results` unless `--output_dir` (or the config's `output_dir`) names
+another directory; the committed one is `--output_dir docs/results`.
+"""
 import logging
 import os
 import sys
 import warnings
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from cmdp import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for models, runs and results.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where the report (<name>.md, .png, .json) goes (default: the "
+    "config's output_dir, and if that is empty DIR/results).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' logs and a user "
+                             "error's traceback.")
 flags.mark_flags_as_required(["config", "workdir"])
+USAGE = """python -m cmdp.study --config CONFIG[:ARG] --workdir DIR [--output_dir OUT]
+
+Runs a study: cached pretraining, one budget calibration, every method x seeds, then the
+report (<name>.md, <name>.png, <name>.json) in DIR/results or OUT. Re-running skips
+what is finished.
+
+Examples:
+  python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
+  python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith \\
+      --output_dir docs/results"""
 
 
 def main(argv):
   del argv
   # A quiet console: the study's progress bar and errors only.
-  logging.getLogger().setLevel(logging.ERROR)
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  warnings.filterwarnings("ignore")
+  if not _VERBOSE.value:
+    logging.getLogger().setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    warnings.filterwarnings("ignore")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   from cmdp.study.main import run_study  # pylint: disable=g-import-not-at-top
   command = "python -m cmdp.study " + " ".join(sys.argv[1:])
-  run_study(_CONFIG.value, _WORKDIR.value, command)
+  study = _CONFIG.value
+  if _OUTPUT_DIR.value is not None:
+    study.output_dir = _OUTPUT_DIR.value
+  run_study(study, _WORKDIR.value, command)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "python -m cmdp.study", USAGE)

@@ -73,14 +73,38 @@ class Checkpointer:
       if "do not match" not in str(e):
         raise
       raise CheckpointMismatchError(
-          f"Checkpoint {self.directory} step {step} holds a train state of another structure "
-          "(most often another config.optimizer: name, clipping, schedule). Restore with the "
-          f"config that wrote it, or use a fresh --workdir. Details: {e}") from None
+          f"Checkpoint {self.directory} step {step} holds another train state: "
+          f"{describe_state_mismatch(str(e), meta)}. Restore with the config that wrote it "
+          f"({os.path.dirname(self.directory)}/config.json, which `python -m cmdp.evaluate "
+          "--workdir DIR` reads without --config), or use a fresh --workdir.") from None
     return restored["state"], meta
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# What each part of the train state (`TrainState`) depends on in the config.
+_STATE_PARTS = {
+    "opt_state": "its optimiser state differs (another config.optimizer: name, "
+                 "grad_clip_norm, schedule, weight_decay)",
+    "objective_state": "its objective state differs (config.objective: the checkpoint's run "
+                       "trained {objective!r}, whose state, such as lambda, this objective "
+                       "does not have, or the reverse)",
+    "params": "its student parameters differ (config.student)",
+}
+
+
+def describe_state_mismatch(orbax_message: str, meta: dict) -> str:
+  """Which parts of the train state differ, from orbax's tree mismatch message (which
+  lists each differing top-level part on an unindented line ending with ':')."""
+  parts = [l[:-1].split(".")[0] for l in orbax_message.splitlines()
+           if l.endswith(":") and l[:1] not in (" ", "\t") and " " not in l]
+  parts = list(dict.fromkeys(p for p in parts if p in _STATE_PARTS))
+  if not parts:
+    return "its structure differs (another config.optimizer or config.objective)"
+  return "; ".join(_STATE_PARTS[p].format(objective=meta.get("objective", "?"))
+                   for p in parts)
 
 
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

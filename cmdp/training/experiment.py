@@ -279,8 +279,11 @@ def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
   spec = d.train if which == "train" else d.test
   size = d.train_size if which == "train" else d.test_size
   # Procedural tasks keep train and test questions apart; files have their splits.
-  examples = data.load_task(spec, split=which, size=size, seed=config.seed,
-                            **d.task_kwargs.to_dict())
+  try:
+    examples = data.load_task(spec, split=which, size=size, seed=config.seed,
+                              **d.task_kwargs.to_dict())
+  except (FileNotFoundError, RuntimeError) as e:  # a missing directory, an unreachable hub
+    raise FileNotFoundError(f"config.data.{which}={spec!r}: {e}") from e
   if which == "test":
     examples = examples[:d.test_size]
   if not examples:

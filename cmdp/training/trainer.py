@@ -208,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   (default `eval_loop.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
   """
   default_eval = evaluate_fn is None
+  config_lib.validate(config)  # a field that cannot work stops the run before any work
   _check_processes(config, default_eval=default_eval)
   evaluate_fn = evaluate_fn or functools.partial(eval_loop.evaluate_and_write, workdir=workdir)
   os.makedirs(workdir, exist_ok=True)

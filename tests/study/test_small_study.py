@@ -53,10 +53,14 @@ def test_small_study_end_to_end(tmp_path):
   assert all(f"| {n} | 2 |" in md for n in names)
   assert (results / "arith.png").read_bytes()[:4] == b"\x89PNG"
 
-  # A second run finds every result and the cached models: nothing is retrained.
+  # A second run finds every result and the cached models: nothing is retrained; given
+  # --output_dir, it writes the report there.
   marker = workdir / "runs" / "grpo" / "seed1" / "result.json"
   stamp = marker.stat().st_mtime
-  again = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  elsewhere = tmp_path / "report"
+  again = subprocess.run([*cmd, "--output_dir", str(elsewhere)], cwd=_ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert marker.stat().st_mtime == stamp
-  assert json.loads((results / "arith.json").read_text())["per_seed"] == payload["per_seed"]
+  assert json.loads((elsewhere / "arith.json").read_text())["per_seed"] == payload["per_seed"]
+  assert (elsewhere / "arith.md").exists() and (elsewhere / "arith.png").exists()

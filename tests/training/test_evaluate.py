@@ -8,6 +8,7 @@ import pytest
 from cmdp import evaluate
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
+from tests.training.metrics_doc import undocumented
 from tests.training.tiny import load_config_file
 
 
@@ -32,6 +33,10 @@ def test_train_then_evaluate(tmp_path):
     assert student[f"satisfaction_{kind}"] in {i / student[f"num_{kind}"]
                                               for i in range(student[f"num_{kind}"] + 1)}
   assert "satisfaction_greedy" not in report["models"]["teacher"]  # no cost vs itself
+  # Every eval.json figure and every logged key has its row in docs/metrics.md.
+  for model in report["models"].values():
+    assert not undocumented(model, "eval.json"), "add rows to docs/metrics.md"
+  assert not undocumented(set().union(*read_metrics(workdir)), "metrics.jsonl")
   # The end-of-training evaluation is logged too.
   last = read_metrics(workdir)[-1]
   assert last["eval/student/accuracy"] == student["accuracy"]
@@ -39,8 +44,9 @@ def test_train_then_evaluate(tmp_path):
   table = open(f"{workdir}/eval.md").read()
   assert "| initial_student |" in table and "| teacher |" in table
 
-  # The command-line evaluation of the final checkpoint reproduces the student's numbers.
-  results = evaluate.run(config, workdir)
+  # The command-line evaluation of the final checkpoint, under the config the run wrote
+  # (`python -m cmdp.evaluate --workdir DIR`), reproduces the student's numbers.
+  results = evaluate.run(evaluate.run_config(workdir), workdir)
   for key in ("accuracy", "kl_seq_greedy_mean", "satisfaction_greedy", "satisfaction_sampled",
               "accuracy_sampled", "response_length"):
     assert results["student"][key] == pytest.approx(student[key], rel=1e-5), key

@@ -11,6 +11,7 @@ from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import experiment
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
+from tests.training.metrics_doc import undocumented
 from tests.training.tiny import tiny_config
 
 
@@ -30,6 +31,8 @@ def _run(tmp_path, name="run", evaluate_fn=_no_eval, **overrides):
 def test_every_objective_trains(tmp_path, objective):
   rows, workdir = _run(tmp_path, objective=objective, num_steps=2)
   assert [r["step"] for r in rows] == [1, 2]
+  # Every key the objective logs has its row in docs/metrics.md.
+  assert not undocumented(set().union(*rows), "metrics.jsonl"), "add rows to docs/metrics.md"
   for r in rows:
     bad = [k for k, v in r.items() if not np.isfinite(v)]
     assert not bad, bad

@@ -1,0 +1,131 @@
+"""The commands as a user meets them: --help exits 0 with options and an example, and a
+user's mistake is one line naming the field and the fix, with no traceback (--verbose
+shows it)."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cmdp.objectives import available_objectives
+from tests.training.tiny import _ROOT, load_config_file
+
+
+def _env() -> dict:
+  """One CPU device, as a user's shell has it."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  return env
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+  return subprocess.Popen(argv, cwd=_ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs: dict) -> dict:
+  """`{name: (returncode, stdout, stderr)}` of processes started together."""
+  out = {}
+  for name, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    out[name] = (proc.returncode, stdout, stderr)
+  return out
+
+
+def _commands() -> list[list[str]]:
+  """Every `python -m cmdp.*` entry point (a package's __main__.py or a module that runs as
+  a script) and every launch script, found in the tree."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(_ROOT, "cmdp", "**", "*.py"), recursive=True)):
+    rel = os.path.relpath(path, _ROOT)[:-3].replace(os.sep, ".")
+    if rel.endswith(".__main__"):
+      out.append([sys.executable, "-m", rel[:-len(".__main__")]])
+    elif re.search(r'^if __name__ == "__main__":', open(path).read(), re.M):
+      out.append([sys.executable, "-m", rel])
+  out += [["bash", p] for p in sorted(glob.glob(os.path.join(_ROOT, "launch", "*.sh")))]
+  return out
+
+
+def test_every_command_answers_help():
+  commands = _commands()
+  names = [" ".join(c[1:]) for c in commands]
+  assert {"-m cmdp.train", "-m cmdp.evaluate", "-m cmdp.plan", "-m cmdp.study"} <= set(names)
+  assert sum(n.endswith(".sh") for n in names) == 3
+  done = _finish({n: _start([*c, "--help"]) for n, c in zip(names, commands)})
+  for name, (code, stdout, stderr) in done.items():
+    assert code == 0, (name, stderr[-2000:])
+    assert re.search(r"example", stdout, re.I), (name, stdout)
+    assert re.search(r"^\s+--[a-z]", stdout, re.M), (name, "no options listed", stdout)
+    assert "Traceback" not in stderr, name
+  # cmdp.train lists the configs it can run and the objectives.
+  train = done["-m cmdp.train"][1]
+  for path in glob.glob(os.path.join(_ROOT, "configs", "*.py")):
+    if not os.path.basename(path).startswith("study_"):
+      assert f"configs/{os.path.basename(path)}" in train
+  listed = re.search(r"\nObjectives .*?\):\n((?:  [^\n]*\n)+)", train, re.S).group(1)
+  assert set(re.findall(r"\w+", listed)) == set(available_objectives())
+
+
+def _one_line(result, *expected: str) -> None:
+  code, _, stderr = result
+  assert code == 2, stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr
+  for text in expected:
+    assert text in lines[0], (text, lines[0])
+
+
+@pytest.fixture(name="dual_checkpoint")
+def _dual_checkpoint(tmp_path):
+  """A workdir with a step-0 checkpoint of configs/tiny.py:objective=dual_lagrangian."""
+  from cmdp.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(load_config_file("tiny.py", "objective=dual_lagrangian"))
+  state, _ = trainer.create_state(exp, exp.student.params)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "dual"))
+  checkpointer.save(0, state, {"data": {}, "budget": 0.25, "objective": "dual_lagrangian",
+                               "student_model": ckpt_lib.model_record(exp.student.config)},
+                    wait=True)
+  checkpointer.close()
+  return str(tmp_path / "dual")
+
+
+def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
+  train = [sys.executable, "-m", "cmdp.train", "--workdir", str(tmp_path / "run")]
+  evaluate = [sys.executable, "-m", "cmdp.evaluate"]
+  tiny = ["--config", "configs/tiny.py"]
+  done = _finish({
+      "value": _start([*train, *tiny, "--config.batch_size=7"]),
+      "value_verbose": _start([*train, *tiny, "--config.batch_size=7", "--verbose"]),
+      "misspelt": _start([*train, *tiny, "--config.los.budget=1"]),
+      "argument": _start([*train, "--config", "configs/tiny.py:objectiv=grpo"]),
+      "no_file": _start([*train, "--config", "configs/nope.py"]),
+      # The objective switched by override on a config that set a field for its own.
+      "objective": _start([*train, "--config", "configs/smollm2_sums.py",
+                           "--config.objective=dual_lagrangian"]),
+      "gsm8k_dir": _start([*train, "--config",
+                           "configs/smollm2_sums.py:task=gsm8k,gsm8k_dir=/no/such/dir"]),
+      "no_workdir": _start([*evaluate, "--workdir", str(tmp_path / "missing")]),
+      "no_config_json": _start([*evaluate, "--workdir", str(tmp_path)]),
+      "other_objective": _start([*evaluate, *tiny, "--workdir", dual_checkpoint]),
+  })
+  _one_line(done["value"], "config.batch_size", "loss.group_size")
+  assert done["value_verbose"][0] != 0 and "Traceback" in done["value_verbose"][2]
+  _one_line(done["misspelt"], "'los'", '"loss"')
+  _one_line(done["argument"], "'objectiv'", "objective")
+  _one_line(done["no_file"], "--config", "configs/nope.py")
+  _one_line(done["objective"], "config.loss.penalty_scale", "objective=")
+  _one_line(done["gsm8k_dir"], "gsm8k_dir='/no/such/dir'", "openai/gsm8k")
+  _one_line(done["no_workdir"], "--workdir", "does not exist")
+  _one_line(done["no_config_json"], "config.json", "--config")
+  # The checkpoint mismatch names the part of the state that differs and the fix.
+  _one_line(done["other_objective"], "objective state", "'dual_lagrangian'",
+            "config.json")
+  assert not os.path.exists(tmp_path / "missing")  # nothing created for a mistake
+
+
+def test_the_study_config_writes_its_report_into_the_workdir():
+  # The committed report is regenerated with --output_dir docs/results, never by default.
+  assert load_config_file("study_arith.py").output_dir == ""
