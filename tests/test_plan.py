@@ -238,3 +238,35 @@ def test_paper_configs_name_their_slice_and_validate(name):
     slice_line = [l for l in f if l.startswith("SLICE = ")]
   assert len(slice_line) == 1
   assert topology.parse(slice_line[0].split('"')[1]).platform == "tpu"
+
+
+# ---- the peak's buffers, the smallest slice ----
+
+
+def test_peak_buffers_name_the_largest_live_arrays(tmp_path):
+  """x [256, 512] @ w [512, 1024], tanh, @ w.T: at the peak live w (2 MiB), the tanh's
+  [256, 1024] (1 MiB), x and the output (0.5 MiB each), by XLA's own schedule."""
+  from cmdp.plan import buffers  # pylint: disable=import-outside-toplevel
+  f = jax.jit(lambda x, w: jax.numpy.tanh(x @ w) @ w.T)
+  f32 = jax.numpy.float32
+  f.lower(jax.ShapeDtypeStruct((256, 512), f32), jax.ShapeDtypeStruct((512, 1024), f32)).compile(
+      compiler_options={"xla_dump_to": str(tmp_path)})
+  top = buffers.peak_buffers(str(tmp_path))
+  assert top[0] == buffers.Buffer(512 * 1024 * 4, 1, "f32[512,1024]", "argument w")
+  assert top[1].bytes == 256 * 1024 * 4 and top[1].shape == "f32[256,1024]"
+  assert sum(b.bytes for b in top) == (512 * 1024 + 256 * 1024 + 2 * 256 * 512) * 4
+
+
+def test_slice_variants_keep_whole_rows_per_chip():
+  """qwen_math (512 sequences, groups of 8, 16 microbatches) on more chips: fsdp over all
+  of them, microbatches cut until each chip holds whole rows; a resident-state bound from
+  the parameter counts (bfloat16 teacher, float32 student with two Adam moments)."""
+  config = load_config_file("qwen_math.py", "")
+  for chips, accum in ((8, 16), (32, 16), (64, 8), (256, 2)):
+    v = planner.slice_variant(config, chips)
+    assert (v.mesh.data, v.mesh.fsdp, v.mesh.tensor, v.grad_accum_steps) == (1, chips, 1, accum)
+  assert planner.slice_variant(config, 1024) is None  # 512 rows over 1024 chips
+  t, s = abstract.model_configs(config)
+  count = lambda cfg: sum(x.size for x in jax.tree.leaves(
+      jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))))
+  assert planner.resident_total(config) == 2 * count(t) + 3 * 4 * count(s) + 2 * 4

@@ -56,6 +56,9 @@ _XLA_LOG = flags.DEFINE_string("xla_log", None, "Keep what XLA printed while com
                                 "(its warnings) in this file; by default only counted.")
 _SEARCH = flags.DEFINE_integer("search", 4, "If the config does not fit: alternative "
                                "mesh / grad_accum_steps settings to try (0: none).")
+_SMALLEST = flags.DEFINE_bool("smallest", False, "Find the smallest slice of --topology's "
+                               "chip that fits the config (fsdp over its chips, the config's "
+                               "tensor axis, microbatches that keep whole rows per chip).")
 flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -110,7 +113,14 @@ def main(argv):
   mesh = config.mesh
   try:
     with _captured_stderr() as xla_text:
-      plan = planner.make_plan(config, TARGET, devices, search=_SEARCH.value)
+      if _SMALLEST.value:
+        tried = planner.smallest_slice(config, TARGET, search=0)
+        if not tried:
+          raise SystemExit("python -m cmdp.plan --smallest: no slice of this chip splits the "
+                           "batch into whole rows per chip.")
+        plan = tried[-1][1]
+      else:
+        plan = planner.make_plan(config, TARGET, devices, search=_SEARCH.value)
   except ValueError as err:  # a config that cannot run on this topology: say which field
     msg = str(err)
     if not (msg.startswith(("config.", "mesh ", "make_mesh(")) or "devices do not split" in msg):
@@ -124,6 +134,8 @@ def main(argv):
   if _XLA_LOG.value:
     with open(_XLA_LOG.value, "w") as f:
       f.write(xla_text[0])
+  if _SMALLEST.value:
+    print(report.smallest_text(tried))
   print(report.to_text(plan, name))
   summary = _xla_summary(xla_text[0])
   if summary:

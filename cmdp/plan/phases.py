@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import math
 import re
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cmdp import models, sharding
 from cmdp.plan import abstract
+from cmdp.plan import buffers as buffers_lib
 from cmdp.rollout.processors import sample_token
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import programs
@@ -81,6 +83,8 @@ class Program:
   # Why XLA refused to compile the program (lack of memory or a compiler error), else None;
   # the figures are then lower bounds.
   oom: str | None = None
+  # The largest buffers live at the program's peak (`cmdp.plan.buffers`), when asked for.
+  buffers: tuple = ()
 
   @property
   def peak(self) -> int:
@@ -110,18 +114,23 @@ def _compiler_options(args) -> dict:
   return {}
 
 
-def compile_program(fn, *args) -> Program:
+def compile_program(fn, *args, breakdown: bool = False) -> Program:
   """`fn.lower(*args).compile()`, measured; a program XLA refuses for lack of memory is
-  returned with `oom` set (see `_refused`)."""
-  return compile_lowered(fn.lower(*args), args)
+  returned with `oom` set (see `_refused`); `breakdown`: with its peak's largest buffers."""
+  return compile_lowered(fn.lower(*args), args, breakdown)
 
 
-def compile_lowered(lowered, args) -> Program:
+def compile_lowered(lowered, args, breakdown: bool = False) -> Program:
   """Compiles a lowered program whose arguments were `args` (see `compile_program`)."""
-  try:
-    return measure(lowered.compile(compiler_options=_compiler_options(args)))
-  except jax.errors.JaxRuntimeError as err:
-    return _refused(lowered, args, str(err))
+  options = _compiler_options(args)
+  with tempfile.TemporaryDirectory(prefix="cmdp_plan_") as dump:
+    if breakdown:
+      options["xla_dump_to"] = dump
+    try:
+      program = measure(lowered.compile(compiler_options=options))
+    except jax.errors.JaxRuntimeError as err:
+      return _refused(lowered, args, str(err))
+    return dataclasses.replace(program, buffers=buffers_lib.peak_buffers(dump))
 
 
 _NEEDED = (re.compile(r"Allocation \(size=(\d+)\)"),
@@ -215,7 +224,7 @@ def _rng(mesh) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
 
 
-def _sampler_program(exp, model: str) -> Program:
+def _sampler_program(exp, model: str, breakdown: bool = False) -> Program:
   """The sampler the trainer calls, compiled for the config's batch and lengths: it takes
   each prompt once and repeats it group_size times inside."""
   c = exp.config
@@ -225,7 +234,7 @@ def _sampler_program(exp, model: str) -> Program:
   prompts = jax.ShapeDtypeStruct((n, c.data.max_prompt_len), jnp.int32, sharding=spec)
   mask = jax.ShapeDtypeStruct(prompts.shape, jnp.bool_, sharding=spec)
   args = (m.params, prompts, mask, _rng(mesh))
-  return compile_lowered(sampler.lower(*args), args)
+  return compile_lowered(sampler.lower(*args), args, breakdown)
 
 
 def _decode_step_cost(exp, model: str) -> Cost:
@@ -277,7 +286,7 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
   model = abstract.rollout_model(exp)
   if model is None:
     return None
-  program = _sampler_program(exp, model)
+  program = _sampler_program(exp, model, breakdown=with_cost)
   cost = program.cost
   if with_cost:  # the loop body is in `program` once; the loop runs N - 1 times
     cost = cost + _decode_step_cost(exp, model) * max(exp.config.rollout.max_new_tokens - 2, 0)
@@ -300,7 +309,7 @@ def scoring_rows(exp) -> int:
   return b // a if inside else b
 
 
-def _scoring_program(exp, rows: int | None = None) -> Program:
+def _scoring_program(exp, rows: int | None = None, breakdown: bool = False) -> Program:
   """`cmdp.training.programs.teacher_logits` on `rows` sequences (default: the whole step's
   batch), on the teacher's mesh (rows over its batch axes, or replicated where they do not
   split, as the train step places a microbatch)."""
@@ -313,7 +322,7 @@ def _scoring_program(exp, rows: int | None = None) -> Program:
   length = abstract.sequence_length(exp)
   inputs = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)
   mask = jax.ShapeDtypeStruct(inputs.shape, jnp.bool_, sharding=spec)
-  return compile_program(fn, exp.teacher.params, inputs, mask)
+  return compile_program(fn, exp.teacher.params, inputs, mask, breakdown=breakdown)
 
 
 def teacher_scoring(exp, devices, with_cost: bool = True) -> Phase | None:
@@ -333,7 +342,7 @@ def teacher_scoring(exp, devices, with_cost: bool = True) -> Phase | None:
   calls = exp.config.batch_size // rows
   if not inside:  # the host-driven step scores each microbatch once per PPO epoch
     calls *= exp.config.ppo_epochs
-  program = _scoring_program(exp, rows)
+  program = _scoring_program(exp, rows, breakdown=with_cost and not inside)
   cost, layer = program.cost, None
   if with_cost:
     outside = _scoring_program(_zero_layer(exp, devices, teacher=True), rows).cost
@@ -354,16 +363,16 @@ def train_step_fn(exp: experiment_lib.Experiment, state_shardings):
   return exp.make_train_step(exp.hp, state_shardings)
 
 
-def _train_program(exp) -> Program:
+def _train_program(exp, breakdown: bool = False) -> Program:
   state, shardings = abstract.abstract_state(exp)
   fn = train_step_fn(exp, shardings)
   args = (state, exp.step_teacher_params, abstract.train_batch(exp))
   if hasattr(fn, "lower_parts"):  # a teacher on its own mesh: compiled parts, host-driven
-    return _host_step_program(fn.lower_parts(*args), state)
-  return compile_program(fn, *args)
+    return _host_step_program(fn.lower_parts(*args), state, breakdown)
+  return compile_program(fn, *args, breakdown=breakdown)
 
 
-def _host_step_program(parts, state) -> Program:
+def _host_step_program(parts, state, breakdown: bool = False) -> Program:
   """A host-driven train step (`cmdp.training.step.make_host_train_step`) as one Program:
   the cost of its compiled parts, each counted once (as XLA counts a scan's body;
   `train_step` applies the trip counts), and the memory of the part that needs the most.
@@ -376,7 +385,7 @@ def _host_step_program(parts, state) -> Program:
   whole = shard_bytes(list(resident.values()))
   found = []
   for _, lowered, args in parts:
-    program = compile_lowered(lowered, args)
+    program = compile_lowered(lowered, args, breakdown)
     in_args = shard_bytes([x for x in jax.tree.leaves(args) if id(x) in resident])
     found.append(dataclasses.replace(program, argument=program.argument - in_args + whole))
   cost = functools.reduce(lambda x, y: x + y, (p.cost for p in found))
@@ -392,7 +401,7 @@ def train_step(exp, devices, with_cost: bool = True, teacher: Phase | None = Non
   C(L=0, A)). A teacher inside the step scans its L_t layers too, counted once in C(L=0,
   A=1): `teacher.layer_cost` (one teacher layer on the whole batch) adds the other L_t - 1.
   """
-  program = _train_program(exp)
+  program = _train_program(exp, breakdown=with_cost)
   cost = program.cost
   if with_cost:
     a, layers = exp.config.grad_accum_steps, exp.student.config.num_layers

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -23,8 +24,11 @@ import time
 import jax
 import ml_collections
 
+from cmdp import models
 from cmdp.plan import abstract, phases
+from cmdp.plan import topology as topology_lib
 from cmdp.plan.topology import Topology, capacity_bytes
+from cmdp.training import optimizer as optimizer_lib
 
 RESIDENT = ("student_params", "optimizer", "teacher_params")
 
@@ -238,3 +242,66 @@ def search_alternatives(plan: Plan, devices: list, budget: int) -> list[Alternat
     out.append(Alternative(dict(exp.student_mesh.shape), accum, peak.phase, peak.total,
                            peak.total <= plan.capacity and not refused))
   return out
+
+
+# ---- the smallest slice ----
+
+def _accum_for(config, shards: int) -> int | None:
+  """The largest grad_accum_steps up to the config's whose microbatches are whole groups
+  and give each of `shards` row shards whole rows (None: the batch cannot split so)."""
+  b, g = config.batch_size, config.loss.group_size
+  for a in range(config.grad_accum_steps, 0, -1):
+    if b % (a * g) == 0 and (b // a) % shards == 0:
+      return a
+  return None
+
+
+def slice_variant(config: ml_collections.ConfigDict, chips: int):
+  """`config` on `chips` chips: its tensor axis kept, fsdp over the rest (data 1), and as
+  many microbatches as still give every chip whole rows; None when the batch cannot split."""
+  tensor = config.mesh.tensor
+  if chips % tensor or config.batch_size % (chips // tensor):
+    return None
+  fsdp = chips // tensor
+  accum = _accum_for(config, fsdp)
+  if accum is None:
+    return None
+  c = _variant(config, {"data": 1, "fsdp": fsdp, "tensor": tensor}, accum)
+  c.mesh.num_devices = 0
+  return c
+
+
+def resident_total(config: ml_collections.ConfigDict) -> int:
+  """Bytes of the teacher's and student's parameters and the optimiser state, all chips
+  together (no device needed): a slice needs at least this much memory."""
+  t_cfg, s_cfg = abstract.model_configs(config)
+  shapes = lambda cfg: jax.eval_shape(functools.partial(models.init_params, cfg),
+                                      jax.random.key(0))
+  student = shapes(s_cfg)
+  opt = optimizer_lib.make_optimizer(config.optimizer, config.num_steps)
+  trees = (shapes(t_cfg), student, jax.eval_shape(opt.init, student))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trees))
+
+
+def smallest_slice(config: ml_collections.ConfigDict, family: Topology,
+                   search: int = 0) -> list[tuple[Topology, Plan]]:
+  """Plans `config` (`slice_variant`) on the slices of `family`'s chip, smallest first,
+  from the first whose memory could hold the resident state, until one fits.
+
+  Returns the `(topology, plan)` pairs tried; the last one fits unless none did.
+  """
+  chip = family.chip
+  if chip is None:
+    raise ValueError("the smallest slice is searched over TPU slices; give a TPU topology.")
+  need = resident_total(config)
+  tried = []
+  for chips in chip.chip_counts:
+    variant = slice_variant(config, chips)
+    if chips * chip.hbm_bytes < need or variant is None:
+      continue
+    target = topology_lib.parse(f"{family.name.rsplit('-', 1)[0]}-{chips * chip.cores_per_chip}")
+    plan = make_plan(variant, target, topology_lib.devices(target), search=search)
+    tried.append((target, plan))
+    if plan.fits:
+      break
+  return tried

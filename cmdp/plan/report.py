@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cmdp.plan.planner import Plan
+from cmdp.training.config import param_dtypes
 
 GIB = float(1 << 30)
 _UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -45,6 +46,7 @@ def to_text(plan: Plan, config_name: str) -> str:
   where = (f"{t.num_devices} x TPU {t.chip.kind} chips, compiled for {t.desc_name}" if t.chip
            else f"{t.num_devices} simulated CPU devices")
   s_cfg = _count(plan.param_counts["student"])
+  t_store, s_store = param_dtypes(c)
   t_cfg = _count(plan.param_counts["teacher"])
   unit, size = _unit(plan.peak.total)
   teacher_mesh = ("the same mesh" if plan.teacher_mesh == plan.mesh
@@ -53,8 +55,9 @@ def to_text(plan: Plan, config_name: str) -> str:
     teacher_mesh += ", inside the train step (per microbatch)"
   lines = [
       f"cmdp plan: {config_name} on {t.name} ({where})",
-      f"models   teacher {t_cfg} params ({c.teacher.dtype}), student {s_cfg} params "
-      f"({c.student.dtype}{', remat' if c.student.remat else ''}), objective {c.objective}",
+      f"models   teacher {t_cfg} params (stored {t_store}, computed {c.teacher.dtype}), "
+      f"student {s_cfg} params (stored {s_store}, computed {c.student.dtype}"
+      f"{', remat' if c.student.remat else ''}), objective {c.objective}",
       f"mesh     student {_mesh(plan.mesh)}; teacher {teacher_mesh}",
       f"step     {c.batch_size} sequences ({c.batch_size // c.loss.group_size} prompts x "
       f"{c.loss.group_size}), prompts {c.data.max_prompt_len} + {c.rollout.max_new_tokens} new "
@@ -72,6 +75,7 @@ def to_text(plan: Plan, config_name: str) -> str:
       f"memory   peak {peak.total / size:.2f} {unit} ({peak.phase}) of {_gib(plan.capacity)} GiB "
       f"{plan.capacity_what}: {verdict}",
   ]
+  lines += _buffers_text(plan)
   for p in plan.refused:
     lines.append(f"         {p.name}: XLA did not compile it ({p.program.oom}); its figures "
                  "are lower bounds")
@@ -83,6 +87,34 @@ def to_text(plan: Plan, config_name: str) -> str:
   ]
   lines += _alternatives_text(plan)
   return "\n".join(lines)
+
+
+def smallest_text(tried: list) -> str:
+  """One line per slice `planner.smallest_slice` planned, then the answer."""
+  lines = ["smallest slice: planned, smallest first"]
+  for topology, plan in tried:
+    m = plan.mesh
+    lines.append(f"  {topology.name:<12} mesh data={m['data']} fsdp={m['fsdp']} "
+                 f"tensor={m['tensor']}, grad_accum_steps={plan.grad_accum_steps}: peak "
+                 f"{_gib(plan.peak.total)} GiB ({plan.peak.phase}) of {_gib(plan.capacity)}: "
+                 f"{'fits' if plan.fits else 'does not fit'}")
+  last_topology, last = tried[-1]
+  lines.append(f"answer   {last_topology.name}" if last.fits else
+               "answer   none of these fits")
+  return "\n".join(lines + [""])
+
+
+def _buffers_text(plan: Plan) -> list[str]:
+  """The peak phase's largest live buffers (XLA's schedule at its peak), one line each."""
+  phase = next(p for p in plan.phases if p.name == plan.peak.phase)
+  if not phase.program.buffers:
+    return []
+  unit, size = _unit(phase.program.buffers[0].bytes)
+  out = [f"         largest buffers live at the {phase.name}'s peak (per device):"]
+  for b in phase.program.buffers:
+    count = f" x{b.count}" if b.count > 1 else ""
+    out.append(f"         {b.bytes / size:8.3f} {unit}  {b.shape}{count}  {b.what}")
+  return out
 
 
 def _phase_seconds(plan: Plan):
@@ -142,11 +174,15 @@ def to_json(plan: Plan, config_name: str) -> dict:
       "grad_accum_steps": plan.grad_accum_steps,
       "batch_size": plan.config.batch_size,
       "param_counts": plan.param_counts,
+      "param_dtypes": dict(zip(("teacher", "student"), param_dtypes(plan.config))),
       "per_device_bytes": {
           "student_params": peak.student_params, "optimizer": peak.optimizer,
           "teacher_params": peak.teacher_params, "kv_cache": kv_cache_bytes(plan),
           "temp": peak.temp, "io": peak.io, "total": peak.total},
       "peak_phase": peak.phase,
+      "peak_buffers": [
+          {"bytes": b.bytes, "count": b.count, "shape": b.shape, "what": b.what}
+          for p in plan.phases if p.name == peak.phase for b in p.program.buffers],
       "hbm_bytes": t.chip.hbm_bytes if t.chip else None,
       "capacity_bytes": plan.capacity,
       "capacity_what": plan.capacity_what,

@@ -152,7 +152,10 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
   """`(student_params, teacher_params, batch) -> cmdp.objectives.sequence_scores` of the
   deployed student (the constraint's cost, satisfaction, KL, length per sequence), over
   the `step.response_window` from `response_start` on (sampler rollouts:
-  max_prompt_len - 1), the first `shared_prefix` columns run once."""
+  max_prompt_len - 1), the first `shared_prefix` columns run once; a large vocabulary's
+  terms chunked (`step.with_default_chunking`)."""
+  hp = step_lib.with_default_chunking(hp, student_cfg)
+
   def fn(params, teacher_params, batch):
     logits, teacher, batch = step_lib.window_logits(student_cfg, teacher_cfg, teacher_dtype,
                                                     response_start, params, teacher_params,

@@ -154,6 +154,22 @@ class StepParts(NamedTuple):
   finish: Callable
 
 
+# Vocabularies from this size on get `hp.chunk_size` = DEFAULT_CHUNK when it is 0: the
+# log-probs, KL cost (and its gradient) and entropies then hold one chunk of positions'
+# float32 [rows, chunk, V] temporaries at a time, not the whole window's (Qwen2.5: 152k
+# tokens, Llama-3: 128k). Same numbers (`cmdp.divergences`); SmolLM2's 49k stay unchunked.
+LARGE_VOCAB = 100_000
+DEFAULT_CHUNK = 64
+
+
+def with_default_chunking(hp: ObjectiveConfig, config: models.ModelConfig) -> ObjectiveConfig:
+  """`hp` with `chunk_size` = DEFAULT_CHUNK when it is 0 and the vocabulary is large."""
+  vocab = config.output_vocab or config.vocab_size
+  if hp.chunk_size or vocab < LARGE_VOCAB:
+    return hp
+  return hp.replace(chunk_size=DEFAULT_CHUNK)
+
+
 def make_step_parts(objective: Objective, hp: ObjectiveConfig,
                     student_config: models.ModelConfig,
                     optimizer: optax.GradientTransformation,
@@ -163,6 +179,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
                     constrain_grads: Callable = lambda g: g) -> StepParts:
   """The `StepParts` of an update (arguments as `make_train_step`'s)."""
   sc = step_config
+  hp = with_default_chunking(hp, student_config)
   group = hp.group_size
   a, m = sc.grad_accum_steps, sc.ppo_minibatches
   start = sc.response_start
