@@ -102,9 +102,9 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
       "misspelt": _start([*train, *tiny, "--config.los.budget=1"]),
       "argument": _start([*train, "--config", "configs/tiny.py:objectiv=grpo"]),
       "no_file": _start([*train, "--config", "configs/nope.py"]),
-      # The objective switched by override on a config that set a field for its own.
-      "objective": _start([*train, "--config", "configs/smollm2_sums.py",
-                           "--config.objective=dual_lagrangian"]),
+      # The objective switched by override, with a loss field it does not read.
+      "objective": _start([*train, *tiny, "--config.objective=grpo",
+                           "--config.loss.penalty_scale=0.5"]),
       "gsm8k_dir": _start([*train, "--config",
                            "configs/smollm2_sums.py:task=gsm8k,gsm8k_dir=/no/such/dir"]),
       "no_workdir": _start([*evaluate, "--workdir", str(tmp_path / "missing")]),
@@ -116,7 +116,7 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   _one_line(done["misspelt"], "'los'", '"loss"')
   _one_line(done["argument"], "'objectiv'", "objective")
   _one_line(done["no_file"], "--config", "configs/nope.py")
-  _one_line(done["objective"], "config.loss.penalty_scale", "objective=")
+  _one_line(done["objective"], "config.loss.penalty_scale", "'grpo'", "objective=OBJECTIVE")
   _one_line(done["gsm8k_dir"], "gsm8k_dir='/no/such/dir'", "openai/gsm8k")
   _one_line(done["no_workdir"], "--workdir", "does not exist")
   _one_line(done["no_config_json"], "config.json", "--config")
