@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cmdp import models, rollout, sharding
 from cmdp.objectives import ObjectiveConfig, get_objective
+from cmdp.rollout import sampler as sampler_lib
 from cmdp.training import batch as batch_lib
 from cmdp.training import programs, trainer
 from cmdp.training import step as step_lib
@@ -96,17 +97,21 @@ def test_sharded_step_equals_one_device(axes):
 
 
 @pytest.mark.parametrize("axes", AXES, ids=IDS)
-def test_sharded_sampler_equals_one_device(axes):
-  """Sampled (temperature 1) tokens and their log-probs, same key."""
+def test_sharded_sampler_equals_one_device(axes, monkeypatch):
+  """Sampled (temperature 1) tokens and their log-probs, same key; on the mesh the prompts
+  are prefilled in chunks of columns (at most 8 prompt tokens per device: 2 passes of 3
+  columns, or 3 of 2 at fsdp=4), on one device in one pass."""
   params = jax.tree.map(lambda x: x * 10 if x.ndim >= 2 else x,
                         models.init_params(STUDENT, jax.random.key(0)))
   batch = _batch()
   tokens, mask = batch["inputs"][:, :6], batch["input_mask"][:, :6]
-  mesh = sharding.make_mesh(**axes)
   kw = dict(max_new_tokens=6, temperature=1.0)
+  want = rollout.sample(STUDENT, params, tokens, mask, jax.random.key(5), **kw)
+  mesh = sharding.make_mesh(**axes)
+  monkeypatch.setattr(sampler_lib, "PREFILL_TOKENS_PER_DEVICE", 8)
+  assert sampler_lib.prefill_chunk(sampler_lib.rows_per_device(B, mesh), 6) < 6
   got = rollout.make_sampler(STUDENT, mesh=mesh, **kw)(
       sharding.shard_params(params, mesh, STUDENT), tokens, mask, jax.random.key(5))
-  want = rollout.sample(STUDENT, params, tokens, mask, jax.random.key(5), **kw)
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
 

@@ -270,3 +270,24 @@ def test_slice_variants_keep_whole_rows_per_chip():
   count = lambda cfg: sum(x.size for x in jax.tree.leaves(
       jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))))
   assert planner.resident_total(config) == 2 * count(t) + 3 * 4 * count(s) + 2 * 4
+
+
+def test_matmul_flop_count_matches_xla_on_one_layer():
+  """`cmdp.plan.flops` against XLA's cost analysis of the forward (one CPU device): a
+  layer (one layer's program minus no layer's) and the head; XLA adds the elementwise
+  work (norms, softmax, SwiGLU), a few percent at this width."""
+  from cmdp.plan import flops  # pylint: disable=import-outside-toplevel
+  cfg = models.ModelConfig(vocab_size=1024, hidden_size=256, intermediate_size=512,
+                           num_layers=1, num_heads=4, num_kv_heads=2, head_dim=64)
+  rows, length, window = 2, 64, 16
+
+  def xla(c):
+    params = jax.eval_shape(functools.partial(models.init_params, c), jax.random.key(0))
+    tokens = jax.ShapeDtypeStruct((rows, length), jax.numpy.int32)
+    fn = jax.jit(lambda p, x: models.forward(c, p, x, None, length - window))
+    return fn.lower(params, tokens).compile().cost_analysis()["flops"]
+  none, one = xla(cfg.replace(num_layers=0)), xla(cfg)
+  assert 1.0 <= (one - none) / (rows * length * flops.layers(cfg, length)) < 1.06
+  assert 1.0 <= none / (rows * window * flops.head(cfg)) < 1.06
+  assert flops.forward(cfg, rows, length, window) == pytest.approx(
+      rows * (length * flops.layers(cfg, length) + window * flops.head(cfg)))

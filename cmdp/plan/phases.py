@@ -15,7 +15,7 @@ Every program is the trainer's own (`cmdp.training.programs`, through the `Exper
 Memory comes from `compiled.memory_analysis()` (per device). Cost comes from
 `compiled.cost_analysis()` (per device: flops, bytes accessed and, on TPU, XLA's
 `optimal_seconds`), with one correction: XLA counts the body of a while loop once, whatever
-its trip count. Three loops matter here, and each gets its trip count back:
+its trip count. Four loops matter here, and each gets its trip count back:
 
   * the `nn.scan` over layers (forward and backward, student and teacher): a zero-layer
     copy of the same program gives the cost outside the layers, so cost = outside + L x
@@ -23,7 +23,12 @@ its trip count. Three loops matter here, and each gets its trip count back:
   * gradient accumulation (a `lax.scan` over A microbatches): the zero-layer program with
     A = 1 gives the optimizer plus A x the per-microbatch cost outside the layers;
   * the decode loop (N - 1 steps after the prefill): one decode step is compiled alone and
-    added N - 2 more times (the cached decode path unrolls its layers: counted in full).
+    added N - 2 more times (the cached decode path unrolls its layers: counted in full);
+  * a prefill in chunks of columns (`cmdp.rollout.sampler.prefill_chunk`, n passes): one
+    pass is compiled alone and added n - 1 more times.
+
+The TPU programs are compiled without collective matmuls (`TPU_OPTIONS`), whose loops XLA
+would count once as well.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cmdp import models, sharding
 from cmdp.plan import abstract
 from cmdp.plan import buffers as buffers_lib
+from cmdp.rollout import sampler as sampler_lib
 from cmdp.rollout.processors import sample_token
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import programs
@@ -103,14 +109,25 @@ def measure(compiled) -> Program:
                  int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes), cost)
 
 
+# TPU compiler options of every planned program:
+#   xla_tpu_no_crash_on_oom: compile even when the program exceeds HBM (XLA then fails with
+#     RESOURCE_EXHAUSTED; the planner wants to know by how much);
+#   no windowed einsums (collective matmuls): XLA splits a matmul whose weights are
+#     all-gathered over fsdp into a loop over the shards, and its cost analysis counts a
+#     loop's body once (measured on v5e-8: half the FLOPs of a [32 x 512, 3584] x [3584,
+#     152k] head). Without them each all-gathered weight is whole while it is used, so the
+#     memory planned is at least what the default compilation needs.
+TPU_OPTIONS = {"xla_tpu_no_crash_on_oom": True,
+               "xla_jf_spmd_threshold_for_windowed_einsum_mib": 1 << 20}
+
+
 def _compiler_options(args) -> dict:
-  """TPU: compile even when the program exceeds HBM (XLA then fails with RESOURCE_EXHAUSTED;
-  the planner wants to know by how much), via `xla_tpu_no_crash_on_oom`."""
+  """`TPU_OPTIONS` for a program on TPU devices, else none."""
   for leaf in jax.tree.leaves(args):
     sharding_ = getattr(leaf, "sharding", None)
     if sharding_ is not None:
       platform = next(iter(sharding_.device_set)).platform
-      return {"xla_tpu_no_crash_on_oom": True} if platform == "tpu" else {}
+      return dict(TPU_OPTIONS) if platform == "tpu" else {}
   return {}
 
 
@@ -237,8 +254,9 @@ def _sampler_program(exp, model: str, breakdown: bool = False) -> Program:
   return compile_lowered(sampler.lower(*args), args, breakdown)
 
 
-def _decode_step_cost(exp, model: str) -> Cost:
-  """Cost of one decode-loop iteration: a one-token `forward_with_cache` and the draw."""
+def _decode_step_cost(exp, model: str, width: int = 1) -> Cost:
+  """Cost of one decode-loop iteration: a one-token `forward_with_cache` and the draw; for
+  `width` > 1, one prefill pass over that many columns (last position's logits, no draw)."""
   c = exp.config
   m = exp.student if model == "student" else exp.teacher
   mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
@@ -252,12 +270,14 @@ def _decode_step_cost(exp, model: str) -> Cost:
                          dshapes, compiled.output_shardings)
   cache = _decode_cache(exp, model)
   cache = abstract.place(cache, sharding.cache_specs(cache, mesh), mesh)
-  tokens = abstract.rows(exp, (b, 1), jnp.int32, mesh)
-  mask = abstract.rows(exp, (b, 1), jnp.bool_, mesh)
+  tokens = abstract.rows(exp, (b, width), jnp.int32, mesh)
+  mask = abstract.rows(exp, (b, width), jnp.bool_, mesh)
   r = c.rollout
 
   def step(dp, tok, tok_mask, kv, key):
-    logits, kv = models.forward_with_cache(cfg, dp, tok, kv, tok_mask)
+    logits, kv = models.forward_with_cache(cfg, dp, tok, kv, tok_mask, last_only=width > 1)
+    if width > 1:
+      return logits, kv
     new, lp = sample_token(key, logits[:, 0], temperature=r.temperature, top_k=r.top_k,
                            top_p=r.top_p, greedy=False)
     return new, lp, kv
@@ -290,6 +310,11 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
   cost = program.cost
   if with_cost:  # the loop body is in `program` once; the loop runs N - 1 times
     cost = cost + _decode_step_cost(exp, model) * max(exp.config.rollout.max_new_tokens - 2, 0)
+    width = exp.config.data.max_prompt_len  # the planner's prompts share no prefix
+    chunk = sampler_lib.prefill_chunk(
+        sampler_lib.rows_per_device(exp.config.batch_size, _sampler(exp, model)[1]), width)
+    if chunk < width:  # so is the prefill's scan over its passes
+      cost = cost + _decode_step_cost(exp, model, chunk) * (width // chunk - 1)
   return Phase("rollout", model, program, cost,
                ("student_params",) if model == "student" else ("teacher_params",),
                kv_cache_bytes(exp, model))

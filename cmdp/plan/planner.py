@@ -25,7 +25,7 @@ import jax
 import ml_collections
 
 from cmdp import models
-from cmdp.plan import abstract, phases
+from cmdp.plan import abstract, flops as flops_lib, phases
 from cmdp.plan import topology as topology_lib
 from cmdp.plan.topology import Topology, capacity_bytes
 from cmdp.training import optimizer as optimizer_lib
@@ -70,6 +70,7 @@ class Plan:
   capacity: int  # bytes one device may use
   capacity_what: str
   flops_per_step: float | None  # per device, all phases, trip counts applied
+  model_flops: float  # per device: the models' matmul FLOPs of a step (`cmdp.plan.flops`)
   estimated_step_s: float | None
   time_source: str
   compile_s: float
@@ -172,7 +173,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: Topology, devices: li
       param_counts={"teacher": _param_count(exp.teacher.params),
                     "student": _param_count(exp.student.params)},
       phases=found, memory=memory, capacity=capacity, capacity_what=what,
-      flops_per_step=flops, estimated_step_s=seconds, time_source=source,
+      flops_per_step=flops, estimated_step_s=seconds,
+      model_flops=sum(flops_lib.step_flops(exp).values()) / topology.num_devices, time_source=source,
       compile_s=0.0, teacher_in_step=teacher_in_step)
   if not plan.fits and search > 0:
     plan.alternatives = search_alternatives(plan, devices, search)

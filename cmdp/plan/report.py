@@ -139,8 +139,10 @@ def _teacher_share_text(plan: Plan) -> str:
 def _cost_line(plan: Plan) -> str:
   if plan.flops_per_step is None:
     return f"cost     n/a: {plan.time_source}"
-  return (f"cost     {plan.flops_per_step:.3e} FLOPs per device per step; estimated "
-          f"{_seconds(plan.estimated_step_s)} per step ({plan.time_source})")
+  return (f"cost     {plan.flops_per_step:.3e} FLOPs per device per step "
+          f"({plan.flops_per_step / plan.model_flops:.2f} x the models' matmul FLOPs, "
+          f"{plan.model_flops:.3e}); estimated {_seconds(plan.estimated_step_s)} per step "
+          f"({plan.time_source})")
 
 
 def _alternatives_text(plan: Plan) -> list[str]:
@@ -188,6 +190,7 @@ def to_json(plan: Plan, config_name: str) -> dict:
       "capacity_what": plan.capacity_what,
       "fits": plan.fits,
       "flops_per_step": plan.flops_per_step,
+      "model_matmul_flops_per_step": plan.model_flops,
       "estimated_step_s": plan.estimated_step_s,
       "time_source": plan.time_source,
       "phases": {

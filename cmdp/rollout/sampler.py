@@ -79,6 +79,48 @@ class SamplingSettings:
       raise ValueError(f"eos_ids={self.eos_ids!r} must be a tuple of ints, e.g. (eos_id,).")
 
 
+# A prefill holds every prompt position's activations at once (the MLP's [rows, P, 2F]
+# float32 products, the [rows, heads, P, slots] scores); where one device would hold more
+# than this many prompt tokens, the prompt is prefilled in chunks of columns, one after
+# the other over the same cache (`prefill_chunk`; the same numbers per query).
+PREFILL_TOKENS_PER_DEVICE = 4096
+
+
+def prefill_chunk(rows_per_device: int, width: int) -> int:
+  """Columns per prefill pass: the whole `width`, or its largest divisor that keeps
+  `rows_per_device` x columns within PREFILL_TOKENS_PER_DEVICE."""
+  if rows_per_device * width <= PREFILL_TOKENS_PER_DEVICE:
+    return width
+  fits = [c for c in range(1, width + 1)
+          if width % c == 0 and rows_per_device * c <= PREFILL_TOKENS_PER_DEVICE]
+  return max(fits, default=1)
+
+
+def rows_per_device(rows: int, mesh) -> int:
+  """Rows of a `[rows, ...]` batch each device holds (all of them where they do not split)."""
+  if mesh is None:
+    return rows
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  return rows // shards if rows % shards == 0 else rows
+
+
+def _prefill(config: ModelConfig, dparams, tokens, mask, cache, chunk: int):
+  """`forward_with_cache(..., last_only=True)` over `tokens [B, W]`, `chunk` columns at a
+  time (a `lax.scan` over W / chunk passes; one pass when chunk = W)."""
+  b, width = tokens.shape
+  if chunk >= width:
+    return models.forward_with_cache(config, dparams, tokens, cache, mask, last_only=True)
+  split = lambda x: x.reshape(b, width // chunk, chunk).swapaxes(0, 1)  # [passes, B, chunk]
+
+  def one(carry, xs):
+    logits, cache = models.forward_with_cache(config, dparams, xs[0], carry[1], xs[1],
+                                              last_only=True)
+    return (logits, cache), None
+  vocab = config.output_vocab or config.vocab_size
+  start = (jnp.zeros((b, vocab), jnp.float32), cache)
+  return jax.lax.scan(one, start, (split(tokens), split(mask)))[0]
+
+
 def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, params,
             prompt_tokens, prompt_mask, rng) -> Rollout:
   """The traced sampler body (see the module docstring); each prompt row is first repeated
@@ -121,8 +163,9 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
     cache = models.init_cache(config, b, p + n - 1)  # the last token is never fed
   if mesh is not None:
     cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
-  logits, cache = models.forward_with_cache(config, dparams, prompt_tokens[:, shared:], cache,
-                                            prompt_mask[:, shared:], last_only=True)
+  chunk = prefill_chunk(rows_per_device(b, mesh), p - shared)
+  logits, cache = _prefill(config, dparams, prompt_tokens[:, shared:], prompt_mask[:, shared:],
+                           cache, chunk)
   tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
   out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)
