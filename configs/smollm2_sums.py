@@ -123,8 +123,9 @@ def get_config(arg=None):
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
   c.calibration_prompts = 128  # x group_size = 512 samples
   c.calibration_batch_size = 64  # 8 passes of 64 samples (passes of 16 took 1.2x as long)
-  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
-    c.loss.penalty_scale = 0.1  # n: a violating token costs 0.1 x its cost
+  # The penalty is cmdp's default, chosen by argument before any comparison ran
+  # (docs/method.md): Sauté's constant unsafe reward, -1 once when the budget runs out.
+  c.probe_every = 5  # re-score a fixed set of 8 x 4 initial samples every 5 steps
   c.batch_size = 16  # 4 prompts x 4 samples
   c.num_steps = arg.steps
   c.log_every = 1

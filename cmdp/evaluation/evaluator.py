@@ -119,7 +119,7 @@ def _metrics(rows: dict, real: np.ndarray, pass_k: int) -> dict:
 
 
 def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pass_k: int,
-                   budget: float | None = None) -> dict:
+                   budget: float | None = None, other_budgets: dict | None = None) -> dict:
   """Metrics of one model with `params` on `examples`.
 
   Greedy decodes, and `pass_k` samples per prompt at the training temperature (the
@@ -132,7 +132,8 @@ def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pa
   every figure. In a multi-process run (`fns.shard`) each process decodes, verifies and
   scores its own block of every batch, and the per-response figures of all processes are
   gathered (`fns.gather`), so every process gets the metrics of one process evaluating
-  whole batches.
+  whole batches. `other_budgets` (`{name: d}`) adds `satisfaction_<kind>@<name>`, the
+  share of the same responses with `C(y) <= d` (`C` does not depend on `d`).
   """
   if not examples:
     raise ValueError("evaluate_model: no examples to evaluate.")
@@ -158,9 +159,15 @@ def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pa
     per_batch.append({key: np.stack([d[key] for d in decodes]) for key in decodes[0]})
   local = {key: np.stack([b[key] for b in per_batch]) for key in per_batch[0]}
   rows = {key: _batch_rows(v) for key, v in fns.gather(local).items()}
-  out = _metrics(rows, _real_rows(len(examples), batch_size), pass_k)
+  real = _real_rows(len(examples), batch_size)
+  out = _metrics(rows, real, pass_k)
   if fns.score is not None and budget is not None:
     out["budget"] = float(budget)
+  for name, d in (other_budgets or {}).items() if fns.score is not None else ():
+    out[f"satisfaction_greedy@{name}"] = float(np.mean(rows["cost"][:, 0][real] <= d))
+    if pass_k:
+      sampled = rows["cost"][:, 1:][np.broadcast_to(real[:, None], rows["cost"][:, 1:].shape)]
+      out[f"satisfaction_sampled@{name}"] = float(np.mean(sampled <= d))
   return out
 
 

@@ -130,7 +130,7 @@ def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
     (negative: the student is sharper than its teacher).
   violating_cost, violating_cost_before_flag: sum over violating responses of `C(y)`, and
     of the part of it before the Sauté flag fires, per sequence of the batch (their ratio,
-    `cost_before_flag`, is formed by the step).
+    `cost_before_flag`, is formed by the trainer when some response violates).
   `costs` (`[B, L]`, the constraint's per-token costs) may be passed when computed.
   """
   mask = batch["mask"]
@@ -173,19 +173,12 @@ def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
 
 def step_metrics(metrics: dict) -> dict:
   """A step's summed metrics -> the logged ones: each per-row `seq/<name> [B]` becomes
-  `<name>_q10`, `<name>_q50`, `<name>_q90` (the batch's quantiles, linear interpolation),
-  and `cost_before_flag = violating_cost_before_flag / violating_cost` (NaN when no
-  response violates)."""
+  `<name>_q10`, `<name>_q50`, `<name>_q90` (the batch's quantiles, linear interpolation)."""
   out = {k: v for k, v in metrics.items() if not k.startswith("seq/")}
   for k, v in metrics.items():
     if k.startswith("seq/"):
       for q in (10, 50, 90):
         out[f"{k[4:]}_q{q}"] = jnp.quantile(v.astype(jnp.float32), q / 100)
-  if "violating_cost" in metrics:
-    total = metrics["violating_cost"]
-    out["cost_before_flag"] = jnp.where(
-        total > 0, metrics["violating_cost_before_flag"] / jnp.where(total > 0, total, 1.0),
-        jnp.nan)
   return out
 
 

@@ -43,7 +43,12 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.ERROR)
     warnings.filterwarnings("ignore")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  from cmdp.study.main import run_study  # pylint: disable=g-import-not-at-top
+  # A study with a supervised stage trains its own models (arith); one without compares
+  # methods on a trainer config's models (a real LLM: cmdp.study.llm).
+  if "pretrain" in _CONFIG.value:
+    from cmdp.study.main import run_study  # pylint: disable=g-import-not-at-top
+  else:
+    from cmdp.study.llm import run_study  # pylint: disable=g-import-not-at-top
   command = "python -m cmdp.study " + " ".join(sys.argv[1:])
   study = _CONFIG.value
   if _OUTPUT_DIR.value is not None:

@@ -85,12 +85,13 @@ def study_hp(hp: ObjectiveConfig, cost: str, constraint: str, budget: float) -> 
 
 
 def evaluate(exp, params, which: str, hp: ObjectiveConfig, examples: list, *,
-             batch_size: int, pass_k: int = 1) -> dict:
+             batch_size: int, pass_k: int = 1, other_budgets: dict | None = None) -> dict:
   """Metrics of `which` ("student" or "teacher") with `params` on `examples`: those of
-  `evaluate_model` (the student scored under `hp`) and the sub-type accuracies."""
+  `evaluate_model` (the student scored under `hp`, and at `other_budgets`) and the
+  sub-type accuracies."""
   from cmdp.training import eval_loop  # pylint: disable=g-import-not-at-top
   fns, record = recording(eval_loop.model_fns(exp, which, hp))
   out = evaluation.evaluate_model(fns, params, examples, batch_size=batch_size, pass_k=pass_k,
-                                  budget=hp.budget)
+                                  budget=hp.budget, other_budgets=other_budgets)
   out.update(subtype_metrics(record, examples))
   return out

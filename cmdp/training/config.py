@@ -143,6 +143,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every = 1  # steps between metrics.jsonl / TensorBoard rows
   c.eval_every = 0  # steps between evaluations (0 = only at the end when eval_at_end)
+  # A fixed probe set: `probe_prompts` training prompts x group_size responses sampled once
+  # by the initial student, re-scored by the current student every `probe_every` steps
+  # (probe/... metrics: KL and satisfaction on the same responses, a noise-free trend);
+  # 0 = off.
+  c.probe_every = 0
+  c.probe_prompts = 8  # prompts of the probe set (x loss.group_size responses)
   c.eval_at_end = True  # evaluate the final student
   c.checkpoint_every = 50  # steps between checkpoints (0 = only final)
   c.keep_checkpoints = 3  # how many recent checkpoints to keep

@@ -37,6 +37,7 @@ from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import logging as log_lib
+from cmdp.training import optimizer as optimizer_lib
 from cmdp.training import step as step_lib
 from cmdp.training.processes import (process_rows, process_shard, rows_over_processes,
                                      sum_over_processes)
@@ -149,12 +150,12 @@ def refit_student(exp: experiment_lib.Experiment, rng) -> tuple[dict, list]:
                           ridge=cfg.student.refit_ridge, batch_size=rows)
 
 
-def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
-  """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)` (the
-  constraint of `exp.hp`, on samples at the training temperature; docs/method.md).
+def calibration_costs(exp: experiment_lib.Experiment, params, rng) -> np.ndarray:
+  """The per-sequence costs `C(y)` of `calibration_prompts x group_size` samples of the
+  student `params` at the training temperature (the constraint of `exp.hp`; docs/method.md).
 
   In a multi-process run each process samples and scores its own rows of every batch; the
-  quantile is taken over every process's costs, so all processes get the same budget.
+  costs of every process are returned, so all processes get the same array.
   """
   cfg = exp.config
   n = max(cfg.calibration_prompts, 1)
@@ -168,7 +169,38 @@ def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
     batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
     local = exp.score_sequences(params, batch)["sequence_cost"]
     costs.extend(rows_over_processes(local).tolist())
-  return float(constraint.calibrate_budget(np.asarray(costs), cfg.calibrate_budget_quantile))
+  return np.asarray(costs)
+
+
+def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
+  """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)`
+  (`calibration_costs`)."""
+  return float(constraint.calibrate_budget(calibration_costs(exp, params, rng),
+                                           exp.config.calibrate_budget_quantile))
+
+
+def probe_batch(exp: experiment_lib.Experiment, params, seed: int) -> dict:
+  """The fixed probe set: `probe_prompts` training prompts x group_size responses sampled
+  by the student `params` (the initial one), the same in every invocation of a run."""
+  cfg = exp.config
+  it = data.PromptIterator(exp.train_examples, cfg.probe_prompts, seed=seed + 13,
+                           shard=process_shard())
+  rng = jax.device_put(jax.random.PRNGKey(seed + 13),
+                       jax.sharding.NamedSharding(exp.student_mesh, P()))
+  return make_batch(exp, params, it.next_batch(), rng, True)[0]
+
+
+def probe_metrics(exp: experiment_lib.Experiment, params, batch: dict, hp) -> dict:
+  """`probe/...`: the current student's KL (mean, q10/q50/q90) and satisfaction on the
+  fixed probe responses."""
+  scores = exp.score_sequences(params, batch, hp)
+  kl = rows_over_processes(scores["kl_seq"])
+  cost = rows_over_processes(scores["sequence_cost"])
+  out = {"probe/kl_seq_mean": float(np.mean(kl)),
+         "probe/constraint_value": float(np.mean(cost)),
+         "probe/constraint_satisfaction": float(np.mean(cost <= hp.budget))}
+  out.update({f"probe/kl_seq_q{q}": float(np.quantile(kl, q / 100)) for q in (10, 50, 90)})
+  return out
 
 
 def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> None:
@@ -273,7 +305,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
 
   train_step = exp.make_train_step(hp, shardings)
   start = int(state.step)
+  probe = (probe_batch(exp, initial_params(exp, state) if start else state.params, config.seed)
+           if config.probe_every else None)
+  # update_ratio = update_norm / (lr sqrt(P)): Adam moves each weight by about lr when its
+  # gradient's sign is steady (1 at its first step), by about lr sqrt((1 - b1) / (1 + b1))
+  # (0.23 at b1 = 0.9) under pure noise.
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_steps)
+  root_p = float(np.sqrt(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))))
   writer = log_lib.MetricWriter(workdir, start_step=start)
+  if probe is not None and start == 0:
+    writer.write(0, probe_metrics(exp, state.params, probe, hp))
   progress = log_lib.Progress(config.num_steps, start, config.progress_bar,
                               desc="heal" if stage_name == "heal" else "train")
   objective = exp.objective
@@ -304,6 +345,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
         row = {f"train/{k}": v for k, v in metrics.items()}
         if "accuracy" in host:
           row["train/accuracy"] = host["accuracy"]
+        if metrics.get("violating_cost", 0) > 0:  # the share of it before the Sauté flag
+          row["train/cost_before_flag"] = float(
+              metrics["violating_cost_before_flag"] / metrics["violating_cost"])
+        lr = float(schedule(step))
+        if lr > 0:
+          row["train/update_ratio"] = float(metrics["update_norm"]) / (lr * root_p)
         row.update({"train/budget": hp.budget,
                     "perf/rollout_and_scoring_s": t1 - t0, "perf/update_s": t2 - t1,
                     "perf/step_s": t2 - t0, "perf/tokens_per_s": tokens_per_s,
@@ -312,6 +359,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
         done = step + 1
         if config.log_every and (done % config.log_every == 0 or done == config.num_steps):
           writer.write(done, row)
+        if probe is not None and (done % config.probe_every == 0 or done == config.num_steps):
+          writer.write(done, probe_metrics(exp, state.params, probe, hp))
         if config.eval_every and done % config.eval_every == 0 and done < config.num_steps:
           writer.write(done, evaluate_fn(exp, state.params, done, hp))
         if guard.requested:

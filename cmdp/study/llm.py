@@ -1,0 +1,315 @@
+"""A pre-registered comparison on a real LLM (`cmdp.study.protocol`): the main job's teacher
+and healed student, one heal and one calibration shared by every run, the protocol's
+methods x seeds, and a report with Pareto fronts, diagnostics and the verdict by its rules.
+
+    python -m cmdp.study --config configs/study_smollm2.py --workdir DIR
+
+In DIR: `heal/` (the student's refit, once), `calibration.json` (the initial student's
+sampled costs and the budgets at the protocol's quantiles), `initial_eval.json` (teacher
+and initial student), `runs/<method>/seed<i>/` with each run's `result.json`. Re-running
+skips what is finished; a run stopped by SIGTERM resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from cmdp.study import evaluate as eval_lib
+from cmdp.study import protocol, report, runner, stats
+from cmdp.training import logging as log_lib
+from cmdp.training.config import set_objective
+
+EVAL_KEYS = ("accuracy_greedy", "accuracy_sampled", "satisfaction_greedy",
+             "satisfaction_sampled", "kl_seq_sampled_mean", "kl_seq_sampled_q10",
+             "kl_seq_sampled_q50", "kl_seq_sampled_q90", "kl_seq_greedy_mean")
+# Per-step training diagnostics, averaged over a run's steps (docs/metrics.md).
+DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
+               ("train/groups_violating", "violating groups", 100.0),
+               ("train/groups_tied", "tied groups", 100.0),
+               ("train/penalty", "penalty (reward units)", 1.0),
+               ("train/task_reward", "task reward", 1.0),
+               ("train/entropy_gap", "entropy gap (nats/token)", 1.0),
+               ("train/cost_before_flag", "cost before flag", 100.0),
+               ("train/kl_seq_q50", "batch KL q50", 1.0),
+               ("train/update_ratio", "update / (lr sqrt P)", 1.0),
+               ("train/lambda", "lambda", 1.0))
+
+
+def base_config(study: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`study.run` with the study's shared heal directory and no per-run baselines."""
+  c = copy.deepcopy(study.run)
+  c.unlock()
+  c.heal.dir = os.path.join(workdir, "heal")
+  c.eval.include_teacher = c.eval.include_initial_student = False
+  c.calibrate_budget_quantile = 0.0
+  c.progress_bar = False
+  return c
+
+
+def _json(path: str):
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return None
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def prepare(study, workdir: str):
+  """The shared stages: heal, calibration, and the teacher's and initial student's
+  evaluation. Returns `(healed config, budgets {name: d}, initial {teacher, student})`."""
+  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  c = base_config(study, workdir)
+  if trainer.heal(c, workdir) is None:
+    raise runner.RunInterrupted("The heal stopped (SIGTERM); rerun the study to resume it.")
+  healed = trainer.healed(c, workdir)
+  cal_path = os.path.join(workdir, "calibration.json")
+  cal = _json(cal_path)
+  cost, constraint = healed.loss.cost, healed.loss.constraint
+  exp = None
+  if cal is None:
+    t0 = time.perf_counter()
+    exp = experiment.build(_locked(healed))
+    state, _ = trainer.create_state(exp, exp.student.params)
+    params = trainer.initial_params(exp, state)
+    costs = trainer.calibration_costs(exp, params, jax.random.PRNGKey(study.calibration.seed))
+    cal = dict(cost=cost, constraint=constraint, num_samples=int(costs.size),
+               budgets={protocol.budget_name(q): float(np.quantile(costs, q))
+                        for q in study.budget_quantiles},
+               costs=costs.tolist(), wall_s=time.perf_counter() - t0)
+    _write_json(cal_path, cal)
+    log_lib.stage("calibrate", "budgets " + ", ".join(
+        f"{k}: d = {v:.4g}" for k, v in cal["budgets"].items())
+        + f" ({cost}, {constraint}; {costs.size} samples, {cal['wall_s']:.0f} s)")
+  budgets = cal["budgets"]
+  init_path = os.path.join(workdir, "initial_eval.json")
+  initial = _json(init_path)
+  if initial is None:
+    t0 = time.perf_counter()
+    if exp is None:
+      exp = experiment.build(_locked(healed))
+    state, _ = trainer.create_state(exp, exp.student.params)
+    first = budgets[protocol.budget_name(study.budget_quantiles[0])]
+    hp = eval_lib.study_hp(exp.hp, cost, constraint, first)
+    kw = dict(batch_size=study.eval.batch_size, pass_k=study.eval.pass_k,
+              other_budgets=budgets)
+    initial = {"teacher": eval_lib.evaluate(exp, exp.teacher.params, "teacher", hp,
+                                            exp.test_examples, **kw),
+               "student": eval_lib.evaluate(exp, trainer.initial_params(exp, state), "student",
+                                            hp, exp.test_examples, **kw),
+               "wall_s": time.perf_counter() - t0}
+    _write_json(init_path, initial)
+    log_lib.stage("evaluate", f"teacher {initial['teacher']['accuracy']:.1%}, initial student "
+                  f"{initial['student']['accuracy']:.1%} greedy on "
+                  f"{initial['student']['num_examples']} problems ({initial['wall_s']:.0f} s)")
+  del exp
+  trainer.release_host_memory()
+  return healed, budgets, initial
+
+
+def _locked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c = copy.deepcopy(c)
+  c.lock()
+  return c
+
+
+def run_config(study, healed, method: dict, seed: int, budgets: dict):
+  """The trainer config of `method` at `seed` (the protocol's knobs applied)."""
+  c = copy.deepcopy(healed)
+  c.unlock()
+  set_objective(c, method["objective"])
+  c.seed = int(seed)
+  for key, value in method.get("loss", {}).items():
+    c.loss[key] = value
+  # The anchors do not read d; their config still needs a valid one.
+  name = method.get("budget") or protocol.budget_name(study.budget_quantiles[0])
+  d = float(budgets[name])
+  c.loss.budget = d
+  for key, value in method.get("per_budget", {}).items():
+    c.loss[key] = float(value) / d  # e.g. soft_lambda = (lambda d) / d
+  if method["objective"] == "dual_lagrangian" and c.loss.dual_target == "rate":
+    # the initial violation rate at this budget: the dual holds the initial satisfaction
+    q = {protocol.budget_name(q): q for q in study.budget_quantiles}[name]
+    c.loss.violation_target = round(1.0 - q, 6)
+  c.eval_at_end = True
+  c.eval_every = 0
+  c.lock()
+  return c
+
+
+def diagnostics(run_dir: str) -> dict:
+  """A run's training diagnostics: the mean over its logged steps of each DIAGNOSTICS key,
+  and its probe's first and last satisfaction and KL median."""
+  rows = log_lib.read_metrics(run_dir)
+  out = {}
+  for key, _, _ in DIAGNOSTICS:
+    values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+    if values:
+      out[key] = float(np.mean(values))
+  probes = [r for r in rows if "probe/constraint_satisfaction" in r]
+  if probes:
+    for tag, row in (("first", probes[0]), ("last", probes[-1])):
+      out[f"probe/{tag}_satisfaction"] = row["probe/constraint_satisfaction"]
+      out[f"probe/{tag}_kl_q50"] = row["probe/kl_seq_q50"]
+  return out
+
+
+def run_one(study, workdir: str, healed, method: dict, seed: int, budgets: dict) -> dict:
+  """Trains and evaluates one (method, seed), or reads its finished result."""
+  from cmdp.training import trainer  # pylint: disable=g-import-not-at-top
+  out_dir = runner.run_dir(workdir, method["name"], seed)
+  path = os.path.join(out_dir, runner.RESULT_FILE)
+  done = _json(path)
+  if done is not None:
+    return done
+  config = run_config(study, healed, method, seed, budgets)
+  captured = {}
+
+  def evaluate_fn(exp, params, step, hp):
+    del step
+    captured.update(eval_lib.evaluate(exp, params, "student", hp, exp.test_examples,
+                                      batch_size=study.eval.batch_size,
+                                      pass_k=study.eval.pass_k, other_budgets=budgets))
+    return {f"eval/student/{k}": v for k, v in captured.items() if isinstance(v, (int, float))}
+
+  t0 = time.perf_counter()
+  last = trainer.train(config, out_dir, evaluate_fn=evaluate_fn)
+  if not captured:
+    raise runner.RunInterrupted(f"{method['name']} seed {seed} stopped before its final "
+                                f"evaluation (checkpoint in {out_dir}); rerun to resume it.")
+  result = {"method": method["name"], "objective": method["objective"], "seed": int(seed),
+            "budget": float(config.loss.budget), "metrics": dict(captured),
+            "diagnostics": diagnostics(out_dir),
+            "train_last": {k: float(v) for k, v in last.items()},
+            "wall_s": time.perf_counter() - t0}
+  _write_json(path, result)
+  trainer.release_host_memory()
+  return result
+
+
+def at_budget(metrics: dict, budget: str) -> dict:
+  """A run's metrics read at one budget: `satisfaction_<kind>@<budget>` as
+  `satisfaction_<kind>`."""
+  out = dict(metrics)
+  for kind in ("greedy", "sampled"):
+    key = f"satisfaction_{kind}@{budget}"
+    if key in metrics:
+      out[f"satisfaction_{kind}"] = metrics[key]
+  return out
+
+
+def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> dict:
+  """Runs (or resumes) the comparison and writes its report; returns the JSON payload."""
+  t0 = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  methods = [dict(m) for m in study.methods]
+  healed, budgets, initial = prepare(study, workdir)
+  jobs = [(m, s) for s in range(study.seeds) for m in methods]
+  results = []
+  for m, s in tqdm.tqdm(jobs, desc="study runs", unit="run", dynamic_ncols=True):
+    results.append(run_one(study, workdir, healed, m, s, budgets))
+  return write_report(study, workdir, methods, results, budgets, initial, command,
+                      time.perf_counter() - t0)
+
+
+def write_report(study, workdir, methods, results, budgets, initial, command, wall_s) -> dict:
+  """The report: `<name>.md`, `<name>.png` and `<name>.json` in the output directory."""
+  from cmdp.study import plot as plot_lib  # pylint: disable=g-import-not-at-top
+  out_dir = study.output_dir or os.path.join(workdir, "results")
+  os.makedirs(out_dir, exist_ok=True)
+  by_name = {m["name"]: m for m in methods}
+  sections, decisions, summaries = [], {}, {}
+  for q in study.budget_quantiles:
+    b = protocol.budget_name(q)
+    per_seed = {}
+    for r in results:
+      m = by_name[r["method"]]
+      if m["budget"] in (b, None):
+        metrics = at_budget(r["metrics"], b)
+        metrics.update(r["diagnostics"])
+        per_seed.setdefault(r["method"], {})[r["seed"]] = metrics
+    rules = study.rules
+    decision = protocol.decide(per_seed, methods, initial["student"], b,
+                               hold_margin=rules.hold_margin, stress_points=rules.stress_points)
+    summary = stats.summarize(per_seed, EVAL_KEYS + tuple(k for k, _, _ in DIAGNOSTICS))
+    decisions[b], summaries[b] = decision, summary
+    sections.append(budget_section(b, budgets[b], initial, summary, decision))
+  png = os.path.join(out_dir, f"{study.name}.png")
+  plot_lib.fronts(summaries, methods, initial["student"], png, study.rules.hold_margin)
+  text = markdown(study, command, wall_s, budgets, initial, sections, results,
+                  os.path.basename(png))
+  with open(os.path.join(out_dir, f"{study.name}.md"), "w") as f:
+    f.write(text)
+  payload = dict(budgets=budgets, initial=initial, methods=methods, runs=results,
+                 decisions=decisions, command=command, wall_time_s=wall_s,
+                 config=json.loads(study.to_json_best_effort()))
+  report.write_json(os.path.join(out_dir, f"{study.name}.json"), payload)
+  return payload
+
+
+def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict) -> str:
+  """One budget's tables (results, diagnostics) and the verdict by the rules."""
+  s = initial["student"]
+  cols = [("accuracy_greedy", "accuracy greedy %", 100.0),
+          ("accuracy_sampled", "accuracy sampled %", 100.0),
+          ("satisfaction_sampled", "satisfaction sampled %", 100.0),
+          ("satisfaction_greedy", "satisfaction greedy %", 100.0),
+          ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
+          ("kl_seq_sampled_q90", "KL sampled q90", 1.0)]
+  holds = decision["holds"]
+  marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
+  lines = [f"### Budget {b}: d = {d:.4g} nats per sequence", "",
+           f"Initial student: {100 * s['accuracy']:.1f}% greedy, "
+           f"{100 * s[f'satisfaction_sampled@{b}']:.1f}% of sampled responses within d "
+           f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
+           "over seeds.", "", report.results_table(marked, cols),
+           "Training diagnostics (the mean over each run's steps, then over seeds):", "",
+           report.results_table(summary, DIAGNOSTICS), verdict_text(b, decision)]
+  return "\n".join(lines)
+
+
+def verdict_text(b: str, decision: dict) -> str:
+  """The rules applied at one budget, in words."""
+  start = 100 * decision["initial_satisfaction"]
+  out = [f"**Verdict at {b}.** grpo loses {100 * decision['grpo_loss']:.1f} points of sampled "
+         f"satisfaction (from {start:.1f}%): the budget is "
+         + ("stressed (informative)." if decision["informative"] else
+            "not stressed (grpo loses under the declared threshold): nothing is concluded "
+            "from this budget.")]
+  held = sorted(k for k, v in decision["holds"].items() if v)
+  out.append("Settings that hold it in every seed: " + (", ".join(held) if held else "none")
+             + ".")
+  for family, v in decision["beats"].items():
+    mine = v["best"] or "no setting"
+    out.append(f"`{family}` (best holding: {mine}): "
+               + ("beats" if v["beats"] else "does not beat")
+               + f" the Lagrangians: {v['reason']}"
+               + ("" if decision["informative"] else " (not informative)") + ".")
+  return "\n\n".join(out) + "\n"
+
+
+def markdown(study, command, wall_s, budgets, initial, sections, results, png) -> str:
+  t, s = initial["teacher"], initial["student"]
+  run_min = sum(r["wall_s"] for r in results) / 60
+  seeds = sorted({r["seed"] for r in results})
+  return "\n".join([
+      f"# {study.title}", "", study.description, "", "## Protocol (declared before the runs)",
+      "", study.protocol, "",
+      f"Command: `{command}`. {len(results)} runs ({run_min:.0f} min of training and "
+      f"evaluation), seeds {seeds}; this invocation {wall_s / 60:.1f} min.", "",
+      f"Teacher: {100 * t['accuracy']:.1f}% greedy, {100 * t['accuracy_sampled']:.1f}% sampled; "
+      f"initial student: {100 * s['accuracy']:.1f}% greedy, {100 * s['accuracy_sampled']:.1f}% "
+      f"sampled, on {s['num_examples']} held-out problems. Budgets: "
+      + ", ".join(f"{k}: d = {v:.4g}" for k, v in budgets.items()) + ".", "",
+      f"![accuracy against satisfaction]({png})", "", "## Results", "", *sections])

@@ -1,0 +1,116 @@
+r"""Does cmdp hold its budget on a real LLM? A pre-registered comparison on SmolLM2.
+
+    python -m cmdp.study --config configs/study_smollm2.py --workdir /tmp/study_smollm2 \
+        --output_dir docs/results
+    python -m cmdp.study --config configs/study_smollm2.py:small --workdir /tmp/study_small
+
+The main job's models and task (configs/smollm2_sums.py): the SmolLM2-135M-Instruct teacher
+(the Q4_1 GGUF, dequantised to float32), a 20-layer student cut from it and refitted by
+layer-wise least squares (once, in DIR/heal), sums of one- and two-digit numbers as plain
+prompts. One calibration (1,024 samples of the refitted student) gives both budgets. The
+protocol below, the knob grids and the decision rules were written before any run of this
+study; the report (`docs/results/smollm2.md`, `.png`, `.json`) is written by the study.
+
+Arguments: `small` (a smoke run of the whole pipeline on the same task with a tiny random
+teacher and character tokens in place of SmolLM2: refit, calibration, 2-step runs of 3
+methods, one seed, the report; the CI test, under a minute), `seeds=N` (default 3).
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+from cmdp.study import protocol
+from cmdp.training.config import model_fields, parse_arg
+
+GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: the same for every family
+QUANTILES = (0.5, 0.9)  # the budgets: these quantiles of the initial student's sampled C(y)
+
+PROTOCOL = """\
+* **Cost and units.** `C(y)` = the sum over response tokens of the exact KL(student || teacher)
+  at each state, in nats per sequence, on the deployed student (temperature 1), at the states
+  of samples at the training temperature 0.7.
+* **Reading.** `P(C(y) <= d) >= 1 - delta`: a method's satisfaction is the share of its
+  sampled responses (2 per problem, 200 held-out problems) within `d`.
+* **Budgets.** `d` at the 0.5 and the 0.9 quantile of the initial (refitted) student's `C(y)`
+  on 1,024 sampled training responses, calibrated once and shared by every run.
+* **Knobs, in budget units, the same grid {0.3, 3} for every constrained family:** `cmdp`
+  (Sauté's terminal penalty, the default: `-n` once when the budget runs out), `cmdp_scaled`
+  (`-n c_t / d` on violated tokens), `cmdp_hinge` (`-n (C - d)_+ / d`), `soft_lagrangian`
+  (`lambda d = g`); `dual_lagrangian` with the rate target `delta` = the initial violation
+  rate at that budget (`1 - q`). Anchors: `grpo` and `gkd`, trained once per seed and read
+  at both budgets.
+* **Runs.** Every run: 24 steps of 8 prompts x 8 samples (G = 8, leave-one-out baseline),
+  learning rate 3e-6 (the main job's), rollout temperature 0.7, 16 new tokens at most; 3
+  paired seeds (seed i shares the data order and sampling of every method); evaluation at
+  the end on 200 held-out problems, greedy and 2 samples each. No early stopping.
+* **Rules.** *holds*: the final sampled satisfaction is at least the initial student's
+  minus 2 points, in every seed. *informative*: grpo loses at least 5 points of sampled
+  satisfaction (seed mean) at that `d`; if not, the budget was not stressed and nothing is
+  concluded from it. *beats*: a cmdp family's best holding setting (highest seed-mean greedy
+  accuracy) is more accurate than the best holding soft or dual setting with a positive
+  paired difference in every seed, or it holds where none of them does. The headline is
+  `cmdp` (the shipped default); `cmdp_scaled` and `cmdp_hinge` are reported beside it."""
+
+
+def _main_job(arg: str):
+  """configs/smollm2_sums.py's config (the main job) with `arg`."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_sums.py")
+  spec = importlib.util.spec_from_file_location("smollm2_sums", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, small=False, seeds=3)
+  c = ml_collections.ConfigDict()
+  c.name = "smollm2"  # report files: <output_dir>/smollm2.md / .png / .json
+  c.title = "Does cmdp hold its budget on a real LLM? SmolLM2-135M, a pre-registered comparison"
+  c.description = (
+      "The main job's setting (configs/smollm2_sums.py): the SmolLM2-135M-Instruct teacher "
+      "(Q4_1 GGUF, dequantised to float32) and a 20-layer student cut from it (every third "
+      "layer from layer 1 dropped) and refitted by layer-wise least squares on 256 teacher "
+      "samples, on sums of one- and two-digit numbers (reasoning-gym basic_arithmetic) as "
+      "plain completion prompts.")
+  c.protocol = PROTOCOL
+  c.output_dir = ""  # "" = <workdir>/results; the committed report: --output_dir docs/results
+  c.seeds = int(arg.seeds)
+  c.budget_quantiles = QUANTILES
+  c.calibration = ml_collections.ConfigDict(dict(seed=0))
+  c.rules = ml_collections.ConfigDict(dict(hold_margin=0.02, stress_points=0.05))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=100, pass_k=2))
+
+  run = _main_job("small" if arg.small else None)
+  run.loss.group_size = 8  # G = 8 samples per prompt
+  run.batch_size = 64  # 8 prompts x 8 samples
+  run.num_steps = 24
+  run.calibration_prompts = 128  # x 8 = 1,024 samples
+  run.calibration_batch_size = 64
+  run.probe_every = 4
+  c.run = run
+  c.methods = protocol.methods(GRID, QUANTILES)
+
+  if arg.small:
+    c.title += " (small smoke run)"
+    c.seeds = min(c.seeds, 1)
+    # A tiny random teacher (character tokens) and a student cut from it, refitted.
+    run.teacher.path, run.tokenizer = "", "char"
+    run.teacher.random_init = model_fields(hidden_size=32, intermediate_size=64,
+                                           num_layers=3, num_heads=2, num_kv_heads=1,
+                                           head_dim=16, max_position_embeddings=256)
+    run.student.cut_layers = (0, 2)
+    run.mesh.num_devices = 1  # one device even where tests simulate 8
+    run.data.max_prompt_len = 112  # characters of the plain prompt
+    run.data.sft_max_len = 128
+    run.loss.group_size = 2
+    run.batch_size = 4
+    run.num_steps = 2
+    run.calibration_prompts = 4
+    run.calibration_batch_size = 0
+    run.probe_every = 1
+    run.probe_prompts = 2
+    c.eval.batch_size = 4
+    keep = ("cmdp@3/q50", "soft_lagrangian@3/q50", "grpo")
+    c.methods = [m for m in c.methods if m["name"] in keep]
+  return c

@@ -1,0 +1,78 @@
+"""The pre-registered comparison: its methods (equal grids in budget units) and its decision
+rules, on hand-made per-seed numbers."""
+import pytest
+
+from cmdp.objectives import get_objective
+from cmdp.study import protocol
+
+GRID = (0.3, 3.0)
+
+
+def test_every_constrained_family_gets_the_same_grid_at_every_budget():
+  methods = protocol.methods(GRID, (0.5, 0.9))
+  counts = {}
+  for m in methods:
+    counts.setdefault((m["family"], m["budget"]), []).append(m)
+    reads = get_objective(m["objective"]).reads  # every knob is a field the objective reads
+    assert set(m["loss"]) | set(m["per_budget"]) <= reads | {"budget"}, m
+  for b in ("q50", "q90"):
+    for family in ("cmdp", "cmdp_scaled", "cmdp_hinge", "soft_lagrangian"):
+      assert len(counts[(family, b)]) == len(GRID), (family, b)
+    assert len(counts[("dual_lagrangian", b)]) == 1
+  assert {m["name"] for m in methods if m["budget"] is None} == {"grpo", "gkd"}
+  soft = [m for m in methods if m["family"] == "soft_lagrangian"]
+  assert sorted({m["per_budget"]["soft_lambda"] for m in soft}) == list(GRID)  # lambda d
+  cmdp = [m for m in methods if m["family"] == "cmdp"]
+  assert {m["loss"]["penalty"] for m in cmdp} == {"terminal"}
+  assert len({m["name"] for m in methods}) == len(methods)
+
+
+def _runs(**by_name):
+  """{name: {seed: {"accuracy_greedy": a, "satisfaction_sampled": s}}} from (a, s) lists."""
+  return {n: {i: dict(accuracy_greedy=a, satisfaction_sampled=s) for i, (a, s) in enumerate(v)}
+          for n, v in by_name.items()}
+
+
+METHODS = [dict(name="cmdp@1/q50", family="cmdp", budget="q50"),
+           dict(name="cmdp@3/q50", family="cmdp", budget="q50"),
+           dict(name="soft@1/q50", family="soft_lagrangian", budget="q50"),
+           dict(name="dual/q50", family="dual_lagrangian", budget="q50"),
+           dict(name="grpo", family="grpo", budget=None)]
+INITIAL = {"satisfaction_sampled@q50": 0.50}
+
+
+def test_decide_by_hand():
+  per_seed = _runs(**{
+      # holds in every seed (0.48 is the edge: 0.50 - 2 points)
+      "cmdp@1/q50": [(0.60, 0.49), (0.62, 0.48), (0.61, 0.52)],
+      # more accurate, but misses in seed 1
+      "cmdp@3/q50": [(0.70, 0.55), (0.71, 0.47), (0.72, 0.60)],
+      "soft@1/q50": [(0.58, 0.50), (0.63, 0.49), (0.59, 0.51)],  # holds
+      "dual/q50": [(0.50, 0.40), (0.50, 0.40), (0.50, 0.40)],  # does not hold
+      "grpo": [(0.70, 0.44), (0.70, 0.45), (0.70, 0.46)],  # loses 5 points: informative
+  })
+  got = protocol.decide(per_seed, METHODS, INITIAL, "q50", hold_margin=0.02, stress_points=0.05)
+  assert got["holds"] == {"cmdp@1/q50": True, "cmdp@3/q50": False, "soft@1/q50": True,
+                          "dual/q50": False}
+  assert got["grpo_loss"] == pytest.approx(0.05) and got["informative"]
+  assert got["best"]["cmdp"] == "cmdp@1/q50" and got["best"]["dual_lagrangian"] is None
+  verdict = got["beats"]["cmdp"]
+  # paired differences against soft@1: +0.02, -0.01, +0.02: not positive in every seed
+  assert verdict["paired"]["soft@1/q50"] == pytest.approx([0.02, -0.01, 0.02])
+  assert not verdict["beats"]
+  per_seed["cmdp@1/q50"][1]["accuracy_greedy"] = 0.64
+  assert protocol.decide(per_seed, METHODS, INITIAL, "q50", hold_margin=0.02,
+                         stress_points=0.05)["beats"]["cmdp"]["beats"]
+
+
+def test_cmdp_holding_where_no_lagrangian_does_beats_them_and_an_unstressed_budget_says_so():
+  per_seed = _runs(**{
+      "cmdp@1/q50": [(0.40, 0.50), (0.41, 0.50)],
+      "cmdp@3/q50": [(0.40, 0.30), (0.41, 0.30)],
+      "soft@1/q50": [(0.60, 0.30), (0.60, 0.30)],
+      "dual/q50": [(0.60, 0.47), (0.60, 0.49)],
+      "grpo": [(0.70, 0.49), (0.70, 0.50)],  # loses half a point: not stressed
+  })
+  got = protocol.decide(per_seed, METHODS, INITIAL, "q50", hold_margin=0.02, stress_points=0.05)
+  assert got["beats"]["cmdp"]["beats"] and got["beats"]["cmdp"]["rivals"] == []
+  assert not got["informative"]

@@ -1,0 +1,42 @@
+"""`configs/study_smollm2.py:small` end to end (a tiny random teacher in place of SmolLM2):
+one heal and one calibration for every run, the protocol's knobs in budget units, the
+anchors read at both budgets, the report; a rerun resumes without retraining."""
+import json
+
+from cmdp.study import llm
+from tests.training.tiny import load_config_file
+
+
+def test_small_llm_study_end_to_end(tmp_path):
+  study = load_config_file("study_smollm2.py", "small")
+  workdir = str(tmp_path / "study")
+  payload = llm.run_study(study, workdir, "python -m cmdp.study (test)")
+  budgets = payload["budgets"]
+  assert list(budgets) == ["q50", "q90"] and 0 < budgets["q50"] <= budgets["q90"]
+  cal = json.load(open(f"{workdir}/calibration.json"))
+  assert len(cal["costs"]) == study.run.calibration_prompts * study.run.loss.group_size
+  runs = {r["method"]: r for r in payload["runs"]}
+  assert set(runs) == {m["name"] for m in study.methods}
+  # soft_lagrangian at lambda d = 3: lambda = 3 / d; cmdp's penalty in budget units
+  soft = json.load(open(f"{workdir}/runs/soft_lagrangian@3/q50/seed0/config.json"))
+  assert abs(soft["loss"]["soft_lambda"] * budgets["q50"] - 3.0) < 1e-6
+  cmdp = json.load(open(f"{workdir}/runs/cmdp@3/q50/seed0/config.json"))
+  assert (cmdp["loss"]["penalty"], cmdp["loss"]["penalty_units"]) == ("terminal", "budget")
+  assert cmdp["student"]["init_workdir"] == f"{workdir}/heal"  # the shared heal
+  for r in payload["runs"]:
+    m = r["metrics"]
+    for b in budgets:  # every run is read at both budgets from the same responses
+      assert 0 <= m[f"satisfaction_sampled@{b}"] <= 1
+    assert m["satisfaction_sampled@q50"] <= m["satisfaction_sampled@q90"]
+    assert "train/groups_mixed" in r["diagnostics"] and "probe/last_satisfaction" in r["diagnostics"]
+  decisions = payload["decisions"]
+  assert set(decisions["q50"]["holds"]) == {"cmdp@3/q50", "soft_lagrangian@3/q50"}
+  md = open(f"{workdir}/results/smollm2.md").read()
+  assert "## Protocol (declared before the runs)" in md and "**Verdict at q50.**" in md
+  assert open(f"{workdir}/results/smollm2.png", "rb").read(4) == b"\x89PNG"
+  # A rerun reads every finished run.
+  marker = tmp_path / "study" / "runs" / "grpo" / "seed0" / "result.json"
+  stamp = marker.stat().st_mtime
+  again = llm.run_study(study, workdir, "again")
+  assert marker.stat().st_mtime == stamp
+  assert json.dumps(again["runs"]) == json.dumps(payload["runs"])
