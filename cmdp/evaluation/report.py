@@ -44,3 +44,19 @@ def table(results: dict) -> str:
         _proportion(r, "satisfaction_sampled", "num_sampled"),
         _mean(r, "greedy"), _mean(r, "sampled")]) + " |")
   return "\n".join(lines) + "\n"
+
+
+def constraint_verdict(results: dict, margin: float = 0.02) -> str:
+  """One sentence: the trained student's sampled satisfaction at the end against the
+  initial student's, and whether it holds the budget by the study's rule (no more than
+  `margin` below the start; `cmdp.study.protocol`). "" without both models' figures."""
+  start, end = results.get("initial_student", {}), results.get("student", {})
+  key = "satisfaction_sampled"
+  if key not in start or key not in end:
+    return ""
+  a, b = start[key], end[key]
+  held = b >= a - margin - 1e-9
+  return (f"Budget: {100 * b:.1f}% of the trained student's sampled responses are within d, "
+          f"against {100 * a:.1f}% at the start: the constraint is "
+          + ("held" if held else "not held")
+          + f" (held: at most {100 * margin:g} points below the start).\n")

@@ -77,4 +77,5 @@ def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
                               os.path.join(workdir, "run.png"), budget=hp.budget,
                               kl_is_cost=kl_is_cost)
   return (f"\nResults ({workdir}; budget d = {hp.budget:.4g}, 95% intervals):\n\n"
-          + report.table(results) + f"\nCurves: {png}\n")
+          + report.table(results) + "\n" + report.constraint_verdict(results)
+          + f"Curves: {png}\n")

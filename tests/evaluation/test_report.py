@@ -19,3 +19,14 @@ def test_table_has_wilson_and_t_intervals():
   centre = (0.5 + z * z / 200) / (1 + z * z / 100)
   half = z / (1 + z * z / 100) * math.sqrt(0.25 / 100 + z * z / 40000)
   assert round(100 * (centre - half), 1) == 40.4
+
+
+def test_constraint_verdict_reads_the_end_against_the_start():
+  start = {"satisfaction_sampled": 0.455}
+  held = report.constraint_verdict({"initial_student": start,
+                                    "student": {"satisfaction_sampled": 0.44}})
+  assert "44.0%" in held and "45.5% at the start" in held and "is held" in held
+  lost = report.constraint_verdict({"initial_student": start,
+                                    "student": {"satisfaction_sampled": 0.23}})
+  assert "is not held" in lost
+  assert report.constraint_verdict({"student": {"satisfaction_sampled": 0.2}}) == ""

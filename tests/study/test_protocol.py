@@ -76,3 +76,26 @@ def test_cmdp_holding_where_no_lagrangian_does_beats_them_and_an_unstressed_budg
   got = protocol.decide(per_seed, METHODS, INITIAL, "q50", hold_margin=0.02, stress_points=0.05)
   assert got["beats"]["cmdp"]["beats"] and got["beats"]["cmdp"]["rivals"] == []
   assert not got["informative"]
+
+
+def test_every_method_of_the_smollm2_study_makes_a_valid_run_config():
+  """The declared protocol runs as declared: each method's trainer config validates (no
+  field its objective ignores), with its knobs in budget units applied to d."""
+  from cmdp.study import llm
+  from cmdp.training import config as config_lib
+  from tests.training.tiny import load_config_file
+  study = load_config_file("study_smollm2.py")
+  assert study.seeds == 3 and tuple(study.budget_quantiles) == (0.5, 0.9)
+  budgets = {"q50": 0.2, "q90": 1.6}
+  healed = llm.base_config(study, "/nonexistent")
+  for m in study.methods:
+    c = llm.run_config(study, healed, m, 0, budgets)
+    config_lib.validate(c)
+    hp = config_lib.objective_config(c)
+    get_objective(c.objective).check_fields(hp)
+    d = budgets[m["budget"] or "q50"]
+    assert hp.budget == d and c.batch_size == 64 and hp.group_size == 8
+    if m["family"] == "soft_lagrangian":
+      assert hp.soft_lambda * d == pytest.approx(m["per_budget"]["soft_lambda"])
+    if m["family"] == "dual_lagrangian":
+      assert (hp.dual_target, hp.violation_target) == ("rate", 0.5 if d == 0.2 else 0.1)
