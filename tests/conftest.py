@@ -5,3 +5,45 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The slow tier (`pytest.ini`'s `slow` marker): whole trainings and studies, the SmolLM2
+# teacher, compiled steps, slice compiles and commands run as processes. The full suite runs
+# everything (CI, `python -m pytest -q tests`); `python -m pytest -q -m "not slow" tests` is
+# the fast tier of the edit-test loop (under 3 minutes on 2 cores). A test is slow when its
+# file is listed here, when its node id starts with an entry of SLOW_TESTS, or when it
+# carries `@pytest.mark.slow` itself.
+SLOW_FILES = {
+    "tests/models/test_smollm2.py", "tests/study/test_small_study.py",
+    "tests/study/test_smollm2_study.py", "tests/training/test_evaluate.py",
+    "tests/training/test_make_batch.py", "tests/training/test_step_program.py",
+    "tests/training/test_train.py", "tests/test_cli.py", "tests/test_fsdp.py",
+}
+SLOW_TESTS = (
+    "tests/models/test_loading.py::",
+    "tests/models/test_shared_prefix.py::test_train_step_equals_the_left_padded_layout",
+    "tests/objectives/test_losses.py::test_grad_accumulation_equals_full_batch",
+    "tests/objectives/test_losses.py::test_time_chunked_vocabulary_terms_change_nothing",
+    "tests/rollout/test_processors.py::test_categorical_one_token_and_reproducible",
+    "tests/rollout/test_sampler.py::test_repeat_inside_equals_prompts_repeated_on_the_host",
+    "tests/rollout/test_sampler.py::test_logprobs_match_forward",
+    "tests/test_divergences.py::test_chunked_equals_unchunked_values_and_grads",
+    "tests/test_plan.py::test_train_step_needs_every_teacher_layer_added",
+    "tests/test_plan.py::test_cli_plans_the_small_qwen_config",
+    "tests/test_plan.py::test_resident_bytes_equal_hand_counts_on_cpu8",
+    "tests/test_plan.py::test_peak_buffers_name_the_largest_live_arrays",
+    "tests/test_plan.py::test_tpu_topology_bytes_and_compile",
+    "tests/test_readme.py::test_library_snippet_runs",
+    "tests/training/test_heal.py::test_heal_runs_once_and_the_run_starts_from_it",
+    "tests/training/test_heal.py::test_sigterm_during_the_heal_stops_the_run",
+    "tests/training/test_heal.py::test_a_refit_heal_is_the_cut_refitted_on_teacher_samples",
+    "tests/training/test_multihost.py::test_two_processes_match_one",
+)
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if (item.nodeid.split("::")[0] in SLOW_FILES
+        or item.nodeid.startswith(SLOW_TESTS)):
+      item.add_marker(pytest.mark.slow)

@@ -46,6 +46,8 @@ def test_heal_config_is_forward_kl_on_teacher_samples():
 
 
 def test_heal_runs_once_and_the_run_starts_from_it(tmp_path):
+  """The heal runs first, the run starts from its student, the next run reuses it, another
+  config's heal is refused there, and `cmdp.evaluate` starts from it too."""
   overrides = {"heal.steps": 2, "heal.batch_size": 8, "num_steps": 0}
   config = tiny_config(**overrides)
   workdir = str(tmp_path / "run")
@@ -81,23 +83,18 @@ def test_heal_runs_once_and_the_run_starts_from_it(tmp_path):
   with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
     trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
 
-
-def test_the_evaluate_command_starts_from_the_heal(tmp_path):
-  """`cmdp.evaluate` of a healed run: its initial student is the healed one (here, with no
-  training step, the same as the checkpoint's student), and a run without its heal is an
-  error naming the field."""
-  config = tiny_config(**{"heal.steps": 2, "heal.batch_size": 8, "num_steps": 0,
-                          "eval.include_initial_student": True})
-  workdir = str(tmp_path / "run")
-  trainer.train(config, workdir, evaluate_fn=_no_eval)
-  results = evaluate.run(config, workdir)
+  # `cmdp.evaluate` of the healed run: its initial student is the healed one (with no
+  # training step, the same as the checkpoint's student), not the untrained one; a run
+  # without its heal is an error naming the field.
+  with_initial = tiny_config(**overrides, **{"eval.include_initial_student": True})
+  results = evaluate.run(with_initial, workdir)
   assert results["initial_student"] == results["student"]
-  exp = experiment.build(tiny_config())
+  exp = experiment.build(plain)
   untrained = eval_loop.evaluate(exp, exp.student.params, "student", exp.hp)
   assert untrained["kl_seq_greedy_mean"] != results["initial_student"]["kl_seq_greedy_mean"]
-  os.rename(os.path.join(workdir, "heal"), os.path.join(workdir, "gone"))
+  os.rename(heal_dir, os.path.join(workdir, "gone"))
   with pytest.raises(FileNotFoundError, match=r"config\.heal: no finished heal \(2 steps\)"):
-    evaluate.run(config, workdir)
+    evaluate.run(with_initial, workdir)
 
 
 def test_heal_and_init_workdir_are_exclusive():
