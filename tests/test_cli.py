@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cmdp.objectives import available_objectives
-from tests.training.tiny import _ROOT, load_config_file
+from tests.training.tiny import _ROOT, load_config_file, save_untrained_checkpoint
 
 
 def _env() -> dict:
@@ -79,16 +79,8 @@ def _one_line(result, *expected: str) -> None:
 
 @pytest.fixture(name="dual_checkpoint")
 def _dual_checkpoint(tmp_path):
-  """A workdir with a step-0 checkpoint of configs/tiny.py:objective=dual_lagrangian."""
-  from cmdp.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
-  exp = experiment.build(load_config_file("tiny.py", "objective=dual_lagrangian"))
-  state, _ = trainer.create_state(exp, exp.student.params)
-  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "dual"))
-  checkpointer.save(0, state, {"data": {}, "budget": 0.25, "objective": "dual_lagrangian",
-                               "student_model": ckpt_lib.model_record(exp.student.config)},
-                    wait=True)
-  checkpointer.close()
+  """A workdir with a checkpoint of configs/tiny.py:objective=dual_lagrangian."""
+  save_untrained_checkpoint(str(tmp_path / "dual"), "dual_lagrangian", step=0)
   return str(tmp_path / "dual")
 
 

@@ -41,3 +41,17 @@ def tiny_config(objective: str = "cmdp", **overrides):
     node[leaf] = value
   config.lock()
   return config
+
+
+def save_untrained_checkpoint(workdir: str, objective: str = "cmdp", step: int = 1) -> None:
+  """A checkpoint of configs/tiny.py's untrained state (`objective=...`) in `workdir`,
+  written directly: for tests of what restoring refuses, with no training step."""
+  from cmdp.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(load_config_file("tiny.py", f"objective={objective}"))
+  state, _ = trainer.create_state(exp, exp.student.params)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  checkpointer.save(step, state, {"data": {}, "budget": 0.25, "objective": objective,
+                                  "student_model": ckpt_lib.model_record(exp.student.config)},
+                    wait=True)
+  checkpointer.close()
