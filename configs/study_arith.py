@@ -1,4 +1,5 @@
-r"""Evidence study on generated GSM8K-format arithmetic: every objective, >= 5 seeds, CIs.
+r"""The arithmetic comparison on the SmolLM2 study's protocol: equal knob grids in budget
+units, two budgets, the same rules, 5 paired seeds.
 
     python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith
     python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
@@ -8,59 +9,48 @@ a student with under half its parameters (2 layers, 101k), both trained from scr
 supervised learning on worked solutions (`cmdp.study.pretrain`, cached). Both curricula
 write most "Doubles / Triples them." steps as additions of the factor (`mul_as_add`, a
 learnt habit of choosing `+` where `*` is right): the teacher 95% of them, the student half.
-So the teacher is strong on problems without a multiplication (97% greedy) and wrong on the
-15% with one (4%: only where adding the factor happens to give the product), 83% in all;
-the student is weaker at arithmetic (83% without a multiplication) and writes `*` about as
-often as `+`, 77% in all. On the problems with a multiplication the reward and the teacher
-pull apart: a right answer needs `*`, which the teacher all but never writes, so a correct
-response there costs about 7-9 nats of KL(student || teacher) against a budget d of about
-4.4 (the 0.9 quantile of the initial student's sampled sequence KL). Unconstrained `grpo`
-can gain reward by leaving the budget; `gkd` moves the student towards the teacher's habit.
+So the teacher is strong on problems without a multiplication and wrong on the 15% with
+one; on those a right answer needs `*`, which the teacher all but never writes, so the
+reward and the teacher pull apart.
 
-soft_lagrangian penalises lambda * C(y), C the per-sequence KL in nats: lambda * d, the
-penalty of a response exactly at the budget, is 0.04, 0.13, 0.44 and 1.3 reward units for
-lambda = 0.01, 0.03, 0.1, 0.3; for a correct response with a multiplication (about 8 nats)
-only lambda = 0.3 outweighs the reward of 1.
+The protocol (`PROTOCOL`, `cmdp.study.protocol`) is the one of configs/study_smollm2.py,
+declared before this study ran on it. The run settings (rollout temperature 0.7, learning
+rate 2.5e-5, batches of 8 prompts x 8) come from the probes of
+docs/results/arith_tension.md (section E); 40 steps (not 50) and 500 evaluation problems
+with 2 samples each keep the 100 runs under 90 minutes by the earlier study's measured
+cost (a run took 55 s at 50 steps and 1,000 problems with 1 sample).
 
-The run settings (rollout temperature 0.7, learning rate 2.5e-5, 50 steps of 8 prompts x 8)
-come from the probes of docs/results/arith_tension.md (section E, one seed each): at 5e-5
-for 60 steps grpo gained on problems with a multiplication (+18 points greedy) but lost 10
-on the others; at 2e-5 it gained 15 points there and lost under 1 on the rest.
+The earlier report of this setting (15 methods with nats-scaled penalties and lambdas, one
+budget, Dec 2026) stays as a dated record in docs/results/arith.md until this one
+replaces it.
 
-Results: docs/results/arith.md (every method, 5 seeds, 95% intervals, paired comparisons).
-
-Argument: `small` (tiny models, 2 seeds, 4 methods, a few steps, 48 evaluation problems:
-the CI smoke test, about 60 s). Cost of the full study on 2 CPU cores: pretraining 9 min
-(teacher 6.0 min, student 3.1 min); each run about 1 min (50 steps of 64 sequences at about
-0.7 s, the evaluation on 1,000 problems); 15 methods x 5 seeds = 75 runs. Measured: 79 min
-from scratch (supervised stage 9.1 min, calibration and first evaluation 1.0 min, 75 runs
-69.1 min), 2.1 GB peak.
+Argument: `small` (tiny models, 1 seed, 3 methods, 2 steps, 48 evaluation problems: the
+CI smoke test).
 """
 import ml_collections
 
+from cmdp.study import protocol
 from cmdp.training.config import base_config, model_fields, parse_arg
 
-
-def methods(soft_lambdas=(0.01, 0.03, 0.1, 0.3), budget_scales=(0.5, 2.0),
-            penalty_scales=(0.1,)):
-  """Every method: name, registered objective, loss overrides, budget factor on d."""
-  out = [dict(name="cmdp", objective="cmdp", loss={}, budget_scale=1.0)]
-  out += [dict(name=f"cmdp@{s:g}d", objective="cmdp", loss={}, budget_scale=s)
-          for s in budget_scales]
-  # cmdp at other penalty scales n (the default is n = 1), one method each. n = 0.1 (the
-  # main job's, configs/smollm2_sums.py) was added after the first 70 runs, in which cmdp
-  # at n = 1 lost accuracy.
-  out += [dict(name=f"cmdp_penalty{n:g}", objective="cmdp", loss=dict(penalty_scale=n),
-               budget_scale=1.0) for n in penalty_scales]
-  out += [dict(name=f"soft_lagrangian@{lam:g}", objective="soft_lagrangian",
-               loss=dict(soft_lambda=lam), budget_scale=1.0) for lam in soft_lambdas]
-  out += [dict(name="dual_lagrangian_mean", objective="dual_lagrangian",
-               loss=dict(dual_target="mean"), budget_scale=1.0),
-          dict(name="dual_lagrangian_rate", objective="dual_lagrangian",
-               loss=dict(dual_target="rate"), budget_scale=1.0)]
-  out += [dict(name=n, objective=n, loss={}, budget_scale=1.0)
-          for n in ("worst_case", "grpo", "gkd", "minillm", "sft")]
-  return out
+GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: every family
+QUANTILES = (0.5, 0.9)  # the budgets: these quantiles of the initial student's sampled C(y)
+PROTOCOL = """\
+* **Cost and units.** `C(y)` = the sum over response tokens of the exact KL(student || teacher)
+  (characters), in nats per sequence, on the deployed student, at the states of samples at
+  the training temperature 0.7.
+* **Reading.** `P(C(y) <= d) >= 1 - delta`: satisfaction is the share of sampled responses
+  (2 per problem, 500 held-out problems) within `d`.
+* **Budgets.** `d` at the 0.5 and 0.9 quantiles of the initial student's `C(y)` on 512 sampled
+  training responses, calibrated once.
+* **Knobs, the same grid {0.3, 3} in budget units for every constrained family:** `cmdp`
+  (terminal penalty, the default), `cmdp_scaled`, `cmdp_hinge`, `soft_lagrangian` (`lambda d`),
+  and `dual_lagrangian` with the rate target `1 - q`. Anchors: `grpo`, `gkd`.
+* **Runs.** 40 steps of 8 prompts x 8 samples, learning rate 2.5e-5, temperature 0.7, 72 new
+  characters at most; 5 paired seeds; evaluation at the end, greedy and 2 samples per problem.
+* **Rules.** As configs/study_smollm2.py: *holds* (final sampled satisfaction >= initial - 2
+  points, every seed), *informative* (grpo loses >= 5 points), *beats* (a cmdp family's best
+  holding setting more accurate than the best holding Lagrangian setting in every seed, or
+  holding where none does)."""
 
 
 def get_config(arg=None):
@@ -76,17 +66,16 @@ def get_config(arg=None):
       "student half. On the problems with a multiplication a right answer needs `*`, which "
       "the teacher all but never writes: there the reward pulls the student away from the "
       "teacher, beyond the KL budget.")
+  c.protocol = PROTOCOL
   c.settings_note = (
       "The shared settings were chosen once, before the study, from one-seed probes of "
       "grpo, gkd, cmdp and soft_lagrangian@0.1 on 500 test problems "
       "(docs/results/arith_tension.md, section E), and every method uses them unchanged: "
       "rollout temperature 0.7 (at 1.0 a weaker student's samples were mostly wrong: 25% "
-      "sampled against 51% greedy); d at the 0.9 quantile of the initial student's sampled "
-      "KL (at the median, 0.24 nats for a stronger student, d cut through ordinary "
-      "responses, so every method sat near 50% satisfaction); learning rate 2.5e-5 for 50 "
-      "steps of 8 prompts x 8 samples (at 5e-5 for 60 steps grpo lost 10 points on the "
-      "problems without a multiplication, at 2e-5 under 1), the number of steps set by the "
-      "study's 90-minute limit.")
+      "sampled against 51% greedy); learning rate 2.5e-5 with batches of 8 prompts x 8 "
+      "samples (at 5e-5 for 60 steps grpo lost 10 points on the problems without a "
+      "multiplication, at 2e-5 under 1); 40 steps, set by the study's 90-minute limit. The "
+      "budgets follow the protocol (the 0.5 and 0.9 quantiles).")
   # Where the report goes: "" = <workdir>/results; the committed report was written with
   # `--output_dir docs/results` (python -m cmdp.study --help).
   c.output_dir = ""
@@ -124,8 +113,9 @@ def get_config(arg=None):
         seed=0,  # random init and data order
     ))
 
-  # Budget d: this quantile of the initial student's per-sequence cost, measured once.
-  c.calibration = ml_collections.ConfigDict(dict(quantile=0.9, prompts=64, seed=0))
+  c.budget_quantiles = QUANTILES
+  c.calibration = ml_collections.ConfigDict(dict(seed=0))
+  c.rules = ml_collections.ConfigDict(dict(hold_margin=0.02, stress_points=0.05))
 
   # Shared by every run (equal budgets): batch, rollouts, new tokens, optimiser, steps.
   r = base_config()
@@ -142,7 +132,9 @@ def get_config(arg=None):
   r.rollout.max_new_tokens = 72
   r.rollout.temperature = 0.7
   r.batch_size = 64  # 8 prompts x 8 samples
-  r.num_steps = 50
+  r.num_steps = 40
+  r.calibration_prompts = 64  # x 8 = 512 samples
+  r.calibration_batch_size = 0
   r.optimizer.learning_rate = 2.5e-5
   r.checkpoint_every = 0  # final checkpoint only: runs are short
   r.keep_checkpoints = 1
@@ -150,37 +142,26 @@ def get_config(arg=None):
   r.progress_bar = False
   c.run = r
 
-  c.methods = methods()
+  c.methods = protocol.methods(GRID, QUANTILES)
   c.eval = ml_collections.ConfigDict(dict(
-      num_examples=1_000,  # held-out problems (the test split)
+      num_examples=500,  # held-out problems (the test split)
       data_seed=0,  # generator seed of the test split
       batch_size=250,  # prompts per generation batch
       max_new_tokens=72,  # response cap
       # samples per problem at the rollout temperature (sampled accuracy, satisfaction, KL;
       # the same keys for every run), next to the greedy decode
-      pass_k=1,
+      pass_k=2,
   ))
-  c.report = ml_collections.ConfigDict(dict(
-      reference="cmdp",  # paired comparisons are (method - reference)
-      soft_methods=tuple(m["name"] for m in c.methods
-                         if m["objective"] == "soft_lagrangian"),
-      gkd_grpo="soft_lagrangian@0.01",  # the paper's GKD-GRPO
-      frontiers=dict(
-          cmdp=[m["name"] for m in c.methods if m["objective"] == "cmdp"],
-          soft_lagrangian=[m["name"] for m in c.methods
-                           if m["objective"] == "soft_lagrangian"]),
-  ))
-
   if arg.small:
     _small(c)
   return c
 
 
 def _small(c):
-  """Tiny models, 2 seeds, 4 methods, a few steps: the end-to-end test (< 2 min, 2 cores)."""
+  """Tiny models, 1 seed, 3 methods, a few steps: the end-to-end test (2 CPU cores)."""
   c.title += " (small smoke run)"
   c.output_dir = ""
-  c.seeds = 2
+  c.seeds = 1
   c.task.max_ops = 3
   for role, width in (("teacher", 32), ("student", 16)):
     p = c.pretrain[role]
@@ -192,7 +173,7 @@ def _small(c):
     p.train_size = 200
     p.optimizer.warmup_steps = 0
     p.checkpoint_every = 0
-  c.calibration.prompts = 4
+  c.run.calibration_prompts = 4
   c.run.mesh.num_devices = 1  # one device even where tests simulate 8
   c.run.data.train_size = 64
   c.run.rollout.max_new_tokens = 24
@@ -200,10 +181,8 @@ def _small(c):
   c.run.batch_size = 8
   c.run.num_steps = 2
   c.run.log_every = 1
-  keep = ("cmdp", "cmdp@2d", "soft_lagrangian@0.01", "grpo")
+  keep = ("cmdp@3/q50", "soft_lagrangian@3/q50", "grpo")
   c.methods = [m for m in c.methods if m["name"] in keep]
-  c.report.soft_methods = ("soft_lagrangian@0.01",)
-  c.report.frontiers = dict(cmdp=["cmdp", "cmdp@2d"], soft_lagrangian=["soft_lagrangian@0.01"])
   c.eval.num_examples = 48
   c.eval.batch_size = 24
   c.eval.max_new_tokens = 24

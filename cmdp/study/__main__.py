@@ -1,4 +1,4 @@
-r"""`python -m cmdp.study --config configs/study_arith.py --workdir DIR` (see cmdp.study.main).
+r"""`python -m cmdp.study --config configs/study_smollm2.py --workdir DIR` (cmdp.study.compare).
 
 The report goes to `DIR/results` unless `--output_dir` (or the config's `output_dir`) names
 another directory; the committed one is `--output_dir docs/results`.
@@ -25,14 +25,15 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' logs and a u
 flags.mark_flags_as_required(["config", "workdir"])
 USAGE = """python -m cmdp.study --config CONFIG[:ARG] --workdir DIR [--output_dir OUT]
 
-Runs a study: cached pretraining, one budget calibration, every method x seeds, then the
-report (<name>.md, <name>.png, <name>.json) in DIR/results or OUT. Re-running skips
-what is finished.
+Runs a pre-registered comparison: the models (a heal, or a cached supervised stage), one
+budget calibration, every method x seed, then the report (<name>.md, <name>.png,
+<name>.json) in DIR/results or OUT. Re-running skips what is finished.
 
 Examples:
-  python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
-  python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith \\
-      --output_dir docs/results"""
+  python -m cmdp.study --config configs/study_smollm2.py:small --workdir /tmp/study_small
+  python -m cmdp.study --config configs/study_smollm2.py --workdir /tmp/study_smollm2 \\
+      --output_dir docs/results
+  python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith"""
 
 
 def main(argv):
@@ -43,12 +44,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.ERROR)
     warnings.filterwarnings("ignore")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  # A study with a supervised stage trains its own models (arith); one without compares
-  # methods on a trainer config's models (a real LLM: cmdp.study.llm).
-  if "pretrain" in _CONFIG.value:
-    from cmdp.study.main import run_study  # pylint: disable=g-import-not-at-top
-  else:
-    from cmdp.study.llm import run_study  # pylint: disable=g-import-not-at-top
+  from cmdp.study.compare import run_study  # pylint: disable=g-import-not-at-top
   command = "python -m cmdp.study " + " ".join(sys.argv[1:])
   study = _CONFIG.value
   if _OUTPUT_DIR.value is not None:

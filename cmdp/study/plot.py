@@ -1,9 +1,6 @@
-"""The study figure: greedy accuracy against mean sequence KL(student || teacher).
-
-Each method is a point with 95% CI bars on both axes; the named frontiers (the `cmdp`
-budgets, the `soft_lagrangian` lambdas) are joined by lines in order of KL; the budget `d`
-is a vertical line (it bounds each response's KL; the x axis is the mean over responses).
-The initial student (and the teacher's accuracy, when given) are reference marks.
+"""The study figure: per budget, greedy accuracy against the share of sampled responses
+within the budget, each method a point with 95% seed intervals, each family's Pareto front
+a line, the initial student a star and the holding rule's edge a dashed line.
 """
 from __future__ import annotations
 
@@ -17,63 +14,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from cmdp.evaluation.stats import Interval  # pylint: disable=wrong-import-position
 
-X_KEY, Y_KEY = "kl_seq_greedy_mean", "accuracy_greedy"
-
 
 def _err(iv: Interval, scale: float = 1.0) -> float:
   return 0.0 if iv.n < 2 or math.isnan(iv.half) else iv.half * scale
-
-
-def points(summary: Mapping[str, Mapping[str, Interval]]) -> dict[str, tuple]:
-  """`{method: (x, x_err, y, y_err)}` for methods with both metrics; y in percent."""
-  out = {}
-  for method, s in summary.items():
-    if X_KEY in s and Y_KEY in s:
-      x, y = s[X_KEY], s[Y_KEY]
-      out[method] = (x.mean, _err(x), 100 * y.mean, _err(y, 100.0))
-  return out
-
-
-def frontier_line(pts: Mapping[str, tuple], members: Sequence[str]) -> tuple[list, list]:
-  """The (x, y) of the frontier's members that have points, sorted by x."""
-  xy = sorted((pts[m][0], pts[m][2]) for m in members if m in pts)
-  return [p[0] for p in xy], [p[1] for p in xy]
-
-
-def plot(summary: Mapping[str, Mapping[str, Interval]], frontiers: Mapping[str, Sequence[str]],
-         budget: float, path: str, title: str = "",
-         initial: Mapping[str, float] | None = None, teacher_accuracy: float | None = None,
-         ) -> None:
-  """Writes the figure to `path` (PNG); `initial`: the initial student's metrics (a star),
-  `teacher_accuracy`: a horizontal line (both one model, no seeds)."""
-  pts = points(summary)
-  fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  in_frontier = {m: name for name, ms in frontiers.items() for m in ms}
-  for k, (name, members) in enumerate(frontiers.items()):
-    xs, ys = frontier_line(pts, members)
-    if xs:
-      ax.plot(xs, ys, "-", color=colors[k % len(colors)], alpha=0.6, label=f"{name} frontier")
-  for k, (method, (x, xe, y, ye)) in enumerate(sorted(pts.items())):
-    group = in_frontier.get(method)
-    color = (colors[list(frontiers).index(group) % len(colors)] if group
-             else colors[(len(frontiers) + k) % len(colors)])
-    ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=color, capsize=3, ms=5)
-    ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-  if initial and X_KEY in initial and Y_KEY in initial:
-    ax.plot(initial[X_KEY], 100 * initial[Y_KEY], "k*", ms=11, label="initial student")
-  if teacher_accuracy is not None:
-    ax.axhline(100 * teacher_accuracy, color="gray", ls=":", lw=1,
-               label=f"teacher ({100 * teacher_accuracy:.1f}%)")
-  ax.axvline(budget, color="k", ls="--", lw=1, label=f"budget d = {budget:.3g} nats")
-  ax.set_xlabel("mean sequence KL(student || teacher), greedy responses (nats)")
-  ax.set_ylabel("greedy accuracy (%)")
-  ax.set_title(title or "accuracy vs KL to the teacher (95% CI over seeds)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="best")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
 
 
 def pareto(xy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

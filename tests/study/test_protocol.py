@@ -81,7 +81,7 @@ def test_cmdp_holding_where_no_lagrangian_does_beats_them_and_an_unstressed_budg
 def test_every_method_of_the_smollm2_study_makes_a_valid_run_config():
   """The declared protocol runs as declared: each method's trainer config validates (no
   field its objective ignores), with its knobs in budget units applied to d."""
-  from cmdp.study import llm
+  from cmdp.study import compare as llm
   from cmdp.training import config as config_lib
   from tests.training.tiny import load_config_file
   study = load_config_file("study_smollm2.py")

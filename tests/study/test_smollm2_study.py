@@ -3,7 +3,7 @@ one heal and one calibration for every run, the protocol's knobs in budget units
 anchors read at both budgets, the report; a rerun resumes without retraining."""
 import json
 
-from cmdp.study import llm
+from cmdp.study import compare as llm
 from tests.training.tiny import load_config_file
 
 

@@ -72,72 +72,30 @@ def _iv(mean, half, n=5):
   return Interval(mean, mean - half, mean + half, half, n)
 
 
-def test_tables_and_verdict():
+def test_results_table_and_json():
   summary = {"cmdp": {"accuracy_greedy": _iv(0.5, 0.1), "kl_seq_greedy_mean": _iv(4.0, 0.5)},
              "soft_lagrangian@0.01": {"accuracy_greedy": _iv(0.52, 0.05)}}
-  table = report.results_table(summary)
+  columns = (("accuracy_greedy", "accuracy greedy %", 100.0),
+             ("kl_seq_greedy_mean", "KL greedy mean", 1.0), ("absent", "never shown", 1.0))
+  table = report.results_table(summary, columns)
+  assert table.splitlines()[0] == "| method | seeds | accuracy greedy % | KL greedy mean |"
   assert "| cmdp | 5 | 50.0 ± 10.0 | 4.00 ± 0.50 |" in table
   assert "| soft_lagrangian@0.01 | 5 | 52.0 ± 5.0 | – |" in table
-  diffs = {"soft_lagrangian@0.01": {"accuracy_greedy": _iv(0.02, 0.03),
-                                    "satisfaction_greedy": _iv(-0.2, 0.05)},
-           "soft_lagrangian@0.1": {"accuracy_greedy": _iv(-0.2, 0.05),
-                                   "satisfaction_greedy": _iv(0.1, 0.05)}}
-  comp = report.comparison_table(diffs, "cmdp", ("accuracy_greedy", "satisfaction_greedy"))
-  assert "| soft_lagrangian@0.01 | +2.0 [-1.0, +5.0] | -20.0 [-25.0, -15.0] * |" in comp
-  text = report.verdict(summary, diffs, "cmdp", ["soft_lagrangian@0.01", "soft_lagrangian@0.1"],
-                        "soft_lagrangian@0.01")
-  # @0.01: accuracy comparable, satisfaction lower (greedy; sampled not measured): beaten.
-  # @0.1: accuracy lower and satisfaction higher: a trade-off.
-  assert ("cmdp was more often within d at no lower accuracy than soft_lagrangian@0.01; "
-          "a trade-off (more accurate or more often within d, not both): "
-          "soft_lagrangian@0.1.") in text
-  assert "So cmdp beat soft_lagrangian on satisfaction at comparable accuracy." in text
-  assert "greedy accuracy no clear difference from cmdp's" in text
-  assert "cmdp matched or exceeded it in accuracy." in text
-  # A setting as often within d (greedy), more accurate when sampled: it beats cmdp.
-  dominating = {"soft_lagrangian@0.3": {
-      "accuracy_greedy": _iv(0.03, 0.05), "accuracy_sampled": _iv(0.03, 0.02),
-      "satisfaction_greedy": _iv(0.0, 0.01), "satisfaction_sampled": _iv(-0.006, 0.014)},
-      **diffs}
-  text = report.verdict(summary, dominating, "cmdp",
-                        ["soft_lagrangian@0.01", "soft_lagrangian@0.1", "soft_lagrangian@0.3"],
-                        "soft_lagrangian@0.01")
-  assert "more accurate at no lower satisfaction than cmdp: soft_lagrangian@0.3" in text
-  assert ("So cmdp did not beat soft_lagrangian on satisfaction at comparable accuracy: "
-          "soft_lagrangian@0.3 matched its satisfaction with higher accuracy.") in text
-  worse = {"soft_lagrangian@0.01": {"accuracy_greedy": _iv(0.2, 0.05)}}
-  text = report.verdict(summary, worse, "cmdp", ["soft_lagrangian@0.01"], "soft_lagrangian@0.01")
-  assert "So cmdp did not beat soft_lagrangian" in text
-  assert "higher than cmdp's" in text and "did not match its accuracy" in text
   assert report.to_jsonable({"a": _iv(1.0, float("nan"), 1)})["a"]["half"] is None
-  tension = report.tension_text(
-      {"grpo": {"accuracy_greedy": _iv(0.8, 0.01), "kl_seq_sampled_mean": _iv(9.0, 1.0),
-                "satisfaction_sampled": _iv(0.3, 0.1)}}, budget=5.0,
-      initial={"accuracy_greedy": 0.766, "kl_seq_sampled_mean": 2.5,
-               "satisfaction_sampled": 0.9},
-      distill_minus_rl={"accuracy_greedy": _iv(-0.05, 0.02)})
-  table, sentences = tension.split("\n\n")
-  assert "| initial student | 76.6 | – | – | – | 2.50 | 90.0 |" in table
-  assert "| grpo | 80.0 ± 1.0 | – | – | – | 9.00 ± 1.00 | 30.0 ± 10.0 |" in table
-  assert sentences == (
-      "`grpo`: greedy accuracy 80.0 ± 1.0% (above the initial student's 76.6); mean sampled "
-      "KL 9.00 ± 1.00 nats (above d = 5 on average, above the initial student's 2.50); "
-      "30.0 ± 10.0% of sampled responses within d (below the initial student's 90.0). "
-      "`gkd` has no results. Paired, `gkd` - `grpo` greedy accuracy: -5.0 ± 2.0 points (lower).")
 
 
-def test_plot_points_frontier_and_file(tmp_path):
-  summary = {"cmdp": {"kl_seq_greedy_mean": _iv(4.0, 0.5), "accuracy_greedy": _iv(0.5, 0.1)},
-             "cmdp@2d": {"kl_seq_greedy_mean": _iv(8.0, 1.0), "accuracy_greedy": _iv(0.6, 0.1)},
-             "cmdp@0.5d": {"kl_seq_greedy_mean": _iv(2.0, 0.2),
-                           "accuracy_greedy": _iv(0.4, 0.1)},
-             "gkd": {"accuracy_greedy": _iv(0.3, 0.1)}}  # no KL: not drawn
-  pts = plot.points(summary)
-  assert set(pts) == {"cmdp", "cmdp@2d", "cmdp@0.5d"}
-  assert pts["cmdp"] == pytest.approx((4.0, 0.5, 50.0, 10.0))
-  assert plot.frontier_line(pts, ["cmdp@2d", "cmdp", "cmdp@0.5d", "absent"]) == (
-      [2.0, 4.0, 8.0], pytest.approx([40.0, 50.0, 60.0]))
+def test_pareto_front_and_figure(tmp_path):
+  # (satisfaction, accuracy): (50, 40) is beaten by (60, 45) on both; the rest trade off.
+  assert plot.pareto([(50, 40), (60, 45), (70, 30), (40, 50)]) == [(40, 50), (60, 45),
+                                                                   (70, 30)]
+  summary = {"cmdp@1/q50": {"satisfaction_sampled": _iv(0.5, 0.05),
+                            "accuracy_greedy": _iv(0.6, 0.02)},
+             "cmdp@3/q50": {"satisfaction_sampled": _iv(0.6, 0.05),
+                            "accuracy_greedy": _iv(0.5, 0.02)},
+             "grpo": {"satisfaction_sampled": _iv(0.3, 0.05), "accuracy_greedy": _iv(0.7, 0.02)}}
+  methods = [dict(name="cmdp@1/q50", family="cmdp"), dict(name="cmdp@3/q50", family="cmdp"),
+             dict(name="grpo", family="grpo")]
   path = tmp_path / "f.png"
-  plot.plot(summary, {"cmdp": ["cmdp", "cmdp@2d", "cmdp@0.5d"]}, 3.0, str(path),
-            initial={"kl_seq_greedy_mean": 3.0, "accuracy_greedy": 0.45}, teacher_accuracy=0.8)
+  plot.fronts({"q50": summary}, methods, {"accuracy": 0.6, "satisfaction_sampled@q50": 0.5},
+              str(path))
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

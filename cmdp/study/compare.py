@@ -1,13 +1,17 @@
-"""A pre-registered comparison on a real LLM (`cmdp.study.protocol`): the main job's teacher
-and healed student, one heal and one calibration shared by every run, the protocol's
-methods x seeds, and a report with Pareto fronts, diagnostics and the verdict by its rules.
+"""A pre-registered comparison (`cmdp.study.protocol`): one teacher and initial student, one
+calibration shared by every run, the protocol's methods x seeds, and a report with Pareto
+fronts, diagnostics and the verdict by its rules.
 
     python -m cmdp.study --config configs/study_smollm2.py --workdir DIR
+    python -m cmdp.study --config configs/study_arith.py --workdir DIR
 
-In DIR: `heal/` (the student's refit, once), `calibration.json` (the initial student's
-sampled costs and the budgets at the protocol's quantiles), `initial_eval.json` (teacher
-and initial student), `runs/<method>/seed<i>/` with each run's `result.json`. Re-running
-skips what is finished; a run stopped by SIGTERM resumes from its checkpoint.
+The models come from the config's trainer config `run` (a real LLM: the main job's teacher
+and its student, healed once in DIR/heal) or, when the config has a `pretrain` section,
+from a cached supervised stage that trains both from scratch (`cmdp.study.pretrain`, in
+DIR/pretrain). In DIR also: `calibration.json` (the initial student's sampled costs and the
+budgets at the protocol's quantiles), `initial_eval.json` (teacher and initial student),
+`runs/<method>/seed<i>/` with each run's `result.json`. Re-running skips what is finished;
+a run stopped by SIGTERM resumes from its checkpoint.
 """
 from __future__ import annotations
 
@@ -20,14 +24,22 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from cmdp import data
 from cmdp.study import evaluate as eval_lib
-from cmdp.study import protocol, report, runner, stats
+from cmdp.study import pretrain, protocol, report, runner, stats
+from cmdp.training import config as config_lib
 from cmdp.training import logging as log_lib
 from cmdp.training.config import set_objective
 
-EVAL_KEYS = ("accuracy_greedy", "accuracy_sampled", "satisfaction_greedy",
-             "satisfaction_sampled", "kl_seq_sampled_mean", "kl_seq_sampled_q10",
-             "kl_seq_sampled_q50", "kl_seq_sampled_q90", "kl_seq_greedy_mean")
+# (metric key, column title, scale): the results table (columns no run has are left out)
+COLUMNS = (("accuracy_greedy", "accuracy greedy %", 100.0),
+           ("accuracy_sampled", "accuracy sampled %", 100.0),
+           ("satisfaction_sampled", "satisfaction sampled %", 100.0),
+           ("satisfaction_greedy", "satisfaction greedy %", 100.0),
+           ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
+           ("kl_seq_sampled_q90", "KL sampled q90", 1.0),
+           ("accuracy_greedy_mul", "accuracy with x %", 100.0),
+           ("accuracy_greedy_nomul", "accuracy without x %", 100.0))
 # Per-step training diagnostics, averaged over a run's steps (docs/metrics.md).
 DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
                ("train/groups_violating", "violating groups", 100.0),
@@ -42,9 +54,13 @@ DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
 
 
 def base_config(study: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """`study.run` with the study's shared heal directory and no per-run baselines."""
-  c = copy.deepcopy(study.run)
-  c.unlock()
+  """`study.run` (with the pretrained models when the study has a supervised stage), the
+  study's shared heal directory and no per-run baselines."""
+  if "pretrain" in study:
+    c = runner.base_run_config(study, workdir)
+  else:
+    c = copy.deepcopy(study.run)
+    c.unlock()
   c.heal.dir = os.path.join(workdir, "heal")
   c.eval.include_teacher = c.eval.include_initial_student = False
   c.calibrate_budget_quantile = 0.0
@@ -65,13 +81,25 @@ def _write_json(path: str, value) -> None:
   os.replace(path + ".tmp", path)
 
 
+def test_examples(study, exp) -> list:
+  """The held-out problems every model is evaluated on: the run config's test split, or
+  for a study with its own task, `study.eval.num_examples` problems of it."""
+  if "task" in study:
+    return data.load_task(study.run.data.test, split="test", size=study.eval.num_examples,
+                          seed=study.eval.data_seed, **study.task.to_dict())
+  return exp.test_examples
+
+
 def prepare(study, workdir: str):
-  """The shared stages: heal, calibration, and the teacher's and initial student's
-  evaluation. Returns `(healed config, budgets {name: d}, initial {teacher, student})`."""
+  """The shared stages: the supervised stage or the heal, calibration, and the teacher's
+  and initial student's evaluation. Returns `(healed config, budgets {name: d}, initial
+  {teacher, student, pretrain})`."""
   from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  stage = ({role: pretrain.run_stage(study, workdir, role) for role in pretrain.ROLES}
+           if "pretrain" in study else None)
   c = base_config(study, workdir)
-  if trainer.heal(c, workdir) is None:
+  if config_lib.heals(c) and trainer.heal(c, workdir) is None:
     raise runner.RunInterrupted("The heal stopped (SIGTERM); rerun the study to resume it.")
   healed = trainer.healed(c, workdir)
   cal_path = os.path.join(workdir, "calibration.json")
@@ -104,11 +132,12 @@ def prepare(study, workdir: str):
     hp = eval_lib.study_hp(exp.hp, cost, constraint, first)
     kw = dict(batch_size=study.eval.batch_size, pass_k=study.eval.pass_k,
               other_budgets=budgets)
+    examples = test_examples(study, exp)
     initial = {"teacher": eval_lib.evaluate(exp, exp.teacher.params, "teacher", hp,
-                                            exp.test_examples, **kw),
+                                            examples, **kw),
                "student": eval_lib.evaluate(exp, trainer.initial_params(exp, state), "student",
-                                            hp, exp.test_examples, **kw),
-               "wall_s": time.perf_counter() - t0}
+                                            hp, examples, **kw),
+               "pretrain": stage, "wall_s": time.perf_counter() - t0}
     _write_json(init_path, initial)
     log_lib.stage("evaluate", f"teacher {initial['teacher']['accuracy']:.1%}, initial student "
                   f"{initial['student']['accuracy']:.1%} greedy on "
@@ -178,7 +207,7 @@ def run_one(study, workdir: str, healed, method: dict, seed: int, budgets: dict)
 
   def evaluate_fn(exp, params, step, hp):
     del step
-    captured.update(eval_lib.evaluate(exp, params, "student", hp, exp.test_examples,
+    captured.update(eval_lib.evaluate(exp, params, "student", hp, test_examples(study, exp),
                                       batch_size=study.eval.batch_size,
                                       pass_k=study.eval.pass_k, other_budgets=budgets))
     return {f"eval/student/{k}": v for k, v in captured.items() if isinstance(v, (int, float))}
@@ -209,11 +238,21 @@ def at_budget(metrics: dict, budget: str) -> dict:
   return out
 
 
+def enable_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache: every run after the first reuses its compiled
+  sampler and step (the same shapes; only the loss's constants differ by method)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> dict:
   """Runs (or resumes) the comparison and writes its report; returns the JSON payload."""
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  methods = [dict(m) for m in study.methods]
+  if study.get("compilation_cache"):
+    enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  methods = runner.method_list(study)
   healed, budgets, initial = prepare(study, workdir)
   jobs = [(m, s) for s in range(study.seeds) for m in methods]
   results = []
@@ -242,7 +281,7 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
     rules = study.rules
     decision = protocol.decide(per_seed, methods, initial["student"], b,
                                hold_margin=rules.hold_margin, stress_points=rules.stress_points)
-    summary = stats.summarize(per_seed, EVAL_KEYS + tuple(k for k, _, _ in DIAGNOSTICS))
+    summary = stats.summarize(per_seed, tuple(k for k, _, _ in COLUMNS + DIAGNOSTICS))
     decisions[b], summaries[b] = decision, summary
     sections.append(budget_section(b, budgets[b], initial, summary, decision))
   png = os.path.join(out_dir, f"{study.name}.png")
@@ -261,19 +300,13 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
 def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict) -> str:
   """One budget's tables (results, diagnostics) and the verdict by the rules."""
   s = initial["student"]
-  cols = [("accuracy_greedy", "accuracy greedy %", 100.0),
-          ("accuracy_sampled", "accuracy sampled %", 100.0),
-          ("satisfaction_sampled", "satisfaction sampled %", 100.0),
-          ("satisfaction_greedy", "satisfaction greedy %", 100.0),
-          ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
-          ("kl_seq_sampled_q90", "KL sampled q90", 1.0)]
   holds = decision["holds"]
   marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
   lines = [f"### Budget {b}: d = {d:.4g} nats per sequence", "",
            f"Initial student: {100 * s['accuracy']:.1f}% greedy, "
            f"{100 * s[f'satisfaction_sampled@{b}']:.1f}% of sampled responses within d "
            f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
-           "over seeds.", "", report.results_table(marked, cols),
+           "over seeds.", "", report.results_table(marked, COLUMNS),
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
            report.results_table(summary, DIAGNOSTICS), verdict_text(b, decision)]
   return "\n".join(lines)
@@ -303,13 +336,17 @@ def markdown(study, command, wall_s, budgets, initial, sections, results, png) -
   t, s = initial["teacher"], initial["student"]
   run_min = sum(r["wall_s"] for r in results) / 60
   seeds = sorted({r["seed"] for r in results})
+  stage = initial.get("pretrain") or {}
+  trained = "".join(
+      f" The {role}: {info['num_params']:,} parameters, trained from scratch in "
+      f"{info['wall_s'] / 60:.1f} min." for role, info in stage.items())
   return "\n".join([
       f"# {study.title}", "", study.description, "", "## Protocol (declared before the runs)",
-      "", study.protocol, "",
+      "", study.protocol, "", *([study.settings_note, ""] if study.get("settings_note") else []),
       f"Command: `{command}`. {len(results)} runs ({run_min:.0f} min of training and "
       f"evaluation), seeds {seeds}; this invocation {wall_s / 60:.1f} min.", "",
       f"Teacher: {100 * t['accuracy']:.1f}% greedy, {100 * t['accuracy_sampled']:.1f}% sampled; "
       f"initial student: {100 * s['accuracy']:.1f}% greedy, {100 * s['accuracy_sampled']:.1f}% "
       f"sampled, on {s['num_examples']} held-out problems. Budgets: "
-      + ", ".join(f"{k}: d = {v:.4g}" for k, v in budgets.items()) + ".", "",
+      + ", ".join(f"{k}: d = {v:.4g}" for k, v in budgets.items()) + "." + trained, "",
       f"![accuracy against satisfaction]({png})", "", "## Results", "", *sections])
