@@ -339,9 +339,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
               f"Step {step}: non-finite {bad}; the update was skipped and the last good state "
               f"saved in {checkpointer.directory}. Lower optimizer.learning_rate, tighten "
               "optimizer.grad_clip_norm, or check the data of this batch.")
-        tokens_per_s = progress.update(host["new_tokens"], {
-            "reward": metrics["task_reward"], "KL": metrics["kl_seq"],
-            "sat": metrics["constraint_satisfaction"]})
+        shown = {"reward": metrics["task_reward"], "KL": metrics["kl_seq"],
+                 "sat": metrics["constraint_satisfaction"]}
+        if "penalty" in metrics:  # the constraint's price in reward units, beside the reward
+          shown["pen"] = metrics["penalty"]
+        tokens_per_s = progress.update(host["new_tokens"], shown)
         row = {f"train/{k}": v for k, v in metrics.items()}
         if "accuracy" in host:
           row["train/accuracy"] = host["accuracy"]
