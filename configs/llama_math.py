@@ -1,7 +1,7 @@
 r"""A Llama pair on the paper's tasks: Llama-3.1-8B-Instruct teacher -> Llama-3.2-1B-Instruct.
 
-    python -m cmdp.plan --config configs/llama_math.py --topology v5p-64
-    launch/tpu_pod.sh --accelerator-type=v5p-64 TPU_NAME ZONE \
+    python -m cmdp.plan --config configs/llama_math.py --topology v5e-8
+    launch/tpu_pod.sh --accelerator-type=v5litepod-8 TPU_NAME ZONE \
         configs/llama_math.py:task=gsm8k gs://bucket/runs/llama_cmdp
 
 Arguments (`configs/llama_math.py:objective=...,task=...,teacher=...,student=...`):
@@ -14,22 +14,26 @@ Arguments (`configs/llama_math.py:objective=...,task=...,teacher=...,student=...
   small      swaps both models for tiny random ones (a CPU smoke test of the plumbing).
 
 Both models use the Llama-3 tokenizer (128,256 rows) and llama3 RoPE scaling; the teacher
-has 8.03B parameters, the student 1.24B (tied embeddings).
+has 8.03B parameters, the student 1.24B (tied embeddings). Compute is bfloat16; the frozen
+teacher is stored in bfloat16, the student's master weights and Adam state in float32.
 
-Sized for `SLICE` (v5p-64: 32 chips of 95 GiB): mesh data=8 x tensor=4, 256 sequences per
-step (32 prompts x 8 samples), prompts 512 + 512 new tokens, 4 microbatches. The planner
-(`python -m cmdp.plan --config configs/llama_math.py --topology v5p-64`, no weights needed:
-the hub ids fall back to the architecture presets; 213 s of compiling on 2 idle CPU
-cores) gives per device: student params 1.15 GiB, optimiser 2.30 GiB, teacher params 7.48
-GiB, KV cache 0.25 GiB; peak 20.9 GiB in the train step, which runs the teacher on each
-64-sequence microbatch (rollout 13.1 GiB): fits. XLA's estimate (its `optimal_seconds`, an
-ideal lower bound) is 2.7 s per step: rollout 0.93 s, update 1.8 s of which the teacher's
-forward 1.0 s; 2.1e14 FLOPs per device per step; 200 steps.
+Sized for `SLICE` (v5e-8, one host: 8 chips of 16 GiB): 8-way FSDP (mesh data=1 x fsdp=8),
+256 sequences per step (32 prompts x 8 samples), prompts 512 + 512 new tokens, 8
+microbatches of 32 sequences. The planner (no weights needed):
+
+    python -m cmdp.plan --config configs/llama_math.py --topology v5e-8
+
+gives per chip (docs/plans/llama_math_v5e-8.txt; docs/performance.md): student params 0.58
+GiB, Adam state 1.15 GiB, teacher params 1.87 GiB, KV cache 1.00 GiB; peak 10.45 GiB in the
+train step (rollout 9.62 GiB): fits. 7.9e14 FLOPs per chip per step (1.00 x the models'
+matmul FLOPs), 4.0 s per step at the v5e's peak FLOP rate (rollout 0.40 s, update 3.6 s, of
+which the teacher's forward 2.5 s); 200 steps; 378 s of CPU time to plan.
+Larger slices: fsdp over every chip, e.g. `--topology v5e-32 --config.mesh.fsdp=32`.
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
 from cmdp.training.config import base_config, parse_arg, set_objective, shrink_for_cpu
 
-SLICE = "v5p-64"  # the Cloud TPU slice this config is sized for (32 chips, 95 GiB each)
+SLICE = "v5e-8"  # the Cloud TPU slice this config is sized for (one host: 8 chips of 16 GiB)
 
 
 def get_config(arg=None):
@@ -58,21 +62,20 @@ def get_config(arg=None):
   c.loss.group_size = 8  # samples per prompt
   c.calibrate_budget_quantile = 0.5  # budget = median sequence cost of the initial student
   c.calibration_prompts = 64
-  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
-    c.loss.penalty_scale = 0.1  # a violating token costs 0.1 x its cost
+  # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).
   c.batch_size = 256  # 32 prompts x 8 samples per step
-  c.grad_accum_steps = 4  # 64 sequences per microbatch
+  c.grad_accum_steps = 8  # 32 sequences per microbatch: 4 rows per chip
   c.num_steps = 200
   c.optimizer.learning_rate = 1e-6
   c.optimizer.warmup_steps = 10
   c.optimizer.schedule = "cosine"
   c.optimizer.weight_decay = 0.01
 
-  # 32 chips: 8-way data parallel x 4-way tensor parallel (32 query / 8 kv heads split 4
-  # ways); rows are split over "data", so activations stay batch-sharded.
-  c.mesh.data = 8
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 4
+  # One v5e-8 host: 8-way FSDP (rows, the teacher, the student and its Adam state all split
+  # over the 8 chips). Larger slices: see the docstring.
+  c.mesh.data = 1
+  c.mesh.fsdp = 8
+  c.mesh.tensor = 1
   c.checkpoint_every = 20
   c.eval_every = 50
   c.eval.batch_size = 256

@@ -2,9 +2,9 @@ r"""The paper's accelerator setting: Qwen2.5-Math-7B teacher -> Qwen2.5-Math-1.5
 
     python -m cmdp.train --config configs/qwen_math.py:objective=cmdp,task=gsm8k \
         --workdir gs://bucket/runs/qwen_cmdp
-    python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128
-    launch/tpu_pod.sh --accelerator-type=v5p-128 TPU_NAME ZONE configs/qwen_math.py:task=math \
-        gs://bucket/runs/math
+    python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8
+    launch/tpu_pod.sh --accelerator-type=v5litepod-8 TPU_NAME ZONE \
+        configs/qwen_math.py:task=math gs://bucket/runs/math
 
 Arguments (`configs/qwen_math.py:objective=...,task=...,teacher=...,student=...`):
   objective  any registered objective (default cmdp).
@@ -19,26 +19,39 @@ Arguments (`configs/qwen_math.py:objective=...,task=...,teacher=...,student=...`
              test of this config's plumbing).
 
 The two models pad their embedding tables differently (152,064 vs 151,936 rows, one
-tokenizer); the trainer compares logits over the shared rows. Compute is bfloat16,
-parameters and optimiser state float32; teacher and student share one mesh.
+tokenizer); the trainer compares logits over the shared rows. Compute is bfloat16; the
+frozen teacher is stored in bfloat16 (`teacher.param_dtype` "": its compute dtype), the
+student's master weights and Adam state in float32; teacher and student share one mesh.
 
-Sized for `SLICE` (v5p-128: 64 chips of 95 GiB): mesh data=16 x tensor=4, 512 sequences
-per step (64 prompts x 8 samples), prompts 512 + 512 new tokens, 8 microbatches. The planner
-(`python -m cmdp.plan --config configs/qwen_math.py --topology v5p-128`, no weights needed:
-the hub ids fall back to the architecture presets; 35 minutes of compiling on 2 busy CPU
-cores) gives per device: student params 1.50 GiB, optimiser 3.00 GiB, teacher params 7.09
-GiB, KV cache 0.87 GiB; peak 21.3 GiB in the train step, which runs the teacher on each
-64-sequence microbatch (rollout 13.2 GiB): fits. XLA's estimate (its `optimal_seconds`, an
-ideal lower bound) is 7.3 s per step: rollout 3.3 s, update 4.1 s of which the teacher's
-forward 1.4 s; 2.4e14 FLOPs per device per step; 200 steps. A v5e-32 (16 GiB chips, with
-`--config.mesh.data=-1`: data=8 x tensor=4) does not fit: peak 21.9 GiB in the train step,
-and neither more microbatches (16 to 64: 21.0 to 20.0 GiB) nor an fsdp=32 mesh (18.9 GiB,
-rollout) brought it under 16 GiB (those two searched with the previous release's step).
+Sized for `SLICE` (v5e-8, one host: 8 chips of 16 GiB): 8-way FSDP (mesh data=1 x fsdp=8:
+rows, weights, Adam state and gradients all split over the chips), 512 sequences per step
+(64 prompts x 8 samples), prompts 512 + 512 new tokens, 16 microbatches of 32 sequences.
+The planner (no weights needed: the hub ids fall back to the architecture presets):
+
+    python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8
+
+gives per chip (docs/plans/qwen_math_v5e-8.txt; docs/performance.md): student params 0.72
+GiB, Adam state 1.44 GiB, teacher params 1.77 GiB, KV cache 1.75 GiB; peak 11.88 GiB in
+the rollout (train step 11.67 GiB): fits. 1.74e15 FLOPs per chip per step (1.02 x the
+models' matmul FLOPs), 8.8 s per step at the v5e's peak FLOP rate (rollout 1.0 s, update
+7.8 s, of which the teacher's forward 4.7 s); 200 steps. Larger slices, fsdp over every
+chip and microbatches that keep a whole row per chip:
+
+    --topology v5e-32   --config.mesh.fsdp=32
+    --topology v5p-128  --config.mesh.fsdp=64 --config.grad_accum_steps=8
+
+v5e-32: peak 5.80 GiB per chip (rollout; docs/plans/qwen_math_v5e-32.txt), 4.6e14 FLOPs
+per chip (1.09 x), 2.4 s per step. v5p-128: peak 4.72 GiB per chip (train step;
+docs/plans/qwen_math_v5p-128.txt), 2.3e14 FLOPs per chip (1.09 x), 2.6 s per step.
+Planning the v5e-8 takes 419 s of CPU time (one core busy at a time: about 7 minutes on 2
+idle cores; 29 minutes wall while the 2 cores were shared with other jobs).
+
+(`python -m cmdp.plan ... --smallest` finds the smallest slice of a chip that fits.)
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
 from cmdp.training.config import base_config, parse_arg, set_objective, shrink_for_cpu
 
-SLICE = "v5p-128"  # the Cloud TPU slice this config is sized for (64 chips, 95 GiB each)
+SLICE = "v5e-8"  # the Cloud TPU slice this config is sized for (one host: 8 chips of 16 GiB)
 
 
 def get_config(arg=None):
@@ -66,22 +79,21 @@ def get_config(arg=None):
   c.loss.group_size = 8
   c.calibrate_budget_quantile = 0.5  # budget = median sequence cost of the initial student
   c.calibration_prompts = 64
-  if c.objective in ("cmdp", "worst_case"):  # the Sauté penalty's scale (only they read it)
-    c.loss.penalty_scale = 0.1  # a violating token costs 0.1 x its cost
+  # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).
   c.batch_size = 512  # 64 prompts x 8 samples
-  c.grad_accum_steps = 8
+  c.grad_accum_steps = 16  # 32 sequences per microbatch: 4 rows per chip
   c.num_steps = 200
   c.optimizer.learning_rate = 1e-6
   c.optimizer.warmup_steps = 10
   c.optimizer.schedule = "cosine"
   c.optimizer.weight_decay = 0.01
 
-  # 64 chips: 16-way data parallel x 4-way tensor parallel (28 / 12 query heads split 4
-  # ways). Rows are split over "data", so activations stay batch-sharded; an fsdp-only mesh
-  # makes XLA keep whole-batch activations per device (see the planner's report).
-  c.mesh.data = 16
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 4
+  # One v5e-8 host: 8-way FSDP. Rows are split over all 8 chips, and so are the teacher,
+  # the student and its Adam state (each layer's weights gathered where used, gradients
+  # reduce-scattered). Larger slices: see the docstring.
+  c.mesh.data = 1
+  c.mesh.fsdp = 8
+  c.mesh.tensor = 1
   c.checkpoint_every = 20
   c.eval_every = 50
   c.eval.batch_size = 256

@@ -225,6 +225,10 @@ def test_cli_plans_the_small_qwen_config(tmp_path):
   assert set(plan["phases"]) == {"rollout", "train step"}
   assert 0 < plan["teacher_in_train_step"]["flops"] < plan["phases"]["train step"]["flops"]
   assert plan["flops_per_step"] > 0
+  assert plan["param_dtypes"] == {"teacher": "float32", "student": "float32"}
+  assert 0 < plan["model_matmul_flops_per_step"] < plan["flops_per_step"]
+  assert plan["peak_buffers"] and all(b["bytes"] > 0 for b in plan["peak_buffers"])
+  assert "largest buffers live at the" in proc.stdout
 
 
 @pytest.mark.parametrize("name", ["llama_math.py", "qwen_math.py"])

@@ -174,7 +174,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: Topology, devices: li
                     "student": _param_count(exp.student.params)},
       phases=found, memory=memory, capacity=capacity, capacity_what=what,
       flops_per_step=flops, estimated_step_s=seconds,
-      model_flops=sum(flops_lib.step_flops(exp).values()) / topology.num_devices, time_source=source,
+      model_flops=sum(flops_lib.step_flops(exp).values()) / topology.num_devices,
+      time_source=source,
       compile_s=0.0, teacher_in_step=teacher_in_step)
   if not plan.fits and search > 0:
     plan.alternatives = search_alternatives(plan, devices, search)
