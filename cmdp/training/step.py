@@ -210,6 +210,9 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     mask = rows["mask"]
     shared["num_tokens"] = jnp.maximum(mask.sum(), 1.0)
     shared["num_sequences"] = jnp.asarray(mask.shape[0], jnp.float32)
+    # Per-row metrics (`seq/...`) of a microbatch land in their rows of a full-batch vector.
+    rows["row_index"] = jnp.arange(mask.shape[0], dtype=jnp.int32)
+    shared["row_slots"] = jnp.zeros(mask.shape[:1], jnp.float32)
     extra = {}
     if hp.tis_cap > 0 or m > 1:
       lp = jax.lax.stop_gradient(trainer_logprobs(params, rows))
@@ -226,10 +229,9 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
 
   def micro(params, teacher_params, batch, objective_state):
     (loss, metrics), grads = grad_fn(params, teacher_params, batch, objective_state)
+    metrics = {k: (batch["row_slots"].at[batch["row_index"]].set(v) if k.startswith("seq/")
+                   else v) for k, v in metrics.items()}
     return loss, metrics, constrain_grads(grads)
-    # Per-row metrics (`seq/...`) of a microbatch land in their rows of a full-batch vector.
-    rows["row_index"] = jnp.arange(mask.shape[0], dtype=jnp.int32)
-    shared["row_slots"] = jnp.zeros(mask.shape[:1], jnp.float32)
 
   def zeros(params, teacher_params, objective_state, rows, shared):
     return _zeros_like_tree(jax.eval_shape(micro, params, teacher_params,
@@ -246,8 +248,6 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     params = optax.apply_updates(params, updates)
     norms = dict(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                  loss_minibatch=loss * m)
-    metrics = {k: (batch["row_slots"].at[batch["row_index"]].set(v) if k.startswith("seq/")
-                   else v) for k, v in metrics.items()}
     return params, opt_state, (loss, metrics, norms)
 
   def combine(result):
