@@ -50,6 +50,64 @@ def test_hbm_table():
       "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 
 
+def test_chip_table_has_published_flops_and_bandwidth():
+  assert {k: (c.peak_flops / 1e12, c.hbm_bandwidth / 1e9) for k, c in topology.CHIPS.items()} \
+      == {"v4": (275, 1228), "v5e": (197, 819), "v5p": (459, 2765), "v6e": (918, 1640)}
+
+
+# ---- the roofline ----
+
+
+def test_roofline_takes_the_larger_of_compute_and_memory_time():
+  v5e = topology.CHIPS["v5e"]
+  # 394 TFLOP and 819 GB on a v5e: 2 s of compute, 1 s of HBM traffic.
+  r = planner.roofline(394e12, 819e9, v5e.peak_flops, v5e.hbm_bandwidth)
+  assert (r.compute_s, r.memory_s, r.seconds, r.bound) == (
+      pytest.approx(2.0), pytest.approx(1.0), pytest.approx(2.0), "compute")
+  # A decode step's shape: 3.1 GB of weights and cache for 6.2 GFLOP on a v6e.
+  v6e = topology.CHIPS["v6e"]
+  r = planner.roofline(6.2e9, 3.1e9, v6e.peak_flops, v6e.hbm_bandwidth)
+  assert r.bound == "memory"
+  assert r.seconds == pytest.approx(3.1e9 / 1640e9) and r.compute_s == pytest.approx(6.2e9 / 918e12)
+
+
+def _rollout_phase(total, step, steps, kv_cache=0):
+  program = phases.Program(0, 0, 0, 0, total)
+  return phases.Phase("rollout", "student", program, total, (), kv_cache,
+                      decode_step=step, decode_steps=steps)
+
+
+def test_rollout_roofline_is_its_prefill_plus_its_decode_loop():
+  # Prefill: 197 TFLOP, 81.9 GB (1 s compute-bound); decode: 10 steps of 0.197 TFLOP and
+  # 81.9 GB (0.1 s memory-bound each).
+  step = phases.Cost(0.197e12, 81.9e9, None)
+  phase = _rollout_phase(phases.Cost(197e12, 81.9e9, None) + step * 10, step, 10)
+  t = topology.parse("v5e-8")
+  parts = planner.phase_rooflines(phase, t)
+  assert [(k, r.bound) for k, r in parts.items()] == [("prefill", "compute"),
+                                                        ("decode", "memory")]
+  assert parts["prefill"].seconds == pytest.approx(1.0)
+  assert parts["decode"].seconds == pytest.approx(1.0)
+  assert planner.phase_seconds(phase, t)[0] == pytest.approx(2.0)
+  assert planner.phase_rooflines(phase, topology.parse("cpu:8")) is None
+
+
+def test_decode_loop_counts_the_filled_cache_at_its_mean_length():
+  import types  # pylint: disable=g-import-not-at-top
+  # P = 4 prompt slots, N = 5 new tokens: 8 slots, 4 decode steps filling 5..8 slots (mean
+  # 6.5 = P + N / 2). A step reads 1,000 bytes, 800 of them the cache: 150 unfilled on average.
+  step = phases.Cost(10.0, 1000.0, None)
+  phase = _rollout_phase(step * 4, step, 4, kv_cache=800)
+  config = types.SimpleNamespace(data=types.SimpleNamespace(max_prompt_len=4),
+                                 rollout=types.SimpleNamespace(max_new_tokens=5), batch_size=2)
+  plan = types.SimpleNamespace(phases=[phase], topology=topology.parse("v5e-8"), config=config)
+  loop = planner.decode_loop(plan)
+  assert loop["steps"] == 4
+  assert loop["total"].bytes_accessed == 4000.0
+  assert loop["filled_cache"].bytes_accessed == pytest.approx(4 * 850.0)
+  assert loop["filled_cache"].seconds == pytest.approx(3400.0 / 819e9)
+
+
 # ---- presets ----
 
 
@@ -229,6 +287,10 @@ def test_cli_plans_the_small_qwen_config(tmp_path):
   assert 0 < plan["model_matmul_flops_per_step"] < plan["flops_per_step"]
   assert plan["peak_buffers"] and all(b["bytes"] > 0 for b in plan["peak_buffers"])
   assert "largest buffers live at the" in proc.stdout
+  # No chip figures for CPU devices: no roofline; the tokens generated are still counted.
+  assert plan["roofline"] is None
+  assert plan["generated_tokens_per_step"] == plan["batch_size"] * 8
+  assert set(plan["tokens_per_s_per_chip"]) == {"rollout", "step"}
 
 
 @pytest.mark.parametrize("name", ["llama_math.py", "qwen_math.py"])

@@ -192,6 +192,9 @@ class Phase:
     compiled alone) says nothing about memory.
   layer_cost: one layer's cost, when the phase is a layer scan another program repeats
     (teacher scoring: one teacher layer on the whole step's batch).
+  decode_step: one decode-loop iteration's cost (rollout only, with costs): each step
+    attends over every slot of the P + N - 1 slot cache, so every step costs the same.
+  decode_steps: iterations of the decode loop in `cost` (N - 1).
   """
   name: str
   side: str
@@ -201,6 +204,8 @@ class Phase:
   kv_cache: int = 0
   within: str | None = None
   layer_cost: Cost | None = None
+  decode_step: Cost | None = None
+  decode_steps: int = 0
 
 
 def shard_bytes(tree) -> int:
@@ -308,8 +313,10 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
     return None
   program = _sampler_program(exp, model, breakdown=with_cost)
   cost = program.cost
+  step, steps = None, max(exp.config.rollout.max_new_tokens - 1, 0)
   if with_cost:  # the loop body is in `program` once; the loop runs N - 1 times
-    cost = cost + _decode_step_cost(exp, model) * max(exp.config.rollout.max_new_tokens - 2, 0)
+    step = _decode_step_cost(exp, model)
+    cost = cost + step * max(steps - 1, 0)
     width = exp.config.data.max_prompt_len  # the planner's prompts share no prefix
     chunk = sampler_lib.prefill_chunk(
         sampler_lib.rows_per_device(exp.config.batch_size, _sampler(exp, model)[1]), width)
@@ -317,7 +324,7 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
       cost = cost + _decode_step_cost(exp, model, chunk) * (width // chunk - 1)
   return Phase("rollout", model, program, cost,
                ("student_params",) if model == "student" else ("teacher_params",),
-               kv_cache_bytes(exp, model))
+               kv_cache_bytes(exp, model), decode_step=step, decode_steps=steps)
 
 
 # ---- teacher scoring ----

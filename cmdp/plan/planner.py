@@ -118,15 +118,107 @@ def phase_memory(phase: phases.Phase, resident: dict, shared: bool) -> PhaseMemo
   return PhaseMemory(phase.name, kv_cache=phase.kv_cache, temp=temp, io=io, total=total, **parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+  """A program's time on a chip: the larger of its compute time (FLOPs / peak FLOP/s) and
+  its memory time (bytes accessed / HBM bandwidth); `bound` says which."""
+  flops: float
+  bytes_accessed: float
+  compute_s: float
+  memory_s: float
+
+  @property
+  def seconds(self) -> float:
+    return max(self.compute_s, self.memory_s)
+
+  @property
+  def bound(self) -> str:
+    return "memory" if self.memory_s > self.compute_s else "compute"
+
+
+def roofline(flops: float, bytes_accessed: float, peak_flops: float,
+             hbm_bandwidth: float) -> Roofline:
+  """The roofline of a program doing `flops` and moving `bytes_accessed` (per chip) on a
+  chip of `peak_flops` FLOP/s and `hbm_bandwidth` bytes/s."""
+  return Roofline(flops, bytes_accessed, flops / peak_flops, bytes_accessed / hbm_bandwidth)
+
+
+def _chip_roofline(cost: phases.Cost, chip: topology_lib.Chip) -> Roofline:
+  return roofline(cost.flops, cost.bytes_accessed, chip.peak_flops, chip.hbm_bandwidth)
+
+
+def phase_rooflines(phase: phases.Phase, topology: Topology) -> dict | None:
+  """`{part: Roofline}` of a phase's compiled programs (None without a chip or a program).
+
+  The rollout has two: the prefill (the sampler less its decode loop) and the decode loop
+  (one compiled decode step times its N - 1 iterations: every step reads the whole cache,
+  see `decode_loop`); every other phase is one program.
+  """
+  chip = topology.chip
+  if chip is None or phase.program.oom:
+    return None
+  if phase.decode_step is None:
+    return {phase.name: _chip_roofline(phase.cost, chip)}
+  loop = phase.decode_step * phase.decode_steps
+  return {"prefill": _chip_roofline(phase.cost - loop, chip),
+          "decode": _chip_roofline(loop, chip)}
+
+
 def phase_seconds(phase: phases.Phase, topology: Topology) -> tuple[float | None, str]:
-  """XLA's optimal_seconds where it gives one; else flops / the chip's peak; else None."""
+  """On a TPU chip the roofline (the sum over the phase's programs of max(FLOPs / peak,
+  bytes accessed / HBM bandwidth)); else XLA's optimal_seconds where it gives one; else None."""
+  parts = phase_rooflines(phase, topology)
+  if parts is not None:
+    chip = topology.chip
+    return (sum(r.seconds for r in parts.values()),
+            f"roofline: max(FLOPs / {chip.kind} {chip.peak_flops / 1e12:.0f} TFLOP/s, "
+            f"bytes accessed / {chip.hbm_bandwidth / 1e9:.0f} GB/s) per program")
   if phase.cost.seconds is not None:
     return phase.cost.seconds, "XLA optimal_seconds"
-  if topology.chip is not None:
-    chip = topology.chip
-    return (phase.cost.flops / chip.peak_flops,
-            f"flops / {chip.kind} peak {chip.peak_flops / 1e12:.0f} TFLOP/s")
   return None, "none: XLA gives no optimal_seconds on CPU and CPUs have no peak in the table"
+
+
+def decode_loop(plan: "Plan") -> dict | None:
+  """The rollout's decode loop on the plan's chip: `{"steps", "per_step", "total",
+  "filled_cache"}` (Rooflines; None without a chip or a compiled rollout).
+
+  `total` is the program as compiled: each step attends over all P + N - 1 slots of the
+  cache (masked), so it reads the whole cache and every step costs the same. `filled_cache`
+  counts the cache as it grows: step i (1..N-1) reads only the P + i slots filled so far,
+  i.e. one step at the mean filled length P + N / 2, times N - 1: the step's bytes less the
+  unfilled share of the per-chip cache (FLOPs kept). It is the floor of a decode step that
+  reads only what it attends to.
+  """
+  phase = next((p for p in plan.phases if p.decode_step is not None), None)
+  chip = plan.topology.chip
+  if phase is None or chip is None or phase.program.oom:
+    return None
+  p, n = plan.config.data.max_prompt_len, plan.config.rollout.max_new_tokens
+  slots = p + n - 1
+  step = phase.decode_step
+  unfilled = phase.kv_cache * (1 - (p + n / 2) / slots)
+  filled = phases.Cost(step.flops, max(step.bytes_accessed - unfilled, 0.0), None)
+  k = phase.decode_steps
+  return {"steps": k, "per_step": _chip_roofline(step, chip),
+          "total": _chip_roofline(step * k, chip),
+          "filled_cache": _chip_roofline(filled * k, chip)}
+
+
+def generated_tokens(plan: "Plan") -> int:
+  """Tokens the rollout generates per step, all chips together (0 without a rollout)."""
+  if not any(p.name == "rollout" for p in plan.phases):
+    return 0
+  return plan.config.batch_size * plan.config.rollout.max_new_tokens
+
+
+def tokens_per_s_per_chip(plan: "Plan") -> dict:
+  """Generated tokens per second per chip: `{"rollout": over the rollout's roofline time,
+  "step": over the whole step's}` (None where a time is unknown)."""
+  per_chip = generated_tokens(plan) / plan.topology.num_devices
+  rollout = next((p for p in plan.phases if p.name == "rollout"), None)
+  r_s = None if rollout is None else phase_seconds(rollout, plan.topology)[0]
+  rate = lambda s: per_chip / s if s and per_chip else None
+  return {"rollout": rate(r_s), "step": rate(plan.estimated_step_s)}
 
 
 def compile_phases(exp, devices, with_cost: bool = True) -> tuple[list, phases.Phase | None]:

@@ -1,6 +1,7 @@
 """The planner's outputs: a readable text report and a JSON dict."""
 from __future__ import annotations
 
+from cmdp.plan import planner
 from cmdp.plan.planner import Plan
 from cmdp.training.config import param_dtypes
 
@@ -83,6 +84,9 @@ def to_text(plan: Plan, config_name: str) -> str:
       _cost_line(plan),
       "         " + ", ".join(f"{p.name} {_seconds(s)}" for p, s in _phase_seconds(plan))
       + _teacher_share_text(plan),
+  ]
+  lines += _roofline_text(plan)
+  lines += [
       f"compiled in {plan.compile_s:.0f} s",
   ]
   lines += _alternatives_text(plan)
@@ -145,6 +149,60 @@ def _cost_line(plan: Plan) -> str:
           f"({plan.time_source})")
 
 
+def _rate(x: float | None) -> str:
+  return "n/a" if x is None else f"{x:,.0f}"
+
+
+def _roofline_text(plan: Plan) -> list[str]:
+  """Per program: its roofline time and which bound applies; the decode loop; tokens/s."""
+  chip = plan.topology.chip
+  if chip is None:
+    return []
+  out = [f"roofline per program (per chip: FLOPs / {chip.peak_flops / 1e12:.0f} TFLOP/s vs "
+         f"bytes accessed / {chip.hbm_bandwidth / 1e9:.0f} GB/s):"]
+  for p in plan.phases:
+    parts = planner.phase_rooflines(p, plan.topology)
+    if parts is None:
+      out.append(f"         {p.name}: n/a (XLA did not compile it)")
+      continue
+    for name, r in parts.items():
+      label = name if name == p.name else f"{p.name} {name}"
+      out.append(f"         {label:<18} {_seconds(r.seconds):>9}  {r.bound}-bound "
+                 f"({r.flops:.3e} FLOPs: {r.compute_s:.3g} s; {r.bytes_accessed:.3e} bytes: "
+                 f"{r.memory_s:.3g} s)")
+  loop = planner.decode_loop(plan)
+  if loop is not None:
+    step, filled = loop["per_step"], loop["filled_cache"]
+    out.append(f"         decode loop: {loop['steps']} steps x {step.seconds * 1e3:.3g} ms "
+               f"({step.bound}-bound, the whole cache read every step); with only the filled "
+               f"cache read, {_seconds(filled.seconds)} ({filled.bound}-bound)")
+  rates = planner.tokens_per_s_per_chip(plan)
+  if planner.generated_tokens(plan):
+    out.append(f"tokens   {planner.generated_tokens(plan):,} generated per step: "
+               f"{_rate(rates['rollout'])} tokens/s per chip over the rollout, "
+               f"{_rate(rates['step'])} over the whole step")
+  return out
+
+
+def _roofline_json(plan: Plan) -> dict | None:
+  chip = plan.topology.chip
+  if chip is None:
+    return None
+  as_dict = lambda r: {"seconds": r.seconds, "bound": r.bound, "flops": r.flops,
+                       "bytes_accessed": r.bytes_accessed, "compute_s": r.compute_s,
+                       "memory_s": r.memory_s}
+  loop = planner.decode_loop(plan)
+  return {
+      "peak_flops": chip.peak_flops, "hbm_bytes_per_s": chip.hbm_bandwidth,
+      "programs": {p.name: (None if (parts := planner.phase_rooflines(p, plan.topology)) is None
+                            else {k: as_dict(r) for k, r in parts.items()})
+                   for p in plan.phases},
+      "decode_loop": None if loop is None else {
+          "steps": loop["steps"], **{k: as_dict(loop[k])
+                                     for k in ("per_step", "total", "filled_cache")}},
+  }
+
+
 def _alternatives_text(plan: Plan) -> list[str]:
   if plan.fits or not plan.alternatives:
     return [] if plan.fits else ["no alternatives searched (--search=0)"]
@@ -193,6 +251,9 @@ def to_json(plan: Plan, config_name: str) -> dict:
       "model_matmul_flops_per_step": plan.model_flops,
       "estimated_step_s": plan.estimated_step_s,
       "time_source": plan.time_source,
+      "roofline": _roofline_json(plan),
+      "generated_tokens_per_step": planner.generated_tokens(plan),
+      "tokens_per_s_per_chip": planner.tokens_per_s_per_chip(plan),
       "phases": {
           p.name: {**{k: getattr(m, k) for _, k in _ROWS}, "flops": p.cost.flops,
                    "bytes_accessed": p.cost.bytes_accessed, "xla_optimal_seconds": p.cost.seconds,

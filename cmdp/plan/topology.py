@@ -26,16 +26,18 @@ class Chip:
   kind: str  # short name in `get_topology_desc` names: v4, v5e, v5p, v6e
   hbm_bytes: int  # HBM per chip (a JAX device is a chip; v4 and v5p run as megacore)
   peak_flops: float  # dense bf16 FLOP/s per chip (published peak)
+  hbm_bandwidth: float  # HBM bytes/s per chip (published)
   cores_per_chip: int  # TensorCores per chip counted by the accelerator-type name
   torus_dims: int  # 3 (v4, v5p: chips in a 3-D torus) or 2 (v5e, v6e)
   chip_counts: tuple[int, ...]  # chip counts of the slices offered
 
 
+# The chips' published figures: HBM, peak bf16 FLOP/s, HBM bandwidth (GB/s = 1e9 bytes/s).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 32 * GIB, 275e12, 2, 3, tuple(2 ** k for k in range(2, 12))),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 1, 2, (4, 8, 16, 32, 64, 128, 256)),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, 2, 3, tuple(2 ** k for k in range(2, 13))),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, 1, 2, (4, 8, 16, 32, 64, 128, 256)),
+    "v4": Chip("v4", 32 * GIB, 275e12, 1228e9, 2, 3, tuple(2 ** k for k in range(2, 12))),
+    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, 1, 2, (4, 8, 16, 32, 64, 128, 256)),
+    "v5p": Chip("v5p", 95 * GIB, 459e12, 2765e9, 2, 3, tuple(2 ** k for k in range(2, 13))),
+    "v6e": Chip("v6e", 32 * GIB, 918e12, 1640e9, 1, 2, (4, 8, 16, 32, 64, 128, 256)),
 }
 # Accelerator-type prefixes (as `gcloud compute tpus tpu-vm create --accelerator-type`).
 PREFIXES = {"v4": "v4", "v5p": "v5p", "v5litepod": "v5e", "v5e": "v5e", "v6e": "v6e"}
