@@ -24,7 +24,7 @@ The earlier report of this setting (15 methods with nats-scaled penalties and la
 budget, Dec 2026) stays as a dated record in docs/results/arith.md until this one
 replaces it.
 
-Argument: `small` (tiny models, 1 seed, 3 methods, 2 steps, 48 evaluation problems: the
+Argument: `small` (tiny models, 1 seed, 2 methods, 2 steps, 48 evaluation problems: the
 CI smoke test).
 """
 import ml_collections
@@ -158,7 +158,7 @@ def get_config(arg=None):
 
 
 def _small(c):
-  """Tiny models, 1 seed, 3 methods, a few steps: the end-to-end test (2 CPU cores)."""
+  """Tiny models, 1 seed, 2 methods, a few steps: the end-to-end test (2 CPU cores)."""
   c.title += " (small smoke run)"
   c.output_dir = ""
   c.seeds = 1
@@ -181,7 +181,7 @@ def _small(c):
   c.run.batch_size = 8
   c.run.num_steps = 2
   c.run.log_every = 1
-  keep = ("cmdp@3/q50", "soft_lagrangian@3/q50", "grpo")
+  keep = ("cmdp@3/q50", "grpo")
   c.methods = [m for m in c.methods if m["name"] in keep]
   c.eval.num_examples = 48
   c.eval.batch_size = 24
