@@ -45,8 +45,8 @@ PROTOCOL = """\
   paired seeds (seed i shares the data order and sampling of every method); evaluation at
   the end on 200 held-out problems, greedy and 2 samples each. No early stopping. The step
   count is set by compute alone: 20 runs per seed in at most 100 minutes on 2 CPU cores
-  (a step of 64 samples about 15 s, an evaluation about 1.5 min, by a timing run of 4
-  steps; no result was read to set it).
+  (set from a 4-step timing run; measured on 2 idle cores: heal, calibration and the first
+  evaluations 5.3 min once, a run 4.5 min with steps of 13-14 s; no result was read).
 * **Rules.** *holds*: the final sampled satisfaction is at least the initial student's
   minus 2 points, in every seed. *informative*: grpo loses at least 5 points of sampled
   satisfaction (seed mean) at that `d`; if not, the budget was not stressed and nothing is
