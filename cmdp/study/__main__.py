@@ -49,7 +49,13 @@ def main(argv):
   study = _CONFIG.value
   if _OUTPUT_DIR.value is not None:
     study.output_dir = _OUTPUT_DIR.value
-  run_study(study, _WORKDIR.value, command)
+  from cmdp.study.runner import RunInterrupted  # pylint: disable=g-import-not-at-top
+  try:
+    run_study(study, _WORKDIR.value, command)
+  except RunInterrupted as err:  # SIGTERM: the run saved its state; one line, no traceback
+    if _VERBOSE.value:
+      raise
+    raise SystemExit(f"python -m cmdp.study: {err}") from None
 
 
 if __name__ == "__main__":
