@@ -236,8 +236,8 @@ def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
   k = tuple(spec(x, keys_transposed(x.dtype)) for x in cache.k)
   v = tuple(spec(x, False) for x in cache.v)
   return KVCache(k=k, v=v,
-                 mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, "cache.mask"),
-                 index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, "cache.pos"))
+                 mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, quiet=True),
+                 index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, quiet=True))
 
 
 _ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh",

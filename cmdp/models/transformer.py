@@ -105,16 +105,19 @@ def _dense(features, name, dtype, bias=False):
 
 
 class Attention(nn.Module):
-  """Causal grouped-query self-attention of `x [B, T, D]` over its own T tokens, after a
-  shared prefix's keys and values when given.
+  """Causal grouped-query self-attention of `x [B, T, D]` over its own T tokens, after the
+  keys and values of shared prefixes when given.
 
-  Returns the output and this call's own `(k, v)`, each `[B, T, KVH, hd]` (keys rotated),
-  what a later call takes as its `prefix`.
+  `prefix` is a tuple of levels, each `(k, v)` of `[n, P, KVH, hd]` with `n` dividing B,
+  and `prefix_mask` their `[n, P]` real-token masks: row `r` sees row `r // (B / n)` of a
+  level (n = 1: one prefix for every row; n = B / G: one per group of G adjacent rows).
+  A level is read in place, never copied per row. Returns the output and this call's own
+  `(k, v)`, each `[B, T, KVH, hd]` (keys rotated), what a later call takes as a level.
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, prefix=None):
+  def __call__(self, x, positions, key_mask, prefix=(), prefix_mask=()):
     c = self.config
     dtype = compute_dtype(c)
     b, t, _ = x.shape
@@ -130,22 +133,34 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(c)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    own = (k, v)
 
-    allowed = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]  # [B, T, T]
-    if prefix is not None:  # [1, P, KVH, hd] each: every row sees every prefix token
-      pk, pv = (jnp.broadcast_to(a.astype(k.dtype), (b,) + a.shape[1:]) for a in prefix)
-      k, v = jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1)
-      allowed = jnp.concatenate([jnp.ones((b, t, pk.shape[1]), bool), allowed], -1)
     groups = c.num_heads // c.num_kv_heads
     qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k,
-                        preferred_element_type=jnp.float32) / math.sqrt(c.head_dim)
-    scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    root = math.sqrt(c.head_dim)
+    # Scores against each prefix level, then the tokens' own keys, under one softmax.
+    scores, values = [], []
+    for (pk, pv), pmask in zip(prefix, prefix_mask):
+      n = pk.shape[0]
+      qn = qg.reshape(n, b // n, *qg.shape[1:])
+      s = jnp.einsum("nrtkgd,nskd->nrkgts", qn, pk.astype(k.dtype),
+                     preferred_element_type=jnp.float32) / root
+      s = jnp.where(pmask[:, None, None, None, None, :], s, _MASK_VALUE)
+      scores.append(s.reshape(b, *s.shape[2:]))
+      values.append(pv.astype(v.dtype))
+    allowed = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]  # [B, T, T]
+    own = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / root
+    scores.append(jnp.where(allowed[:, None, None], own, _MASK_VALUE))
+    probs = jax.nn.softmax(jnp.concatenate(scores, -1) if prefix else scores[0],
+                           axis=-1).astype(dtype)
+    widths = [a.shape[-1] for a in scores]
+    parts = jnp.split(probs, np.cumsum(widths)[:-1], axis=-1) if prefix else [probs]
+    out = jnp.einsum("bkgts,bskd->btkgd", parts[-1], v)
+    for p, pv in zip(parts[:-1], values):
+      n = pv.shape[0]
+      pn = p.reshape(n, b // n, *p.shape[1:])
+      out = out + jnp.einsum("nrkgts,nskd->nrtkgd", pn, pv).reshape(out.shape)
     out = out.reshape(b, t, c.num_heads * c.head_dim)
-    return sharding.constrain(_dense(c.hidden_size, "o_proj", dtype)(out), *EMBED), own
+    return sharding.constrain(_dense(c.hidden_size, "o_proj", dtype)(out), *EMBED), (k, v)
 
 
 class MLP(nn.Module):
@@ -167,14 +182,15 @@ class Block(nn.Module):
   return_kv: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, prefix=None):
+  def __call__(self, x, positions, key_mask, prefix=(), prefix_mask=()):
     """One pre-norm layer; returns `(x, kv)`, the carry and output of `nn.scan`: this
     layer's own keys and values when `return_kv`, else None."""
     c = self.config
     dtype = compute_dtype(c)
     x = sharding.constrain(x, *EMBED)
     h, kv = Attention(c, name="self_attn")(
-        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix)
+        RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix,
+        prefix_mask)
     x = x + h
     self.sow("intermediates", "attn_residual", x)  # read by `cmdp.models.refit` only
     x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
@@ -182,15 +198,16 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-  """tokens [B, T] -> logits [B, T - logits_from, V] (float32), after a shared prefix's
-  per-layer keys and values when given (`prefix`: `(k, v)`, each `[L, 1, P, KVH, hd]`);
-  with `return_kv`, `(logits, (k, v))`, the tokens' own keys and values in that layout."""
+  """tokens [B, T] -> logits [B, T - logits_from, V] (float32), after the per-layer keys
+  and values of shared prefix levels when given (`prefix`: a tuple of `(k, v)`, each
+  `[L, n, P, KVH, hd]`, and `prefix_mask` their `[n, P]` masks; see `Attention`); with
+  `return_kv`, `(logits, (k, v))`, the tokens' own keys and values in that layout."""
   config: ModelConfig
   logits_from: int = 0  # first position whose logits are computed (static)
   return_kv: bool = False
 
   @nn.compact
-  def __call__(self, tokens, positions, key_mask, prefix=None):
+  def __call__(self, tokens, positions, key_mask, prefix=(), prefix_mask=()):
     c = self.config
     dtype = compute_dtype(c)
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
@@ -199,11 +216,12 @@ class Decoder(nn.Module):
     block = Block
     if c.remat:
       block = nn.remat(Block, prevent_cse=False)
-    in_axes = (nn.broadcast, nn.broadcast) + (() if prefix is None else (0,))
+    levels = (tuple(prefix), tuple(prefix_mask)) if prefix else ()
+    in_axes = (nn.broadcast, nn.broadcast) + ((0, nn.broadcast) if prefix else ())
     layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=in_axes, length=c.num_layers)(c, self.return_kv, name="layers")
-    x, kv = layers(x, positions, key_mask, *(() if prefix is None else (prefix,)))
+    x, kv = layers(x, positions, key_mask, *levels)
     x = RMSNorm(c.rms_norm_eps, dtype, name="norm")(x[:, self.logits_from:])
     if c.tie_word_embeddings:
       logits = embed.attend(x)
@@ -245,7 +263,7 @@ def token_positions(attention_mask: jax.Array, start: jax.Array | int = 0) -> ja
 
 def forward(config: ModelConfig, params: dict, tokens: jax.Array,
             attention_mask: jax.Array | None = None, logits_from: int = 0,
-            shared_prefix: int = 0) -> jax.Array:
+            shared_prefix: int = 0, group_prefix: int = 0, group_size: int = 1) -> jax.Array:
   """Causal logits of a batch of (optionally left/right padded) sequences.
 
   Args:
@@ -262,9 +280,17 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
     shared_prefix: a static count S of leading columns that are the same real tokens in
       every row (a prompt's instruction and few-shot examples; padding then sits after
       them, `cmdp.data.encode_prompts`). They run through the layers once, as one row, and
-      every row attends to their keys and values: the same numbers as without it, for
-      about `S / T` less compute; gradients reach the parameters through both passes.
-      Row 0's first S columns are read; the caller keeps the contract.
+      every row attends to their keys and values. Row 0's first S columns are read.
+    group_prefix: a static count Q > S of leading columns that are the same (tokens and
+      mask, padding allowed) in each group of `group_size` adjacent rows: a sampled
+      group's prompt. Columns S..Q run once per group (attending to the shared prefix),
+      and each row's own columns attend to its group's keys and values in place. The
+      first row of each group is read. Off when `group_size` is 1.
+    group_size: G, rows per group (dividing B).
+
+  The caller keeps the contracts. The same numbers as without sharing, for about S / T
+  (and (Q - S)(1 - 1/G) / T) less compute; gradients reach the parameters through every
+  pass (a shared pass's gradient is its rows' sum).
 
   Returns:
     float32 logits `[B, T - logits_from, V]`; pure and jittable.
@@ -272,21 +298,41 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
   if attention_mask is None:
     attention_mask = jnp.ones(tokens.shape, bool)
   attention_mask = attention_mask.astype(bool)
-  s = int(shared_prefix)
-  if not s:
+  b, width = tokens.shape
+  levels = prefix_levels(b, width, shared_prefix, group_prefix, group_size)
+  if not levels:
     return Decoder(config, logits_from).apply(
         {"params": params}, tokens, token_positions(attention_mask), attention_mask)
-  if not 0 < s < tokens.shape[1]:
-    raise ValueError(f"forward: shared_prefix={s} must leave at least one of the "
-                     f"{tokens.shape[1]} columns.")
-  head = tokens[:1, :s]
-  prefix_logits, kv = Decoder(config, min(logits_from, s), return_kv=True).apply(
-      {"params": params}, head, jnp.arange(s)[None], jnp.ones(head.shape, bool))
-  mask = attention_mask[:, s:]
-  logits = Decoder(config, max(logits_from - s, 0)).apply(
-      {"params": params}, tokens[:, s:], token_positions(mask, s), mask, kv)
-  if logits_from >= s:
-    return logits
-  b = tokens.shape[0]
-  return jnp.concatenate(
-      [jnp.broadcast_to(prefix_logits, (b,) + prefix_logits.shape[1:]), logits], axis=1)
+  kv, masks, pieces = (), (), []
+  for start, stop, stride in levels + [(levels[-1][1], width, 1)]:
+    rows, mask = tokens[::stride, start:stop], attention_mask[::stride, start:stop]
+    before = attention_mask[::stride, :start].sum(-1, keepdims=True, dtype=jnp.int32)
+    first = min(max(logits_from - start, 0), stop - start)
+    if stop == width:
+      pieces.append(Decoder(config, first).apply(
+          {"params": params}, rows, token_positions(mask, before), mask, kv, masks))
+      break
+    logits, own = Decoder(config, first, return_kv=True).apply(
+        {"params": params}, rows, token_positions(mask, before), mask, kv, masks)
+    kv, masks = kv + (own,), masks + (mask,)
+    if first < stop - start:
+      pieces.append(jnp.repeat(logits, stride, axis=0))
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+
+
+def prefix_levels(rows: int, width: int, shared_prefix: int = 0, group_prefix: int = 0,
+                  group_size: int = 1) -> list[tuple[int, int, int]]:
+  """The shared passes of `forward`: `(first column, end column, rows per copy)` each, the
+  whole batch's prefix first, then each group's; raises on an impossible layout."""
+  s, q, g = int(shared_prefix), int(group_prefix), int(group_size)
+  if g < 1 or rows % g:
+    raise ValueError(f"forward: group_size={g} must be >= 1 and divide the {rows} rows.")
+  levels = []
+  if s:
+    levels.append((0, s, rows))
+  if g > 1 and q > s:
+    levels.append((s, q, g))
+  if levels and levels[-1][1] >= width:
+    raise ValueError(f"forward: shared_prefix={s} / group_prefix={q} must leave at least "
+                     f"one of the {width} columns.")
+  return levels

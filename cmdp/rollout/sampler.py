@@ -14,7 +14,8 @@ a fixed `P` to avoid recompiling. `Sampler.jitted._cache_size()` counts the comp
 Algorithm (model math: `cmdp.models.forward_with_cache`, checked against `cmdp.models.forward`):
 the weights are laid out for decoding once per call, one prefill pass over the left-padded prompt
 (after a `shared_prefix` prefilled once, as one row, when the prompts share one) fills a
-cache of `P + N - 1` slots and gives the first token, then a `lax.while_loop` of
+cache of `P + N - 1` slots and gives the first token; with `repeat` = G, each prompt is
+prefilled once and its cache and first logits copied to its G rows; then a `lax.while_loop` of
 single-token steps runs until every row has emitted a stop token or N tokens exist. The cache
 lives in the loop carry, so XLA updates it in place; nothing goes to the host until the end.
 Step `i` draws with `fold_in(rng, i)`, so rows are independent and a fixed key reproduces.
@@ -121,10 +122,19 @@ def _prefill(config: ModelConfig, dparams, tokens, mask, cache, chunk: int):
   return jax.lax.scan(one, start, (split(tokens), split(mask)))[0]
 
 
+def _constrain_cache(cache, mesh):
+  """The cache pinned to its layout on `mesh` (`sharding.cache_specs`); as is without one."""
+  if mesh is None:
+    return cache
+  constrain = lambda x, spec: jax.lax.with_sharding_constraint(
+      x, jax.sharding.NamedSharding(mesh, spec))
+  return jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
+
+
 def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, params,
             prompt_tokens, prompt_mask, rng) -> Rollout:
-  """The traced sampler body (see the module docstring); each prompt row is first repeated
-  `repeat` times (copies adjacent)."""
+  """The traced sampler body (see the module docstring); each prompt row is sampled
+  `repeat` times (copies adjacent), from one prefill of it."""
   s = settings
   n = s.max_new_tokens
   prompt_mask = prompt_mask.astype(bool)
@@ -135,11 +145,8 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
       return x
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
-  if repeat > 1:
-    prompt_tokens, prompt_mask = (
-        constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
-        for x in (prompt_tokens, prompt_mask))
-  b, p = prompt_tokens.shape
+  unique = prompt_tokens.shape[0]  # each prompt once: prefilled once, for its whole group
+  b, p = unique * repeat, prompt_tokens.shape[1]
 
   def pick(step, logits, done):
     tok, lp = sample_token(jax.random.fold_in(rng, step), logits, temperature=s.temperature,
@@ -154,18 +161,23 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
   dparams = models.decode_params(
       config, params, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
   shared = s.shared_prefix
-  if shared:  # the shared prefix once, as one row; its cache copied to every row
+  if shared:  # the shared prefix once, as one row; its cache copied to every prompt
     one = models.init_cache(config, 1, p + n - 1)
     _, one = models.forward_with_cache(config, dparams, prompt_tokens[:1, :shared], one)
-    cache = jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape[1:]) if x.ndim else x,
-                         one)
+    cache = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (unique,) + x.shape[1:]) if x.ndim else x, one)
   else:
-    cache = models.init_cache(config, b, p + n - 1)  # the last token is never fed
-  if mesh is not None:
-    cache = jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
-  chunk = prefill_chunk(rows_per_device(b, mesh), p - shared)
+    cache = models.init_cache(config, unique, p + n - 1)  # the last token is never fed
+  cache = _constrain_cache(cache, mesh)
+  chunk = prefill_chunk(rows_per_device(unique, mesh), p - shared)
   logits, cache = _prefill(config, dparams, prompt_tokens[:, shared:], prompt_mask[:, shared:],
                            cache, chunk)
+  if repeat > 1:  # each prompt's cache and first logits copied to its `repeat` rows
+    rows = lambda x: (constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
+                      if x.ndim else x)
+    prompt_tokens, prompt_mask, logits = (rows(x) for x in (prompt_tokens, prompt_mask, logits))
+    cache = _constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0)
+                                          if x.ndim else x, cache), mesh)
   tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
   out_tok = jnp.full((b, n), s.pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp)

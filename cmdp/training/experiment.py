@@ -135,7 +135,18 @@ class Experiment:
                                ppo_minibatches=c.ppo_minibatches,
                                teacher_logits_dtype=c.rollout.teacher_logits_dtype,
                                response_start=0 if references else self.response_start,
-                               shared_prefix=self.shared_prefix)
+                               shared_prefix=self.shared_prefix,
+                               group_prefix=0 if references else self.group_prefix)
+
+  @property
+  def group_prefix(self) -> int:
+    """Leading columns of a rollout's step `inputs` that are the same in each prompt
+    group's G rows (the sampler repeats each prompt, copies adjacent): the whole
+    left-padded prompt, run once per group in every forward pass. 0 without groups."""
+    c = self.config
+    if self.hp.group_size < 2 or c.rollout.max_new_tokens < 2:
+      return 0
+    return c.data.max_prompt_len
 
   @property
   def response_start(self) -> int:

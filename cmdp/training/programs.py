@@ -120,7 +120,8 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
   finish = jax.jit(parts.finish, in_shardings=(st, st.params, st.opt_state, rep, rep),
                    out_shardings=(st, rep), donate_argnums=(0,))
   logits = teacher_logits(teacher_cfg, teacher_mesh, step_config.teacher_logits_dtype,
-                          micro_rows, step_config.response_start, step_config.shared_prefix)
+                          micro_rows, step_config.response_start,
+                          **step_config.prefixes(hp.group_size))
   on_teacher = NamedSharding(teacher_mesh, sharding.rows_spec(micro_rows, teacher_mesh))
 
   def teacher(teacher_params, inputs, input_mask):
@@ -133,13 +134,15 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
 
 @functools.lru_cache(maxsize=16)
 def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None = None,
-                   logits_from: int = 0, shared_prefix: int = 0):
+                   logits_from: int = 0, shared_prefix: int = 0, group_prefix: int = 0,
+                   group_size: int = 1):
   """`(teacher_params, inputs, input_mask) -> logits [B, L - logits_from, V]` on the
-  teacher's mesh (only the response window is handed over; the first `shared_prefix`
-  columns run once, `models.forward`); rows over the batch axes, or (`rows` given and not
-  splitting over them) replicated."""
+  teacher's mesh (only the response window is handed over; the prompt's columns are
+  shared as `models.forward`'s `shared_prefix`, `group_prefix` and `group_size` say); rows
+  over the batch axes, or (`rows` given and not splitting over them) replicated."""
   fn = lambda p, x, m: models.forward(cfg, p, x, m, logits_from,
-                                      shared_prefix).astype(jnp.dtype(dtype))
+                                      shared_prefix, group_prefix,
+                                      group_size).astype(jnp.dtype(dtype))
   b = sharding.batch_spec() if rows is None else sharding.rows_spec(rows, mesh)
   return sharding.jit_sharded(
       fn, mesh, (sharding.param_specs(abstract_params(cfg), mesh, cfg), b, b), b)
@@ -159,7 +162,7 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
   def fn(params, teacher_params, batch):
     logits, teacher, batch = step_lib.window_logits(student_cfg, teacher_cfg, teacher_dtype,
                                                     response_start, params, teacher_params,
-                                                    batch, shared_prefix)
+                                                    batch, dict(shared_prefix=shared_prefix))
     return objectives.sequence_scores(logits, teacher, batch, hp)
   return jax.jit(fn)
 

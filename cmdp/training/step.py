@@ -108,6 +108,16 @@ class StepConfig(flax.struct.PyTreeNode):
   # Leading columns of `inputs` that are the same real tokens in every row (the prompts'
   # shared prefix, `models.forward(shared_prefix=...)`): run once per microbatch. 0: off.
   shared_prefix: int = flax.struct.field(pytree_node=False, default=0)
+  # Leading columns of `inputs` that are the same (tokens and mask) in the G rows of each
+  # prompt group (`hp.group_size`): a sampled group's left-padded prompt, max_prompt_len.
+  # Run once per group in every forward pass of the student and the teacher (after the
+  # shared prefix), with the student's gradient through it. 0: off.
+  group_prefix: int = flax.struct.field(pytree_node=False, default=0)
+
+  def prefixes(self, group_size: int) -> dict:
+    """`models.forward`'s prefix-sharing arguments."""
+    return dict(shared_prefix=self.shared_prefix, group_prefix=self.group_prefix,
+                group_size=group_size)
 
 
 def response_window(batch: dict, start: int) -> dict:
@@ -183,8 +193,9 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   group = hp.group_size
   a, m = sc.grad_accum_steps, sc.ppo_minibatches
   start = sc.response_start
+  prefixes = sc.prefixes(group)
   loss_fn = make_loss_fn(objective, hp, student_config, teacher_config,
-                         sc.teacher_logits_dtype, start, sc.shared_prefix)
+                         sc.teacher_logits_dtype, start, prefixes)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def trainer_logprobs(params, rows):
@@ -192,7 +203,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     before `response_start`)."""
     def one(micro):
       logits = models.forward(student_config, params, micro["inputs"], micro["input_mask"],
-                              start, sc.shared_prefix)
+                              start, **prefixes)
       policy = logits.astype(jnp.float32) / hp.temperature
       lp = divergences.token_logprobs(policy, micro["targets"][:, start:],
                                       chunk_size=hp.chunk_size)
@@ -470,15 +481,16 @@ def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
                  student_config: models.ModelConfig,
                  teacher_config: models.ModelConfig | None,
                  teacher_logits_dtype: str = "float32", response_start: int = 0,
-                 shared_prefix: int = 0):
+                 prefixes: dict | None = None):
   """`loss_fn(params, teacher_params, microbatch, objective_state) -> (loss, metrics)`:
   the teacher's logits (from `teacher_params` under stop_gradient, or the microbatch's own
   `teacher_logits`), the student's raw logits, and the registered objective on both, all
-  over the `response_window` from `response_start` on."""
+  over the `response_window` from `response_start` on; `prefixes`: `models.forward`'s
+  prefix-sharing arguments (`StepConfig.prefixes`)."""
   def loss_fn(params, teacher_params, batch, objective_state):
     logits, teacher, batch = window_logits(student_config, teacher_config,
                                            teacher_logits_dtype, response_start, params,
-                                           teacher_params, batch, shared_prefix)
+                                           teacher_params, batch, prefixes)
     return objective.loss_fn(logits, teacher, batch, hp, objective_state)
   return loss_fn
 
@@ -486,23 +498,25 @@ def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
 def window_logits(student_config: models.ModelConfig,
                   teacher_config: models.ModelConfig | None, teacher_logits_dtype: str,
                   response_start: int, params, teacher_params, batch: dict,
-                  shared_prefix: int = 0):
+                  prefixes: dict | None = None):
   """`(student logits, teacher logits or None, batch)` over the `response_window` from
   `response_start` on, both float32: the teacher's are the batch's own `teacher_logits`
   when it brings them, else its forward pass (`teacher_config`) in `teacher_logits_dtype`,
-  under stop_gradient. Both forward passes run the first `shared_prefix` columns once
-  (`models.forward`). Shared by the loss and the sequence scorer."""
+  under stop_gradient. Both forward passes share the prompt's columns as `prefixes` says
+  (`models.forward`'s `shared_prefix`, `group_prefix`, `group_size`). Shared by the loss
+  and the sequence scorer."""
+  prefixes = prefixes or {}
   inputs, input_mask = batch["inputs"], batch["input_mask"]
   batch = response_window(batch, response_start)
   teacher = batch.get("teacher_logits")
   if teacher is None and teacher_config is not None:
     teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
-                             response_start, shared_prefix).astype(
+                             response_start, **prefixes).astype(
                                  jnp.dtype(teacher_logits_dtype))
   if teacher is not None:
     teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
   logits = models.forward(student_config, params, inputs, input_mask, response_start,
-                          shared_prefix)
+                          **prefixes)
   return logits.astype(jnp.float32), teacher, batch
 
 

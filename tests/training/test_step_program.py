@@ -161,8 +161,8 @@ def test_a_teacher_on_its_own_devices_gives_the_inside_step(disjoint, monkeypatc
   calls, whole = [], []
   real = programs.teacher_logits
 
-  def recording(*args):
-    fn = real(*args)
+  def recording(*args, **kwargs):
+    fn = real(*args, **kwargs)
 
     def call(params, inputs, input_mask):
       calls.append(inputs.shape)
