@@ -3,6 +3,7 @@ r"""Times one training step by phase and the update's model-FLOPs utilisation.
     python benchmarks/train_step.py --config configs/tiny.py
     python benchmarks/train_step.py --config configs/smollm2_sums.py --arg keep=half \
         --set batch_size=8 --set rollout.max_new_tokens=64
+    ... --no_group_sharing   # every row's prompt run on its own, for comparison
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher
 scoring (the teacher's forward on the student's sequences, timed alone for reference: it
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmdp.training import batch as batch_lib
-from cmdp.training import experiment, trainer
+from cmdp.training import experiment, programs, trainer
 
 
 def matmul_peak(n: int = 0, dtype: str = "float32", repeats: int = 10) -> float:
@@ -44,16 +45,20 @@ def _timed(fn) -> float:
 
 
 def model_flops(cfg, rows: int, length: int, head_positions: int, factor: int,
-                shared: int = 0) -> float:
+                shared: int = 0, group: int = 0, group_size: int = 1) -> float:
   """Model FLOPs of `rows` sequences of `length` tokens whose first `shared` are the same in
-  every row and run once (`models.forward(shared_prefix=...)`): `factor` (6 training, 2
-  forward) x (the layers' matmul params x the tokens run + the vocabulary projection x the
-  positions that get logits, `head_positions` per row) + attention (QK and AV over the
-  context)."""
+  every row and run once (`models.forward(shared_prefix=...)`) and whose first `group`
+  (> shared) are the same in each group of `group_size` rows and run once per group
+  (`group_prefix`): `factor` (6 training, 2 forward) x (the layers' matmul params x the
+  tokens run + the vocabulary projection x the positions that get logits, `head_positions`
+  per row) + attention (QK and AV over the context)."""
   d, f, n, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
   attn = d * cfg.head_dim * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-  tokens = rows * (length - shared) + shared
-  pairs = rows * (length - shared) * length + shared * shared
+  group = max(group, shared) if group_size > 1 else shared
+  groups = rows // group_size if group_size > 1 else rows
+  tokens = rows * (length - group) + groups * (group - shared) + shared
+  # Query-key pairs: each pass's queries against every key of its context (as computed).
+  pairs = rows * (length - group) * length + groups * (group - shared) * group + shared ** 2
   return factor * (n * (attn + 3 * d * f) * tokens + d * v * rows * head_positions
                    + 2 * n * cfg.num_heads * cfg.head_dim * pairs)
 
@@ -80,23 +85,36 @@ def main():
   p.add_argument("--arg", default=None)
   p.add_argument("--set", action="append", default=[])
   p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--no_group_sharing", action="store_true",
+                 help="Run every row's prompt on its own (the sampler's prefill and the "
+                 "update's passes), for a with/without comparison.")
   args = p.parse_args()
 
   config = load_config(args.config, args.arg, args.set)
   exp = experiment.build(config)
   state, shardings = trainer.create_state(exp, exp.student.params)
-  train_step = exp.make_train_step(exp.hp, shardings)
   g = exp.hp.group_size
+  step_config = exp.step_config
+  if args.no_group_sharing:
+    step_config = step_config.replace(group_prefix=0)
+  train_step = programs.train_step(exp.objective, exp.hp, exp.student.config, exp.optimizer,
+                                   step_config, exp.student_mesh, shardings,
+                                   exp.teacher.config, exp.teacher_mesh)
   it = iter(range(10 ** 6))
   from cmdp import data  # pylint: disable=g-import-not-at-top
   prompts_it = data.PromptIterator(exp.train_examples, config.batch_size // g, seed=0)
-  sampler = exp.sampler(group_size=exp.hp.group_size)  # repeats each prompt inside
+  # Repeats each prompt inside, after its one prefill; without sharing, on the host.
+  sampler = exp.sampler(group_size=1 if args.no_group_sharing else g)
   times = {k: [] for k in ("rollout", "reward", "teacher", "update")}
   gen_tokens, seq_tokens = [], []
   for step in range(args.steps + 1):
     examples = prompts_it.next_batch()
     group = [ex for ex in examples for _ in range(g)]
-    prompts = exp.put_prompts(exp.encode_prompts(examples))
+    prompts = exp.encode_prompts(examples)
+    if args.no_group_sharing:
+      prompts = exp.put_batch(tuple(np.repeat(x, g, axis=0) for x in prompts))
+    else:
+      prompts = exp.put_prompts(prompts)
     t0 = time.perf_counter()
     rollout = sampler(state.params, *prompts, jax.random.PRNGKey(next(it)))
     jax.block_until_ready(rollout)
@@ -125,14 +143,17 @@ def main():
   gen, seq = float(np.mean(gen_tokens)), float(np.mean(seq_tokens))
   scfg, tcfg = exp.student.config, exp.teacher.config
   rows, L = batch["inputs"].shape
-  head = L - exp.step_config.response_start  # positions that get logits
-  # The student's training pass and the teacher's forward, per epoch.
-  shared = exp.step_config.shared_prefix  # columns every row shares, run once
-  update_flops = (model_flops(scfg, rows, L, head, 6, shared)
-                  + model_flops(tcfg, rows, L, head, 2, shared)) * config.ppo_epochs
+  head = L - step_config.response_start  # positions that get logits
+  # The student's training pass and the teacher's forward, per epoch: the work the step
+  # needs (a prompt shared by a group counted once, with sharing on).
+  shared = step_config.shared_prefix  # columns every row shares, run once
+  share = dict(group=step_config.group_prefix, group_size=g)
+  update_flops = (model_flops(scfg, rows, L, head, 6, shared, **share)
+                  + model_flops(tcfg, rows, L, head, 2, shared, **share)) * config.ppo_epochs
   peak = matmul_peak(dtype=scfg.dtype)
   print(f"\nconfig {args.config}:{args.arg or ''}  batch {config.batch_size} x {L} tokens "
-        f"(the first {shared} shared, logits over the last {head}), "
+        f"(the first {shared} shared, the first {step_config.group_prefix} once per group "
+        f"of {g}, logits over the last {head}), "
         f"student {scfg.num_layers} layers d={scfg.hidden_size}, teacher {tcfg.num_layers} "
         f"layers, devices {jax.device_count()} ({jax.devices()[0].platform})")
   print("| phase | median s | tokens/s |")

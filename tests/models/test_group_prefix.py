@@ -87,9 +87,12 @@ def test_forward_refuses_impossible_groups(params):
 
 MESHES = [None, dict(data=1, fsdp=8), dict(data=2, fsdp=4), dict(data=1, fsdp=4, tensor=2)]
 MESH_IDS = ["one_device", "fsdp8", "data2_fsdp4", "fsdp4_tensor2"]
+# The fast tier samples on one device and fsdp=8; the full suite on every mesh.
+SAMPLER_MESHES = [pytest.param(a, id=i, marks=[pytest.mark.slow] if i in MESH_IDS[2:] else [])
+                  for a, i in zip(MESHES, MESH_IDS)]
 
 
-@pytest.mark.parametrize("axes", MESHES, ids=MESH_IDS)
+@pytest.mark.parametrize("axes", SAMPLER_MESHES)
 @pytest.mark.parametrize("prompts", [2, 8])
 def test_sampler_prefills_each_prompt_once(params, axes, prompts):
   """`repeat=G` prefills each prompt once and copies its cache to its G rows: the rollout
