@@ -16,8 +16,15 @@ the matmuls. Here:
     `[D, V]` head;
   * the cache is one buffer per layer (`KVCache`) in the layouts the attention matmuls read
     directly; each step writes only its new slot, in place;
+  * a one-token step attends over a window of the cache, the smallest multiple of 128 slots
+    that holds its slot (`attention_windows`), not over all of it;
+  * under a mesh whose fsdp axis splits the weights, the laid-out weights are gathered whole
+    on every device once per rollout (up to `GATHER_BYTES`), not once per step;
   * a prefill can ask for the last position's logits only; RoPE's cos/sin tables are built
     once per step, not once per layer.
+
+Cache and attention stay in the compute dtype (bfloat16 for the TPU configs), with float32
+accumulation of the scores and of the weighted values, and a float32 softmax.
 
 RMSNorm and RoPE are the training forward's own (`transformer.RMSNorm`, `transformer.rotate`).
 """
@@ -93,6 +100,10 @@ def decode_params(config: ModelConfig, params: dict, fuse: bool = True) -> Decod
 
   Pass `fuse=False` under tensor parallelism: a fused kernel's output columns would not split
   along head boundaries, and splitting q/k/v back apart would move data.
+
+  Traced under `sharding.activation_mesh`, the laid-out weights are gathered whole along the
+  model width on every device (split over tensor where they were) when they take at most
+  `GATHER_BYTES`.
   """
   dtype = transformer.compute_dtype(config)
   stacked = _fused(params["layers"]) if fuse else params["layers"]
@@ -102,7 +113,43 @@ def decode_params(config: ModelConfig, params: dict, fuse: bool = True) -> Decod
       for l in range(config.num_layers))
   embedding = params["embed_tokens"]["embedding"].astype(dtype)
   head = embedding.T if config.tie_word_embeddings else params["lm_head"]["kernel"].astype(dtype)
+  if sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((layers, head))) <= GATHER_BYTES:
+    layers, head = _gathered(layers), sharding.constrain(head, None, "vocab")
+    embedding = sharding.constrain(embedding, "vocab", None)
   return DecodeParams(layers, embedding, params["norm"], head)
+
+
+# Under a mesh whose fsdp axis splits the weights' model width, the layers' weights and the
+# head are gathered whole on every device once per rollout (`decode_params`), when they
+# take at most this many bytes in the compute dtype (Qwen2.5-1.5B in bfloat16: 3.1 GB):
+# a decode step then reads them in place. Larger models keep the stored layout, and each
+# step all-gathers every layer again (on a v5e-8 with Qwen2.5-1.5B that moved 2.7 GB over
+# the interconnect and wrote and read a gathered copy, 5.4 GB of HBM traffic, per step).
+# The embedding table is gathered with them (split, its lookup of B rows cost 140 MB more
+# per step there).
+GATHER_BYTES = 4 << 30
+
+# Logical names of the decode weights' dims, by module: what is split over tensor (heads,
+# kv heads, the MLP's width) stays split; the model width is whole.
+_OUT_DIM = {"qkv": "heads", "q_proj": "heads", "k_proj": "kv_heads", "v_proj": "kv_heads",
+            "gate_up": "mlp", "gate_proj": "mlp", "up_proj": "mlp"}
+_IN_DIM = {"o_proj": "heads", "down_proj": "mlp"}
+
+
+def _gathered(layers: tuple) -> tuple:
+  """The per-layer weights pinned whole along the model width (`sharding.constrain`; the
+  identity off a mesh)."""
+  def names(path, x):
+    module, leaf = path[-2].key if len(path) > 1 else None, path[-1].key
+    if leaf == "kernel" and module in _OUT_DIM:
+      return None, _OUT_DIM[module]
+    if leaf == "kernel" and module in _IN_DIM:
+      return _IN_DIM[module], None
+    if leaf == "bias" and module in _OUT_DIM:
+      return (_OUT_DIM[module],)
+    return (None,) * x.ndim
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: sharding.constrain(x, *names(path, x)), layers)
 
 
 def keys_transposed(dtype) -> bool:
@@ -137,14 +184,20 @@ def _dense(x, p, dtype):
 
 
 def _write(cache: jax.Array, new: jax.Array, at: tuple) -> jax.Array:
-  """`dynamic_update_slice` in place. A 16-bit float cache is updated as uint16 bits: XLA CPU
-  otherwise widens a bfloat16 update to float32 over the whole cache at every step."""
+  """`dynamic_update_slice` in place. On CPU a 16-bit float cache is updated as uint16 bits:
+  XLA CPU otherwise widens a bfloat16 update to float32 over the whole cache at every step.
+  Elsewhere the update is plain: on TPU each bitcast is a copy of the whole buffer (four
+  copies of each layer's keys and values per step; in the compiled decode step of
+  Qwen2.5-1.5B at 64 rows per v5e chip, 7.5 of its 19 GB)."""
   new = new.astype(cache.dtype)
+  plain = lambda c, n: jax.lax.dynamic_update_slice(c, n, at)
   if cache.dtype.itemsize != 2:
-    return jax.lax.dynamic_update_slice(cache, new, at)
-  bits = lambda x, t: jax.lax.bitcast_convert_type(x, t)
-  out = jax.lax.dynamic_update_slice(bits(cache, jnp.uint16), bits(new, jnp.uint16), at)
-  return bits(out, cache.dtype)
+    return plain(cache, new)
+
+  def as_bits(c, n):
+    bits = lambda x, t: jax.lax.bitcast_convert_type(x, t)
+    return bits(plain(bits(c, jnp.uint16), bits(n, jnp.uint16)), c.dtype)
+  return jax.lax.platform_dependent(cache, new, cpu=as_bits, default=plain)
 
 
 def _mlp(c: ModelConfig, p: dict, x):
@@ -158,12 +211,31 @@ def _mlp(c: ModelConfig, p: dict, x):
   return sharding.constrain(_dense(hidden, p["down_proj"], dtype), *transformer.EMBED)
 
 
-def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
+def attention_windows(slots: int, tokens: int) -> tuple[int, ...]:
+  """The static cache windows a call over `tokens` new tokens chooses from: for one-token
+  steps, the first `WINDOW_SLOTS`, 2 x, ... slots, then all `slots` (the step attends over
+  the smallest window holding its slot, so it reads the filled part of the cache, up to
+  WINDOW_SLOTS - 1 slots more, not the whole); for prefills, all slots."""
+  if tokens != 1 or slots <= WINDOW_SLOTS:
+    return (slots,)
+  return tuple(range(WINDOW_SLOTS, slots, WINDOW_SLOTS)) + (slots,)
+
+
+# A one-token step reads the cache in windows of this many slots (`attention_windows`):
+# 128, the lane width of TPU tiles.
+WINDOW_SLOTS = 128
+
+
+def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index,
+               windows: tuple[int, ...]):
   """Self-attention of T new tokens over the cache.
 
   x: [B, T, D]; rope: `transformer.rope_tables` of the T positions; bias: [B, 1, 1, T, S]
-  additive mask (0 or -1e30); k_cache, v_cache: one layer's buffers (see `KVCache`). Returns
-  the output [B, T, D] and the updated buffers.
+  additive mask (0 or -1e30); k_cache, v_cache: one layer's buffers (see `KVCache`);
+  windows: `attention_windows`: the scores and values are read from the first w slots of
+  the smallest window w that holds the new tokens' slots (`lax.switch` over the windows;
+  the slots past it are masked, so the numbers are those of the whole cache). Returns the
+  output [B, T, D] and the updated buffers.
   """
   dtype = transformer.compute_dtype(c)
   b, t, _ = x.shape
@@ -182,7 +254,8 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   zero = jnp.zeros((), jnp.int32)
   v_cache = _write(v_cache, v.swapaxes(1, 2), (zero, zero, index, zero))
   v_cache = sharding.constrain_cache(v_cache, 3)
-  if keys_transposed(k_cache.dtype):
+  transposed = keys_transposed(k_cache.dtype)
+  if transposed:
     k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
     k_cache = sharding.constrain_cache(k_cache, 2)
     scores_spec = "bkqd,bkds->bkqs"
@@ -194,12 +267,22 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
   # T = 1 every transpose here is a free reshape).
   groups = h // kvh
   qg = q.reshape(b, t, kvh, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, groups * t, hd)
-  scores = jnp.einsum(scores_spec, qg, k_cache.astype(dtype),
-                      preferred_element_type=jnp.float32) / math.sqrt(hd)
-  scores = scores.reshape(b, kvh, groups, t, -1) + bias
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kvh, groups * t, -1)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(dtype),
-                   preferred_element_type=jnp.float32).astype(dtype)
+
+  def attend(w, qg, k_cache, v_cache, bias):
+    keys = k_cache[..., :w] if transposed else k_cache[:, :, :w]
+    scores = jnp.einsum(scores_spec, qg, keys.astype(dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores = scores.reshape(b, kvh, groups, t, w) + bias[..., :w]
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kvh, groups * t, w)
+    return jnp.einsum("bkqs,bksd->bkqd", probs, v_cache[:, :, :w].astype(dtype),
+                      preferred_element_type=jnp.float32).astype(dtype)
+  branches = [lambda *a, w=w: attend(w, *a) for w in windows]
+  operands = (qg, k_cache, v_cache, bias)
+  if len(branches) == 1:
+    out = branches[0](*operands)
+  else:  # the first window past the last new slot
+    which = jnp.sum(jnp.asarray(windows[:-1]) < index + t)
+    out = jax.lax.switch(which, branches, *operands)
   out = out.reshape(b, kvh, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
   return (sharding.constrain(_dense(out, p["o_proj"], dtype), *transformer.EMBED), k_cache,
           v_cache)
@@ -207,7 +290,8 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index):
 
 def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens: jax.Array,
                        cache: KVCache, attention_mask: jax.Array | None = None, *,
-                       last_only: bool = False) -> tuple[jax.Array, KVCache]:
+                       last_only: bool = False,
+                       windows: tuple[int, ...] | None = None) -> tuple[jax.Array, KVCache]:
   """Runs `tokens [B, T]` after what `cache` holds (prefill: T = P; decoding: T = 1).
 
   Args:
@@ -219,6 +303,9 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
     attention_mask: optional bool `[B, T]`; False marks padding (left padding of prompts, or
       the feed of a finished row): its slot is never attended to and positions do not count it.
     last_only: return logits of the last position only (what a prefill needs).
+    windows: the cache windows to attend over (default `attention_windows(S, T)`); one
+      window `(w,)` makes every call read the first w slots (the planner's cost of a step
+      that attends over w slots; the caller keeps `cache.index + T <= w`).
 
   Returns:
     float32 logits `[B, T, V]` (`[B, V]` if `last_only`; V is `output_vocab` when set) and
@@ -234,6 +321,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
   token_mask = attention_mask.astype(bool)
   t = tokens.shape[1]
   s = cache.mask.shape[1]
+  windows = attention_windows(s, t) if windows is None else tuple(windows)
   mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, token_mask, cache.index, axis=1)
   q_slots = cache.index + jnp.arange(t)
   allowed = mask[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slots[None, :, None])
@@ -246,7 +334,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
   for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
     h = norm.apply({"params": layer["input_layernorm"]}, x)
     h, k_cache, v_cache = _attention(c, layer["self_attn"], h, rope, bias, k_cache, v_cache,
-                                     cache.index)
+                                     cache.index, windows)
     x = x + h
     x = x + _mlp(c, layer["mlp"], norm.apply({"params": layer["post_attention_layernorm"]}, x))
     x = sharding.constrain(x, *transformer.EMBED)

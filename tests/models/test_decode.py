@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cmdp import models
+from cmdp.models import decode
 from cmdp.models import ModelConfig, forward, forward_with_cache, init_cache, init_params
 
 CONFIG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -83,3 +84,92 @@ def test_init_cache_layout(dtype, key_shape):
   assert all(v.shape == (3, 2, 5, 8) for v in cache.v)
   assert cache.mask.shape == (3, 5) and not cache.mask.any()
   assert int(cache.index) == 0 and cache.pos.shape == (3,)
+
+
+def test_attention_windows():
+  """One-token steps choose among windows of 128 slots and the whole cache; prefills and
+  caches of at most 128 slots use the whole cache."""
+  assert decode.attention_windows(1023, 1) == (128, 256, 384, 512, 640, 768, 896, 1023)
+  assert decode.attention_windows(256, 1) == (128, 256)
+  assert decode.attention_windows(128, 1) == (128,)
+  assert decode.attention_windows(1023, 512) == (1023,)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_windowed_steps_equal_forward(dtype):
+  """Decode steps over windows of the cache (the step at slot 4 reads 5 slots, those at
+  slots 5 and 6 all 9): the same logits as `forward` on the whole sequence and as steps
+  over the whole cache at every real token, and the same cache at every real slot."""
+  config = CONFIG.replace(dtype=dtype, attention_bias=True, architecture="Qwen2ForCausalLM")
+  params = noisy_params(config)
+  rng = np.random.default_rng(1)
+  lengths = np.array([7, 5, 2])
+  mask = np.arange(7)[None] >= (7 - lengths)[:, None]
+  tokens = np.where(mask, rng.integers(1, 64, (3, 7)), 0).astype(np.int32)
+
+  @jax.jit
+  def run(params, tokens, mask):
+    laid_out = models.decode_params(config, params)
+    out = []
+    for windows in ((2, 5, 9), (9,)):
+      cache = init_cache(config, 3, 9)
+      got, cache = forward_with_cache(config, laid_out, tokens[:, :4], cache, mask[:, :4])
+      steps = [got]
+      for t in (4, 5, 6):
+        logits, cache = forward_with_cache(config, laid_out, tokens[:, t:t + 1], cache,
+                                           mask[:, t:t + 1], windows=windows)
+        steps.append(logits)
+      out.append((jnp.concatenate(steps, 1), cache))
+    return forward(config, params, tokens, mask), out
+
+  want, ((windowed, w_cache), (whole, cache)) = jax.tree.map(np.asarray,
+                                                             run(params, tokens, mask))
+  tol = 2e-5 if dtype == "float32" else 3e-2
+  np.testing.assert_allclose(windowed[mask], want[mask], atol=tol * np.abs(want).max())
+  # (a padding feed attends to nothing: its logits, unused, depend on the window)
+  np.testing.assert_allclose(windowed[mask], whole[mask], atol=1e-6 * np.abs(want).max())
+  np.testing.assert_array_equal(w_cache.mask, cache.mask)
+  np.testing.assert_array_equal(w_cache.pos, cache.pos)
+  real = cache.mask  # [B, S]: the slots ever attended to
+  slot_axis = 3 if decode.keys_transposed(config.dtype) else 2
+  for a, b in zip(w_cache.k, cache.k):
+    np.testing.assert_allclose(np.moveaxis(a, slot_axis, 1)[real],
+                               np.moveaxis(b, slot_axis, 1)[real], rtol=1e-5, atol=1e-5)
+  for a, b in zip(w_cache.v, cache.v):
+    np.testing.assert_allclose(np.moveaxis(a, 2, 1)[real], np.moveaxis(b, 2, 1)[real],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axes", [dict(data=1, fsdp=8), dict(data=1, fsdp=4, tensor=2)],
+                         ids=["fsdp8", "fsdp4_tensor2"])
+def test_sharded_windowed_sampler_equals_one_device(axes, monkeypatch):
+  """On a cpu:8 mesh the decode weights are gathered whole along the model width (split
+  over tensor where they were), and steps over cache windows of 4 slots sample the same
+  tokens and log-probs as one device attending over the whole cache."""
+  from cmdp import rollout, sharding  # pylint: disable=g-import-not-at-top
+  config = CONFIG.replace(attention_bias=True, architecture="Qwen2ForCausalLM")
+  params = jax.tree.map(lambda x: x * 10 if x.ndim >= 2 else x,
+                        init_params(config, jax.random.key(0)))
+  rng = np.random.default_rng(2)
+  lengths = rng.integers(1, 7, 8)
+  mask = np.arange(6)[None] >= (6 - lengths)[:, None]
+  tokens = np.where(mask, rng.integers(1, 64, (8, 6)), 0).astype(np.int32)
+  kw = dict(max_new_tokens=6, temperature=1.0)
+  want = rollout.make_sampler(config, **kw)(params, tokens, mask, jax.random.key(3))
+  monkeypatch.setattr(decode, "WINDOW_SLOTS", 4)
+  assert decode.attention_windows(11, 1) == (4, 8, 11)
+  mesh = sharding.make_mesh(**axes)
+  sharded = sharding.shard_params(params, mesh, config)
+  got = rollout.make_sampler(config, mesh=mesh, **kw)(sharded, tokens, mask, jax.random.key(3))
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+
+  tensor = mesh.shape["tensor"] > 1
+  layout = sharding.on_mesh(
+      lambda p: models.decode_params(config, p, fuse=not tensor), mesh)
+  laid_out = jax.jit(layout).lower(sharded).compile().output_shardings
+  for path, s in jax.tree_util.tree_flatten_with_path((laid_out.layers, laid_out.head))[0]:
+    assert "fsdp" not in jax.tree.leaves(tuple(s.spec)), (path, s.spec)
+  if tensor:  # q's output columns (4 heads) stay split over tensor
+    assert laid_out.layers[0]["self_attn"]["q_proj"]["kernel"].spec == \
+        jax.sharding.PartitionSpec(None, "tensor")
