@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from cmdp import models
@@ -71,10 +72,11 @@ def test_roofline_takes_the_larger_of_compute_and_memory_time():
   assert r.seconds == pytest.approx(3.1e9 / 1640e9) and r.compute_s == pytest.approx(6.2e9 / 918e12)
 
 
-def _rollout_phase(total, step, steps, kv_cache=0):
+def _rollout_phase(total, step, steps, kv_cache=0, floor=None):
   program = phases.Program(0, 0, 0, 0, total)
   return phases.Phase("rollout", "student", program, total, (), kv_cache,
-                      decode_step=step, decode_steps=steps)
+                      decode_step=step, decode_steps=steps, decode_loop=step * steps,
+                      decode_floor=floor)
 
 
 def test_rollout_roofline_is_its_prefill_plus_its_decode_loop():
@@ -92,20 +94,51 @@ def test_rollout_roofline_is_its_prefill_plus_its_decode_loop():
   assert planner.phase_rooflines(phase, topology.parse("cpu:8")) is None
 
 
-def test_decode_loop_counts_the_filled_cache_at_its_mean_length():
+def test_decode_floor_reads_the_weights_every_step_and_the_attended_cache():
+  # P = 4 prompt slots, N = 5 new tokens: 8 slots of 100 bytes, 4 decode steps attending
+  # over 5, 6, 7 and 8 slots (26 slot reads), each multiplying by 1,000 bytes of weights.
+  assert phases.decode_floor(1000.0, 800.0, 4, 5) == pytest.approx(4 * 1000 + 26 * 100)
+  # Qwen2.5-1.5B on a v5e-8 (configs/qwen_math.py): 3.09e9 bytes of weights, a 1.88e9-byte
+  # cache of 1,023 slots; 511 steps attending over 513..1,023 slots.
+  attended = sum(512 + i for i in range(1, 512))
+  assert phases.decode_floor(3.09e9, 1.88e9, 512, 512) == pytest.approx(
+      511 * 3.09e9 + 1.88e9 * attended / 1023)
+
+
+def test_decode_loop_reports_its_floor_and_the_ratio():
   import types  # pylint: disable=g-import-not-at-top
-  # P = 4 prompt slots, N = 5 new tokens: 8 slots, 4 decode steps filling 5..8 slots (mean
-  # 6.5 = P + N / 2). A step reads 1,000 bytes, 800 of them the cache: 150 unfilled on average.
+  # 4 steps of 10 FLOPs and 1,000 bytes; a floor of 3,200 bytes: 1.25 x.
   step = phases.Cost(10.0, 1000.0, None)
-  phase = _rollout_phase(step * 4, step, 4, kv_cache=800)
-  config = types.SimpleNamespace(data=types.SimpleNamespace(max_prompt_len=4),
-                                 rollout=types.SimpleNamespace(max_new_tokens=5), batch_size=2)
-  plan = types.SimpleNamespace(phases=[phase], topology=topology.parse("v5e-8"), config=config)
+  phase = _rollout_phase(step * 4, step, 4, kv_cache=800, floor=3200.0)
+  plan = types.SimpleNamespace(phases=[phase], topology=topology.parse("v5e-8"))
   loop = planner.decode_loop(plan)
   assert loop["steps"] == 4
   assert loop["total"].bytes_accessed == 4000.0
-  assert loop["filled_cache"].bytes_accessed == pytest.approx(4 * 850.0)
-  assert loop["filled_cache"].seconds == pytest.approx(3400.0 / 819e9)
+  assert loop["floor"].seconds == pytest.approx(3200.0 / 819e9)
+  assert loop["ratio"] == pytest.approx(1.25)
+
+
+def test_decode_windows_count_the_steps_at_each_window():
+  import types  # pylint: disable=g-import-not-at-top
+  config = types.SimpleNamespace(data=types.SimpleNamespace(max_prompt_len=512),
+                                 rollout=types.SimpleNamespace(max_new_tokens=512))
+  exp = types.SimpleNamespace(config=config)
+  # Steps 1..511 write slots 512..1022 and read P + i slots: 513..640 in the first window.
+  assert phases.decode_windows(exp, "student") == {640: 128, 768: 128, 896: 128, 1023: 127}
+  config.data.max_prompt_len, config.rollout.max_new_tokens = 16, 8  # 23 slots: one window
+  assert phases.decode_windows(exp, "student") == {23: 7}
+
+
+def test_decode_weight_bytes_equal_hand_count():
+  """The student's decode weights (one layer, tied head) in its compute dtype, norm scales
+  in float32, whole on every chip, and its rows of the embedding."""
+  config = _small_config(data=1, fsdp=8, tensor=1)
+  exp = abstract.abstract_experiment(config, jax.devices()[:8])
+  c = jnp.dtype(exp.student.config.dtype).itemsize
+  q, kv = H * HD, KVH * HD
+  layer = c * (D * (q + 2 * kv) + (q + 2 * kv) + q * D + 3 * D * F) + 4 * 2 * D
+  rows = config.batch_size // 8
+  assert phases.decode_weight_bytes(exp, "student") == layer + c * D * V + rows * D * c
 
 
 # ---- presets ----

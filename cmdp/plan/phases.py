@@ -41,9 +41,11 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.layout import Format, Layout
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cmdp import models, sharding
+from cmdp.models import decode as decode_lib
 from cmdp.plan import abstract
 from cmdp.plan import buffers as buffers_lib
 from cmdp.rollout import sampler as sampler_lib
@@ -192,9 +194,11 @@ class Phase:
     compiled alone) says nothing about memory.
   layer_cost: one layer's cost, when the phase is a layer scan another program repeats
     (teacher scoring: one teacher layer on the whole step's batch).
-  decode_step: one decode-loop iteration's cost (rollout only, with costs): each step
-    attends over every slot of the P + N - 1 slot cache, so every step costs the same.
+  decode_step: one decode-loop iteration's cost at the whole cache (its largest window;
+    rollout only, with costs; HBM traffic, see `HBM_OPTIONS`).
   decode_steps: iterations of the decode loop in `cost` (N - 1).
+  decode_loop: the cost of those iterations, each at its cache window (`decode_windows`).
+  decode_floor: bytes one chip must read over them at least (`decode_floor`).
   """
   name: str
   side: str
@@ -206,6 +210,8 @@ class Phase:
   layer_cost: Cost | None = None
   decode_step: Cost | None = None
   decode_steps: int = 0
+  decode_loop: Cost | None = None
+  decode_floor: float | None = None
 
 
 def shard_bytes(tree) -> int:
@@ -259,36 +265,117 @@ def _sampler_program(exp, model: str, breakdown: bool = False) -> Program:
   return compile_lowered(sampler.lower(*args), args, breakdown)
 
 
-def _decode_step_cost(exp, model: str, width: int = 1) -> Cost:
+def _decode_step_cost(exp, model: str, width: int = 1, window: int | None = None,
+                      hbm: bool = False) -> Cost:
   """Cost of one decode-loop iteration: a one-token `forward_with_cache` and the draw; for
-  `width` > 1, one prefill pass over that many columns (last position's logits, no draw)."""
+  `width` > 1, one prefill pass over that many columns (last position's logits, no draw).
+
+  Traced as the sampler traces it (under the activation mesh, the weights laid out by
+  `decode_params`), the cache's layout left to XLA (`Layout.AUTO`, as it chooses it for the
+  loop's carry). `window`: the step attends over the cache's first `window` slots (else it
+  chooses among `attention_windows`, as the loop does). `hbm`: on TPU, compiled without
+  memory-space assignment (`HBM_OPTIONS`), so that XLA's bytes are the program's HBM
+  traffic.
+  """
   c = exp.config
   m = exp.student if model == "student" else exp.teacher
   mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
   cfg, b = m.config, c.batch_size
-  # As the sampler lays the weights out: fused unless under tensor parallelism.
-  layout = functools.partial(models.decode_params, cfg, fuse=mesh.shape["tensor"] == 1)
-  dshapes = jax.eval_shape(layout, m.params)
-  compiled = jax.jit(layout).lower(m.params).compile(
-      compiler_options=_compiler_options(m.params))
-  dparams = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         dshapes, compiled.output_shardings)
+  dparams = decode_params_shapes(exp, model)
   cache = _decode_cache(exp, model)
   cache = abstract.place(cache, sharding.cache_specs(cache, mesh), mesh)
   tokens = abstract.rows(exp, (b, width), jnp.int32, mesh)
   mask = abstract.rows(exp, (b, width), jnp.bool_, mesh)
   r = c.rollout
+  windows = None if window is None else (window,)
 
   def step(dp, tok, tok_mask, kv, key):
-    logits, kv = models.forward_with_cache(cfg, dp, tok, kv, tok_mask, last_only=width > 1)
+    logits, kv = models.forward_with_cache(cfg, dp, tok, kv, tok_mask, last_only=width > 1,
+                                           windows=windows)
     if width > 1:
       return logits, kv
     new, lp = sample_token(key, logits[:, 0], temperature=r.temperature, top_k=r.top_k,
                            top_p=r.top_p, greedy=False)
     return new, lp, kv
 
-  fn = jax.jit(step, donate_argnums=(3,))
-  return compile_program(fn, dparams, tokens, mask, cache, _rng(mesh)).cost
+  auto = lambda x: Format(Layout.AUTO, x.sharding)
+  kv_in = cache._replace(k=tuple(map(auto, cache.k)), v=tuple(map(auto, cache.v)),
+                         mask=cache.mask.sharding, index=cache.index.sharding,
+                         pos=cache.pos.sharding)
+  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+  rows = NamedSharding(mesh, sharding.batch_spec())
+  out = (rows, rows, kv_in) if width == 1 else (rows, kv_in)  # token, log-prob / logits
+  fn = jax.jit(sharding.on_mesh(step, mesh), donate_argnums=(3,),
+               in_shardings=(shardings(dparams), tokens.sharding, mask.sharding, kv_in,
+                             NamedSharding(mesh, P())),
+               out_shardings=out)
+  args = (dparams, tokens, mask, cache, _rng(mesh))
+  lowered = fn.lower(*args)
+  if hbm and _compiler_options(args):
+    return measure(lowered.compile(compiler_options={**TPU_OPTIONS, **HBM_OPTIONS})).cost
+  return compile_lowered(lowered, args).cost
+
+
+# The decode loop's cost on TPU is read from its step compiled without memory-space
+# assignment. With it, XLA stages what a step reads through the chip's VMEM (prefetches of
+# weights and cache slices) and its cost analysis counts each staged buffer on both sides
+# of the copy and again where it is read: a [64, 1536] x [1536, 17920] bfloat16 matmul
+# (55 MB of weights) counts 278 MB, 57.5 MB without; a decode step of Qwen2.5-1.5B at 64
+# rows per v5e chip 10.2 GB, 6.2 GB without. Without it, each instruction reads its
+# operands from HBM and writes its result there: the HBM traffic of the program.
+HBM_OPTIONS = {"xla_msa_enable": False}
+
+
+def decode_params_shapes(exp, model: str):
+  """The sampler's `decode_params` of the model as sharded ShapeDtypeStructs: laid out
+  under the activation mesh, fused unless under tensor parallelism, as the sampler does."""
+  m = exp.student if model == "student" else exp.teacher
+  mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
+  layout = functools.partial(models.decode_params, m.config, fuse=mesh.shape["tensor"] == 1)
+  layout = sharding.on_mesh(layout, mesh)
+  dshapes = jax.eval_shape(layout, m.params)
+  compiled = jax.jit(layout).lower(m.params).compile(
+      compiler_options=_compiler_options(m.params))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      dshapes, compiled.output_shardings)
+
+
+def decode_windows(exp, model: str) -> dict[int, int]:
+  """`{window: steps}`: how many of the decode loop's N - 1 steps attend over each cache
+  window (`models.decode.attention_windows`): step i (1..N-1) writes slot P + i - 1 and
+  reads the smallest window of at least P + i slots."""
+  del model  # the same cache length for either model
+  p, n = exp.config.data.max_prompt_len, exp.config.rollout.max_new_tokens
+  windows = decode_lib.attention_windows(p + n - 1, 1)
+  out = {}
+  for i in range(1, n):
+    w = next(w for w in windows if w >= p + i)
+    out[w] = out.get(w, 0) + 1
+  return out
+
+
+def decode_floor(weight_bytes: float, cache_bytes: float, prompt: int, new: int) -> float:
+  """Bytes one chip must read over the decode loop's `new` - 1 steps at least: the decode
+  weights (`weight_bytes`, what a step multiplies by) at every step, and of its cache
+  (`cache_bytes` for all `prompt` + `new` - 1 slots) the slots each step attends over:
+  step i (1..new-1) attends over prompt + i slots."""
+  steps = new - 1
+  slots = prompt + new - 1
+  attended = steps * prompt + steps * (steps + 1) / 2
+  return steps * weight_bytes + cache_bytes * attended / slots
+
+
+def decode_weight_bytes(exp, model: str) -> float:
+  """Per-chip bytes of the weights a decode step multiplies by: every layer's and the
+  output head's, whole along the model width, split over tensor (`decode_params`), and
+  its rows of the embedding table."""
+  m = exp.student if model == "student" else exp.teacher
+  mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
+  dparams = decode_params_shapes(exp, model)
+  nbytes = lambda tree: sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+  rows = sampler_lib.rows_per_device(exp.config.batch_size, mesh)
+  row = m.config.hidden_size * jnp.dtype(dparams.embedding.dtype).itemsize
+  return nbytes((dparams.layers, dparams.head)) / mesh.shape["tensor"] + rows * row
 
 
 def _decode_cache(exp, model: str):
@@ -307,16 +394,33 @@ def kv_cache_bytes(exp, model: str) -> int:
 
 
 def rollout(exp, with_cost: bool = True) -> Phase | None:
-  """The rollout phase (None when the objective trains on reference sequences)."""
+  """The rollout phase (None when the objective trains on reference sequences).
+
+  With costs: the sampler's program counts its decode loop's body once; that body (one
+  step as the sampler compiles it) is taken out and the loop's N - 1 steps put in, each
+  at its cache window (`decode_windows`), as HBM traffic (`HBM_OPTIONS`). A step's cost is
+  affine in its window: the steps at the smallest and the largest window used are
+  compiled, the others interpolated.
+  """
   model = abstract.rollout_model(exp)
   if model is None:
     return None
   program = _sampler_program(exp, model, breakdown=with_cost)
   cost = program.cost
-  step, steps = None, max(exp.config.rollout.max_new_tokens - 1, 0)
-  if with_cost:  # the loop body is in `program` once; the loop runs N - 1 times
-    step = _decode_step_cost(exp, model)
-    cost = cost + step * max(steps - 1, 0)
+  steps = max(exp.config.rollout.max_new_tokens - 1, 0)
+  step = loop = floor = None
+  if with_cost and steps:
+    windows = decode_windows(exp, model)
+    lo, hi = min(windows), max(windows)
+    at_lo = _decode_step_cost(exp, model, window=lo, hbm=True)
+    step = at_lo if hi == lo else _decode_step_cost(exp, model, window=hi, hbm=True)
+    at = lambda w: at_lo if hi == lo else at_lo + (step - at_lo) * ((w - lo) / (hi - lo))
+    loop = functools.reduce(lambda x, y: x + y, (at(w) * k for w, k in windows.items()))
+    cost = cost - _decode_step_cost(exp, model) + loop
+    c = exp.config
+    floor = decode_floor(decode_weight_bytes(exp, model), kv_cache_bytes(exp, model),
+                         c.data.max_prompt_len, c.rollout.max_new_tokens)
+  if with_cost:
     width = exp.config.data.max_prompt_len  # the planner's prompts share no prefix
     chunk = sampler_lib.prefill_chunk(
         sampler_lib.rows_per_device(exp.config.batch_size, _sampler(exp, model)[1]), width)
@@ -324,7 +428,8 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
       cost = cost + _decode_step_cost(exp, model, chunk) * (width // chunk - 1)
   return Phase("rollout", model, program, cost,
                ("student_params",) if model == "student" else ("teacher_params",),
-               kv_cache_bytes(exp, model), decode_step=step, decode_steps=steps)
+               kv_cache_bytes(exp, model), decode_step=step, decode_steps=steps,
+               decode_loop=loop, decode_floor=floor)
 
 
 # ---- teacher scoring ----

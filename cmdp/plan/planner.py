@@ -151,15 +151,15 @@ def phase_rooflines(phase: phases.Phase, topology: Topology) -> dict | None:
   """`{part: Roofline}` of a phase's compiled programs (None without a chip or a program).
 
   The rollout has two: the prefill (the sampler less its decode loop) and the decode loop
-  (one compiled decode step times its N - 1 iterations: every step reads the whole cache,
-  see `decode_loop`); every other phase is one program.
+  (its N - 1 steps, each at its cache window: `phases.rollout`); every other phase is one
+  program.
   """
   chip = topology.chip
   if chip is None or phase.program.oom:
     return None
-  if phase.decode_step is None:
+  if phase.decode_loop is None:
     return {phase.name: _chip_roofline(phase.cost, chip)}
-  loop = phase.decode_step * phase.decode_steps
+  loop = phase.decode_loop
   return {"prefill": _chip_roofline(phase.cost - loop, chip),
           "decode": _chip_roofline(loop, chip)}
 
@@ -180,28 +180,22 @@ def phase_seconds(phase: phases.Phase, topology: Topology) -> tuple[float | None
 
 def decode_loop(plan: "Plan") -> dict | None:
   """The rollout's decode loop on the plan's chip: `{"steps", "per_step", "total",
-  "filled_cache"}` (Rooflines; None without a chip or a compiled rollout).
+  "floor", "ratio"}` (None without a chip or a compiled rollout).
 
-  `total` is the program as compiled: each step attends over all P + N - 1 slots of the
-  cache (masked), so it reads the whole cache and every step costs the same. `filled_cache`
-  counts the cache as it grows: step i (1..N-1) reads only the P + i slots filled so far,
-  i.e. one step at the mean filled length P + N / 2, times N - 1: the step's bytes less the
-  unfilled share of the per-chip cache (FLOPs kept). It is the floor of a decode step that
-  reads only what it attends to.
+  `per_step`: a step at the whole cache (Roofline); `total`: the loop as planned, its N - 1
+  steps each at its cache window (Roofline); `floor`: the loop's bandwidth floor, the bytes
+  a chip must read (`phases.decode_floor`: the decode weights every step, the attended
+  slots of its cache) over the HBM bandwidth (Roofline, no FLOPs); `ratio`: the planned
+  decode time over the floor's.
   """
-  phase = next((p for p in plan.phases if p.decode_step is not None), None)
+  phase = next((p for p in plan.phases if p.decode_loop is not None), None)
   chip = plan.topology.chip
   if phase is None or chip is None or phase.program.oom:
     return None
-  p, n = plan.config.data.max_prompt_len, plan.config.rollout.max_new_tokens
-  slots = p + n - 1
-  step = phase.decode_step
-  unfilled = phase.kv_cache * (1 - (p + n / 2) / slots)
-  filled = phases.Cost(step.flops, max(step.bytes_accessed - unfilled, 0.0), None)
-  k = phase.decode_steps
-  return {"steps": k, "per_step": _chip_roofline(step, chip),
-          "total": _chip_roofline(step * k, chip),
-          "filled_cache": _chip_roofline(filled * k, chip)}
+  total = _chip_roofline(phase.decode_loop, chip)
+  floor = _chip_roofline(phases.Cost(0.0, phase.decode_floor, None), chip)
+  return {"steps": phase.decode_steps, "per_step": _chip_roofline(phase.decode_step, chip),
+          "total": total, "floor": floor, "ratio": total.seconds / floor.seconds}
 
 
 def generated_tokens(plan: "Plan") -> int:

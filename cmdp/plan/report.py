@@ -172,10 +172,11 @@ def _roofline_text(plan: Plan) -> list[str]:
                  f"{r.memory_s:.3g} s)")
   loop = planner.decode_loop(plan)
   if loop is not None:
-    step, filled = loop["per_step"], loop["filled_cache"]
-    out.append(f"         decode loop: {loop['steps']} steps x {step.seconds * 1e3:.3g} ms "
-               f"({step.bound}-bound, the whole cache read every step); with only the filled "
-               f"cache read, {_seconds(filled.seconds)} ({filled.bound}-bound)")
+    step, total, floor = loop["per_step"], loop["total"], loop["floor"]
+    out.append(f"         decode loop: {loop['steps']} steps, {total.seconds / loop['steps'] * 1e3:.3g} "
+               f"ms a step ({step.seconds * 1e3:.3g} ms at the whole cache); bandwidth floor "
+               f"{_seconds(floor.seconds)} ({floor.bytes_accessed:.3e} bytes: the decode weights "
+               f"every step, the attended cache): planned {loop['ratio']:.2f} x the floor")
   rates = planner.tokens_per_s_per_chip(plan)
   if planner.generated_tokens(plan):
     out.append(f"tokens   {planner.generated_tokens(plan):,} generated per step: "
@@ -198,8 +199,8 @@ def _roofline_json(plan: Plan) -> dict | None:
                             else {k: as_dict(r) for k, r in parts.items()})
                    for p in plan.phases},
       "decode_loop": None if loop is None else {
-          "steps": loop["steps"], **{k: as_dict(loop[k])
-                                     for k in ("per_step", "total", "filled_cache")}},
+          "steps": loop["steps"], "ratio": loop["ratio"],
+          **{k: as_dict(loop[k]) for k in ("per_step", "total", "floor")}},
   }
 
 
