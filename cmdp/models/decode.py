@@ -17,7 +17,8 @@ the matmuls. Here:
   * the cache is one buffer per layer (`KVCache`) in the layouts the attention matmuls read
     directly; each step writes only its new slot, in place;
   * a one-token step attends over a window of the cache, the smallest multiple of 128 slots
-    that holds its slot (`attention_windows`), not over all of it;
+    that holds its slot (`attention_windows`), not over all of it (not on CPU:
+    `WINDOWS_ON_CPU`);
   * under a mesh whose fsdp axis splits the weights, the laid-out weights are gathered whole
     on every device once per rollout (up to `GATHER_BYTES`), not once per step;
   * a prefill can ask for the last position's logits only; RoPE's cos/sin tables are built
@@ -225,6 +226,12 @@ def attention_windows(slots: int, tokens: int) -> tuple[int, ...]:
 # 128, the lane width of TPU tiles.
 WINDOW_SLOTS = 128
 
+# Whether XLA CPU also attends over windows. It does not by default: there the switch
+# costs more than the slots it skips (SmolLM2-135M at B=16, a 384-slot cache, steps in
+# the 256-slot window: 68 vs 59 ms a step in bfloat16, 93 vs 90 in float32), so a CPU
+# step attends over the whole cache (the last window; the same numbers).
+WINDOWS_ON_CPU = False
+
 
 def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index,
                windows: tuple[int, ...]):
@@ -280,9 +287,11 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index,
   operands = (qg, k_cache, v_cache, bias)
   if len(branches) == 1:
     out = branches[0](*operands)
-  else:  # the first window past the last new slot
+  else:  # the first window past the last new slot; on CPU the last (see WINDOWS_ON_CPU)
     which = jnp.sum(jnp.asarray(windows[:-1]) < index + t)
-    out = jax.lax.switch(which, branches, *operands)
+    switched = lambda *a: jax.lax.switch(which, branches, *a)
+    out = (switched(*operands) if WINDOWS_ON_CPU else
+           jax.lax.platform_dependent(*operands, cpu=branches[-1], default=switched))
   out = out.reshape(b, kvh, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
   return (sharding.constrain(_dense(out, p["o_proj"], dtype), *transformer.EMBED), k_cache,
           v_cache)

@@ -96,10 +96,11 @@ def test_attention_windows():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_windowed_steps_equal_forward(dtype):
+def test_windowed_steps_equal_forward(dtype, monkeypatch):
   """Decode steps over windows of the cache (the step at slot 4 reads 5 slots, those at
   slots 5 and 6 all 9): the same logits as `forward` on the whole sequence and as steps
   over the whole cache at every real token, and the same cache at every real slot."""
+  monkeypatch.setattr(decode, "WINDOWS_ON_CPU", True)
   config = CONFIG.replace(dtype=dtype, attention_bias=True, architecture="Qwen2ForCausalLM")
   params = noisy_params(config)
   rng = np.random.default_rng(1)
@@ -157,6 +158,7 @@ def test_sharded_windowed_sampler_equals_one_device(axes, monkeypatch):
   kw = dict(max_new_tokens=6, temperature=1.0)
   want = rollout.make_sampler(config, **kw)(params, tokens, mask, jax.random.key(3))
   monkeypatch.setattr(decode, "WINDOW_SLOTS", 4)
+  monkeypatch.setattr(decode, "WINDOWS_ON_CPU", True)
   assert decode.attention_windows(11, 1) == (4, 8, 11)
   mesh = sharding.make_mesh(**axes)
   sharded = sharding.shard_params(params, mesh, config)
@@ -173,3 +175,18 @@ def test_sharded_windowed_sampler_equals_one_device(axes, monkeypatch):
   if tensor:  # q's output columns (4 heads) stay split over tensor
     assert laid_out.layers[0]["self_attn"]["q_proj"]["kernel"].spec == \
         jax.sharding.PartitionSpec(None, "tensor")
+
+
+def test_cpu_steps_attend_over_the_whole_cache(monkeypatch):
+  """XLA CPU compiles a one-token step over a 200-slot cache without the window switch
+  (`decode.WINDOWS_ON_CPU`), and with it when asked."""
+  cache = init_cache(CONFIG, 2, 200)
+  params = models.decode_params(CONFIG, init_params(CONFIG, jax.random.key(0)))
+
+  def compiled():  # a new function each time: traced anew
+    step = lambda p, c: forward_with_cache(CONFIG, p, jnp.ones((2, 1), jnp.int32), c)
+    return jax.jit(step).lower(params, cache).compile().as_text()
+  assert decode.attention_windows(200, 1) == (128, 200)
+  assert " conditional(" not in compiled()
+  monkeypatch.setattr(decode, "WINDOWS_ON_CPU", True)
+  assert " conditional(" in compiled()
