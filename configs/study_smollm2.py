@@ -116,6 +116,6 @@ def get_config(arg=None):
     run.probe_prompts = 2
     c.eval.batch_size = 4
     c.compilation_cache = False  # JAX's cache is process-wide: not from inside a test run
-    keep = ("cmdp@3/q50", "grpo")
+    keep = ("cmdp@3/q50", "dual_lagrangian/q50", "grpo")  # dual: a state of its own
     c.methods = [m for m in c.methods if m["name"] in keep]
   return c

@@ -138,8 +138,10 @@ def _layer(params: dict, i: int) -> dict:
 def _layer_fn(config: ModelConfig):
   """One layer: `(out, own kv, residual after attention, MLP hidden)`, compiled once."""
   def run(p, x, positions, mask, prefix):
+    # The shared prefix's `(k, v)` (`[1, S, KVH, hd]`, every token real) as Block's one level.
+    levels = () if prefix is None else ((prefix,), (jnp.ones(prefix[0].shape[:2], bool),))
     (out, kv), variables = Block(config, return_kv=True).apply(
-        {"params": p}, x, positions, mask, prefix, mutable=["intermediates"])
+        {"params": p}, x, positions, mask, *levels, mutable=["intermediates"])
     inter = variables["intermediates"]
     return out, kv, inter["attn_residual"][0], inter["mlp"]["hidden"][0]
   return jax.jit(run)

@@ -79,6 +79,22 @@ class Checkpointer:
           "--workdir DIR` reads without --config), or use a fresh --workdir.") from None
     return restored["state"], meta
 
+  def restore_params(self, abstract_params: Any, model_config: models.ModelConfig,
+                     step: int | None = None) -> Any:
+    """The student's params alone at `step` (default: latest), into `abstract_params`'
+    shardings: a run that starts from another's (`student.init_workdir`, e.g. a heal
+    trained with another objective or optimiser) reads only what it shares with it."""
+    step = self.latest_step() if step is None else step
+    check_model_matches(self.read_meta(step).get("student_model", {}), model_config,
+                        self.directory, step)
+    target = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+    with ocp.PyTreeCheckpointer() as reader:  # the state item's subtree, apart from the manager
+      restored = reader.restore(
+          os.path.join(self.directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))
+    return restored["params"]
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -488,7 +488,7 @@ def _params_from_run(exp, workdir: str, state):
   other = ckpt_lib.Checkpointer(workdir)
   if other.latest_step() is None:
     raise FileNotFoundError(f"config.student.init_workdir={workdir!r} holds no checkpoint.")
-  restored, _ = other.restore(state, exp.student.config)
+  params = other.restore_params(state.params, exp.student.config)
   other.close()
-  return restored.params
+  return params
 

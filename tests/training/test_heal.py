@@ -3,16 +3,21 @@ its own that the main run starts from and the next run reuses."""
 import json
 import os
 import signal
+import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from cmdp import evaluate
+from cmdp import evaluate, models
+from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment
+from cmdp.training import step as step_lib
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
 from tests.training.tiny import tiny_config
@@ -175,3 +180,30 @@ def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypat
 def test_refit_fields_are_checked(overrides, message):
   with pytest.raises(ValueError, match=r"config\.student\." + message):
     config_lib.validate(tiny_config(**overrides))
+
+
+def test_a_run_starts_from_the_params_of_a_run_with_another_state():
+  """`student.init_workdir` reads only the params: the heal's objective (gkd, no state) and
+  optimiser (Adam) differ from the run's (dual_lagrangian's lambda, SGD), as in the studies
+  whose dual Lagrangian starts from the shared heal; another student shape is refused."""
+  cfg = models.ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1,
+                           num_heads=2, num_kv_heads=1, head_dim=8)
+  params = models.init_params(cfg, jax.random.key(0))
+  hp = ObjectiveConfig()
+  heal = step_lib.init_state(params, optax.adam(1e-3), get_objective("gkd"), hp,
+                             jax.random.key(1))
+  with tempfile.TemporaryDirectory() as d:
+    saver = ckpt_lib.Checkpointer(d)
+    saver.save(0, heal, {"student_model": ckpt_lib.model_record(cfg)}, wait=True)
+    saver.close()
+    run = step_lib.init_state(jax.tree.map(jnp.zeros_like, params), optax.sgd(0.1),
+                              get_objective("dual_lagrangian"), hp, jax.random.key(2))
+    reader = ckpt_lib.Checkpointer(d)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="holds another train state"):
+      reader.restore(run, cfg)  # the whole state: refused, as a resume must be
+    got = reader.restore_params(run.params, cfg)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(g, w)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="hidden_size: checkpoint 16"):
+      reader.restore_params(run.params, cfg.replace(hidden_size=24))
+    reader.close()
