@@ -13,12 +13,13 @@ Attention is counted over every position the code multiplies (the whole padded w
 masked entries included: the training forward computes `[T, T]` scores, the decode step
 scores every cache slot). A step (`abstract.rollout_model`'s rollout, then the update):
 
-  * rollout: the prefill of the prompts (logits of the last position only), and N - 1
-    one-token decode steps over the P + N - 1 cache slots;
+  * rollout: the prefill of each prompt once for its group of G samples (logits of the
+    last position only), and N - 1 one-token decode steps over the P + N - 1 cache slots;
   * update: the student's forward and backward (3 x its forward: the backward is two
     matmuls per forward one), and the teacher's forward, over every sequence (L = P + N - 1
-    positions, logits over the response window), plus one more student forward when the
-    step first recomputes the trainer's log-probabilities (`tis_cap` or minibatches).
+    positions, logits over the response window; each group's P prompt columns once per
+    group, `models.forward(group_prefix=P)`), plus one more student forward when the step
+    first recomputes the trainer's log-probabilities (`tis_cap` or minibatches).
 
 Full rematerialisation (`remat`) is not counted: it adds a forward, a third of the
 student's update (and the planner's compiled count includes it).
@@ -41,10 +42,19 @@ def layers(c: models.ModelConfig, context: int) -> float:
                          + 4 * c.num_heads * hd * context)
 
 
-def forward(c: models.ModelConfig, rows: int, length: int, logits: int) -> float:
+def forward(c: models.ModelConfig, rows: int, length: int, logits: int, group: int = 0,
+            group_size: int = 1) -> float:
   """A forward pass over `rows` sequences of `length` positions (all attending to the
-  whole `length`), logits at `logits` positions of each."""
-  return rows * (length * layers(c, length) + logits * head(c))
+  whole `length`), logits at the last `logits` positions of each; with `group` > 0 and
+  `group_size` G > 1, the first `group` positions are run once per group of G rows
+  (`models.forward(group_prefix=...)`: attending over those `group` positions; logits of
+  one of them, when the window starts inside them, once per group)."""
+  if group_size < 2 or not group:
+    return rows * (length * layers(c, length) + logits * head(c))
+  groups = rows // group_size
+  in_group = max(logits - (length - group), 0)  # window positions inside the group pass
+  return (groups * (group * layers(c, group) + in_group * head(c))
+          + rows * ((length - group) * layers(c, length) + (logits - in_group) * head(c)))
 
 
 def step_flops(exp) -> dict:
@@ -61,10 +71,12 @@ def step_flops(exp) -> dict:
     m = student if model == "student" else teacher
     p, n = cfg.data.max_prompt_len, cfg.rollout.max_new_tokens
     slots = p + n - 1
-    # the prefill's P positions score every cache slot too; its logits: the last position
-    prefill = b * (p * layers(m, slots) + head(m))
+    # each prompt is prefilled once for its group; its P positions score every cache slot
+    # too; its logits: the last position
+    prefill = b // exp.hp.group_size * (p * layers(m, slots) + head(m))
     out["rollout"] = prefill + (n - 1) * b * (layers(m, slots) + head(m))
   passes = cfg.ppo_epochs * 3 + (1 if exp.hp.tis_cap > 0 or cfg.ppo_minibatches > 1 else 0)
-  out["update"] = (passes * forward(student, b, length, window) +
-                   cfg.ppo_epochs * forward(teacher, b, length, window))
+  share = dict(group=exp.step_config.group_prefix, group_size=exp.hp.group_size)
+  out["update"] = (passes * forward(student, b, length, window, **share) +
+                   cfg.ppo_epochs * forward(teacher, b, length, window, **share))
   return out
