@@ -254,6 +254,15 @@ def activation_mesh(mesh: Mesh | None):
     _ACTIVATION_MESH.reset(token)
 
 
+def rows_per_shard(rows: int, mesh: Mesh | None = None) -> int:
+  """Rows of a `[rows, ...]` activation each device holds on `mesh` (default: the
+  `activation_mesh` being traced under): split over the batch axes where they divide,
+  else all of them."""
+  mesh = _ACTIVATION_MESH.get() if mesh is None else mesh
+  shards = 1 if mesh is None else _axis_size(mesh, BATCH_AXES)
+  return rows // shards if rows % shards == 0 else rows
+
+
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   """`x` pinned to the layout of its dims' logical names (`LOGICAL_AXIS_RULES`), each dim
   that does not divide its mesh axes left whole; the identity outside `activation_mesh`."""

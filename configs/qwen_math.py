@@ -25,17 +25,26 @@ student's master weights and Adam state in float32; teacher and student share on
 
 Sized for `SLICE` (v5e-8, one host: 8 chips of 16 GiB): 8-way FSDP (mesh data=1 x fsdp=8:
 rows, weights, Adam state and gradients all split over the chips), 512 sequences per step
-(64 prompts x 8 samples), prompts 512 + 512 new tokens, 16 microbatches of 32 sequences.
+(64 prompts x 8 samples), prompts 512 + 512 new tokens, 8 microbatches of 64 sequences: one
+prompt group per chip, so each chip runs its group's prompt once in every forward pass.
 The planner (no weights needed: the hub ids fall back to the architecture presets):
 
     python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8
 
-gives per chip (docs/plans/qwen_math_v5e-8.txt; docs/performance.md): student params 0.72
-GiB, Adam state 1.44 GiB, teacher params 1.77 GiB, KV cache 1.75 GiB; peak 11.88 GiB in
-the rollout (train step 11.67 GiB): fits. 1.74e15 FLOPs per chip per step (1.02 x the
-models' matmul FLOPs), 8.8 s per step at the v5e's peak FLOP rate (rollout 1.0 s, update
-7.8 s, of which the teacher's forward 4.7 s); 200 steps. Larger slices, fsdp over every
-chip and microbatches that keep a whole row per chip:
+gives (docs/plans/qwen_math_v5e-8.txt and .json; docs/performance.md):
+
+  plan-quote: docs/plans/qwen_math_v5e-8.json
+  `configs/qwen_math.py` on v5e-8 (8 chips, fsdp=8, 512 sequences a step): peak 14.14 GiB
+  of 16 GiB per chip (train step); planned step 12.6 s by the roofline (rollout prefill
+  103 ms (memory-bound); rollout decode 3.6 s (memory-bound); train step 8.9 s
+  (memory-bound)). The teacher's forward is 5.32e+14 of the step's 9.81e+14 FLOPs per chip
+  (54%). The decode loop takes 511 steps of 7.0 ms, 1.28 x its bandwidth floor of 2.8 s
+  (the decode weights every step and the attended cache). 8,879 generated tokens/s per
+  chip over the rollout, 2,603 over the whole step.
+  /plan-quote
+
+200 steps. Larger slices, fsdp over every chip and microbatches that keep a whole row
+per chip:
 
     --topology v5e-32   --config.mesh.fsdp=32
     --topology v5p-128  --config.mesh.fsdp=64 --config.grad_accum_steps=8
@@ -81,7 +90,7 @@ def get_config(arg=None):
   c.calibration_prompts = 64
   # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).
   c.batch_size = 512  # 64 prompts x 8 samples
-  c.grad_accum_steps = 16  # 32 sequences per microbatch: 4 rows per chip
+  c.grad_accum_steps = 8  # 64 sequences per microbatch: one group of 8 rows per chip
   c.num_steps = 200
   c.optimizer.learning_rate = 1e-6
   c.optimizer.warmup_steps = 10

@@ -286,7 +286,8 @@ def forward(config: ModelConfig, params: dict, tokens: jax.Array,
       group's prompt. Columns S..Q run once per group (attending to the shared prefix),
       and each row's own columns attend to its group's keys and values in place. The
       first row of each group is read. Off when `group_size` is 1.
-    group_size: G, rows per group (dividing B).
+    group_size: G, rows per group (dividing B). Under an `activation_mesh` whose batch
+      axes split the B rows but not the B / G groups, the groups' columns run per row.
 
   The caller keeps the contracts. The same numbers as without sharing, for about S / T
   (and (Q - S)(1 - 1/G) / T) less compute; gradients reach the parameters through every
@@ -330,7 +331,9 @@ def prefix_levels(rows: int, width: int, shared_prefix: int = 0, group_prefix: i
   levels = []
   if s:
     levels.append((0, s, rows))
-  if g > 1 and q > s:
+  # Each group's prompt once, where that is less work per device: a mesh whose batch axes
+  # split the rows but not the groups would compute every group's prompt on every device.
+  if g > 1 and q > s and sharding.rows_per_shard(rows // g) < sharding.rows_per_shard(rows):
     levels.append((s, q, g))
   if levels and levels[-1][1] >= width:
     raise ValueError(f"forward: shared_prefix={s} / group_prefix={q} must leave at least "

@@ -266,7 +266,7 @@ def _sampler_program(exp, model: str, breakdown: bool = False) -> Program:
 
 
 def _decode_step_cost(exp, model: str, width: int = 1, window: int | None = None,
-                      hbm: bool = False) -> Cost:
+                      hbm: bool = False, rows: int | None = None) -> Cost:
   """Cost of one decode-loop iteration: a one-token `forward_with_cache` and the draw; for
   `width` > 1, one prefill pass over that many columns (last position's logits, no draw).
 
@@ -275,14 +275,15 @@ def _decode_step_cost(exp, model: str, width: int = 1, window: int | None = None
   loop's carry). `window`: the step attends over the cache's first `window` slots (else it
   chooses among `attention_windows`, as the loop does). `hbm`: on TPU, compiled without
   memory-space assignment (`HBM_OPTIONS`), so that XLA's bytes are the program's HBM
-  traffic.
+  traffic. `rows`: the batch (default `batch_size`; a prefill pass runs each prompt once,
+  `batch_size / group_size` rows).
   """
   c = exp.config
   m = exp.student if model == "student" else exp.teacher
   mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
-  cfg, b = m.config, c.batch_size
+  cfg, b = m.config, rows or c.batch_size
   dparams = decode_params_shapes(exp, model)
-  cache = _decode_cache(exp, model)
+  cache = _decode_cache(exp, model, b)
   cache = abstract.place(cache, sharding.cache_specs(cache, mesh), mesh)
   tokens = abstract.rows(exp, (b, width), jnp.int32, mesh)
   mask = abstract.rows(exp, (b, width), jnp.bool_, mesh)
@@ -378,12 +379,13 @@ def decode_weight_bytes(exp, model: str) -> float:
   return nbytes((dparams.layers, dparams.head)) / mesh.shape["tensor"] + rows * row
 
 
-def _decode_cache(exp, model: str):
-  """The sampler's decode cache (P + N - 1 slots) as ShapeDtypeStructs."""
+def _decode_cache(exp, model: str, rows: int | None = None):
+  """The sampler's decode cache (P + N - 1 slots) as ShapeDtypeStructs, of `rows` rows
+  (default `batch_size`)."""
   c = exp.config
   cfg = (exp.student if model == "student" else exp.teacher).config
   slots = c.data.max_prompt_len + c.rollout.max_new_tokens - 1
-  return jax.eval_shape(lambda: models.init_cache(cfg, c.batch_size, slots))
+  return jax.eval_shape(lambda: models.init_cache(cfg, rows or c.batch_size, slots))
 
 
 def kv_cache_bytes(exp, model: str) -> int:
@@ -422,10 +424,12 @@ def rollout(exp, with_cost: bool = True) -> Phase | None:
                          c.data.max_prompt_len, c.rollout.max_new_tokens)
   if with_cost:
     width = exp.config.data.max_prompt_len  # the planner's prompts share no prefix
+    g = exp.hp.group_size  # each prompt prefilled once (where that splits over the chips)
+    prompts = sampler_lib.prefill_rows(exp.config.batch_size // g, g, _sampler(exp, model)[1])
     chunk = sampler_lib.prefill_chunk(
-        sampler_lib.rows_per_device(exp.config.batch_size, _sampler(exp, model)[1]), width)
+        sampler_lib.rows_per_device(prompts, _sampler(exp, model)[1]), width)
     if chunk < width:  # so is the prefill's scan over its passes
-      cost = cost + _decode_step_cost(exp, model, chunk) * (width // chunk - 1)
+      cost = cost + _decode_step_cost(exp, model, chunk, rows=prompts) * (width // chunk - 1)
   return Phase("rollout", model, program, cost,
                ("student_params",) if model == "student" else ("teacher_params",),
                kv_cache_bytes(exp, model), decode_step=step, decode_steps=steps,
@@ -454,7 +458,8 @@ def _scoring_program(exp, rows: int | None = None, breakdown: bool = False) -> P
   mesh = exp.teacher_mesh
   fn = programs.teacher_logits(exp.teacher.config, mesh,
                                exp.config.rollout.teacher_logits_dtype, rows,
-                               exp.step_config.response_start)
+                               exp.step_config.response_start,
+                               **exp.step_config.prefixes(exp.hp.group_size))
   spec = NamedSharding(mesh, sharding.rows_spec(rows, mesh))
   length = abstract.sequence_length(exp)
   inputs = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=spec)

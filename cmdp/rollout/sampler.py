@@ -99,10 +99,16 @@ def prefill_chunk(rows_per_device: int, width: int) -> int:
 
 def rows_per_device(rows: int, mesh) -> int:
   """Rows of a `[rows, ...]` batch each device holds (all of them where they do not split)."""
-  if mesh is None:
-    return rows
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  return rows // shards if rows % shards == 0 else rows
+  return sharding.rows_per_shard(rows, mesh) if mesh is not None else rows
+
+
+def prefill_rows(prompts: int, repeat: int, mesh) -> int:
+  """Rows the prefill runs for `prompts` prompts sampled `repeat` times each: each prompt
+  once, unless the prompts do not split over `mesh`'s batch axes where their rows do (every
+  device would prefill every prompt): then every row, on its own device."""
+  if rows_per_device(prompts, mesh) < rows_per_device(prompts * repeat, mesh):
+    return prompts
+  return prompts * repeat
 
 
 def _prefill(config: ModelConfig, dparams, tokens, mask, cache, chunk: int):
@@ -145,8 +151,12 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
       return x
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
+  b, p = prompt_tokens.shape[0] * repeat, prompt_tokens.shape[1]
+  if repeat > 1 and prefill_rows(b // repeat, repeat, mesh) == b:  # each row on its device
+    prompt_tokens, prompt_mask = (constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
+                                  for x in (prompt_tokens, prompt_mask))
+    repeat = 1
   unique = prompt_tokens.shape[0]  # each prompt once: prefilled once, for its whole group
-  b, p = unique * repeat, prompt_tokens.shape[1]
 
   def pick(step, logits, done):
     tok, lp = sample_token(jax.random.fold_in(rng, step), logits, temperature=s.temperature,

@@ -141,12 +141,13 @@ class Experiment:
   @property
   def group_prefix(self) -> int:
     """Leading columns of a rollout's step `inputs` that are the same in each prompt
-    group's G rows (the sampler repeats each prompt, copies adjacent): the whole
-    left-padded prompt, run once per group in every forward pass. 0 without groups."""
-    c = self.config
-    if self.hp.group_size < 2 or c.rollout.max_new_tokens < 2:
+    group's G rows (the sampler repeats each prompt, copies adjacent) and run once per
+    group in every forward pass: the left-padded prompt up to `response_start`. Its last
+    token stays in every row's own pass, whose logits then cover the whole response
+    window (no `[B, window, V]` concatenation). 0 without groups."""
+    if self.hp.group_size < 2:
       return 0
-    return c.data.max_prompt_len
+    return self.response_start
 
   @property
   def response_start(self) -> int:

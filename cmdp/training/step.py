@@ -109,7 +109,8 @@ class StepConfig(flax.struct.PyTreeNode):
   # shared prefix, `models.forward(shared_prefix=...)`): run once per microbatch. 0: off.
   shared_prefix: int = flax.struct.field(pytree_node=False, default=0)
   # Leading columns of `inputs` that are the same (tokens and mask) in the G rows of each
-  # prompt group (`hp.group_size`): a sampled group's left-padded prompt, max_prompt_len.
+  # prompt group (`hp.group_size`): a sampled group's left-padded prompt up to
+  # `response_start` (`Experiment.group_prefix`).
   # Run once per group in every forward pass of the student and the teacher (after the
   # shared prefix), with the student's gradient through it. 0: off.
   group_prefix: int = flax.struct.field(pytree_node=False, default=0)
