@@ -13,6 +13,7 @@ always the committed plan's.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -104,7 +105,14 @@ def render(text: str, root: str, width: int = 90) -> str:
 
 
 def main(argv: list[str]) -> int:
-  root = argv[1] if len(argv) > 1 else "."
+  parser = argparse.ArgumentParser(
+      prog="python -m cmdp.plan.quote", formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Rewrites every quoted plan block (README.md, docs/performance.md, "
+      "docs/planner.md, configs/qwen_math.py) from the plan JSON it names.",
+      epilog="Example:\n  python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8 "
+      "--json docs/plans/qwen_math_v5e-8.json\n  python -m cmdp.plan.quote")
+  parser.add_argument("--root", default=".", help="The repository root (default: .).")
+  root = parser.parse_args(argv[1:]).root
   for name in QUOTING:
     path = os.path.join(root, name)
     with open(path) as f:

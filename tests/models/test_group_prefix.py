@@ -87,17 +87,20 @@ def test_forward_refuses_impossible_groups(params):
 
 MESHES = [None, dict(data=1, fsdp=8), dict(data=2, fsdp=4), dict(data=1, fsdp=4, tensor=2)]
 MESH_IDS = ["one_device", "fsdp8", "data2_fsdp4", "fsdp4_tensor2"]
-# The fast tier samples on one device and fsdp=8; the full suite on every mesh.
-SAMPLER_MESHES = [pytest.param(a, id=i, marks=[pytest.mark.slow] if i in MESH_IDS[2:] else [])
-                  for a, i in zip(MESHES, MESH_IDS)]
+# (mesh, prompts): 2 prompts do not split over fsdp=8 where their 8 rows do, so each row is
+# prefilled on its own device (`sampler.prefill_rows`); 8 prompts split, one a device.
+SAMPLER_CASES = [
+    pytest.param(None, 8, id="one_device"),
+    pytest.param(MESHES[1], 2, id="fsdp8_2_prompts"),
+    pytest.param(MESHES[1], 8, id="fsdp8_8_prompts"),
+    pytest.param(MESHES[3], 8, id="fsdp4_tensor2", marks=pytest.mark.slow),
+]
 
 
-@pytest.mark.parametrize("axes", SAMPLER_MESHES)
-@pytest.mark.parametrize("prompts", [2, 8])
+@pytest.mark.parametrize("axes, prompts", SAMPLER_CASES)
 def test_sampler_prefills_each_prompt_once(params, axes, prompts):
   """`repeat=G` prefills each prompt once and copies its cache to its G rows: the rollout
-  of the prompts repeated on the host (tokens bitwise, log-probs), with 2 prompts (fewer
-  than the devices: the prefill's rows are not split) and 8."""
+  of the prompts repeated on the host (tokens bitwise, log-probs)."""
   tokens, mask = _rollout(3)
   tokens, mask = tokens[::G][:prompts, :P], mask[::G][:prompts, :P]
   kw = dict(max_new_tokens=N, temperature=1.0)

@@ -49,7 +49,10 @@ def assert_equal(exp, batch, want):
   for key, value in want.items():
     got = batch[key]
     assert got.dtype == value.dtype and got.shape == value.shape, key
-    np.testing.assert_array_equal(np.asarray(got), value, err_msg=key)
+    if key == "old_logprobs":  # each prompt prefilled once for its group: float32 rounding
+      np.testing.assert_allclose(np.asarray(got), value, atol=1e-5, err_msg=key)
+    else:
+      np.testing.assert_array_equal(np.asarray(got), value, err_msg=key)
     assert got.sharding.is_equivalent_to(exp.batch_sharding(), got.ndim), key
 
 
