@@ -11,7 +11,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 # The slow tier (`pytest.ini`'s `slow` marker): whole trainings and studies, the SmolLM2
 # teacher, compiled steps, slice compiles and commands run as processes. The full suite runs
 # everything (CI, `python -m pytest -q tests`); `python -m pytest -q -m "not slow" tests` is
-# the fast tier of the edit-test loop (under 3 minutes on 2 cores). A test is slow when its
+# the fast tier of the edit-test loop (about 4 minutes on 2 cores). A test is slow when its
 # file is listed here, when its node id starts with an entry of SLOW_TESTS, or when it
 # carries `@pytest.mark.slow` itself.
 SLOW_FILES = {
