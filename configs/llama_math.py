@@ -18,16 +18,24 @@ has 8.03B parameters, the student 1.24B (tied embeddings). Compute is bfloat16; 
 teacher is stored in bfloat16, the student's master weights and Adam state in float32.
 
 Sized for `SLICE` (v5e-8, one host: 8 chips of 16 GiB): 8-way FSDP (mesh data=1 x fsdp=8),
-256 sequences per step (32 prompts x 8 samples), prompts 512 + 512 new tokens, 8
-microbatches of 32 sequences. The planner (no weights needed):
+256 sequences per step (32 prompts x 8 samples), prompts 512 + 512 new tokens, 4
+microbatches of 64 sequences (one prompt group per chip, whose prompt runs once). The
+planner (no weights needed):
 
     python -m cmdp.plan --config configs/llama_math.py --topology v5e-8
 
-gives per chip (docs/plans/llama_math_v5e-8.txt; docs/performance.md): student params 0.58
-GiB, Adam state 1.15 GiB, teacher params 1.87 GiB, KV cache 1.00 GiB; peak 10.45 GiB in the
-train step (rollout 9.62 GiB): fits. 7.9e14 FLOPs per chip per step (1.00 x the models'
-matmul FLOPs), 4.0 s per step at the v5e's peak FLOP rate (rollout 0.40 s, update 3.6 s, of
-which the teacher's forward 2.5 s); 200 steps; 378 s of CPU time to plan.
+gives (docs/plans/llama_math_v5e-8.txt and .json; docs/performance.md); 200 steps:
+
+  plan-quote: docs/plans/llama_math_v5e-8.json
+  `configs/llama_math.py` on v5e-8 (8 chips, fsdp=8, 256 sequences a step): peak 12.71 GiB
+  of 16 GiB per chip (train step); planned step 6.1 s by the roofline (rollout prefill 46
+  ms (memory-bound); rollout decode 2.6 s (memory-bound); train step 3.5 s
+  (memory-bound)). The teacher's forward is 2.84e+14 of the step's 4.49e+14 FLOPs per chip
+  (63%). The decode loop takes 511 steps of 5.1 ms, 1.26 x its bandwidth floor of 2.0 s
+  (the decode weights every step and the attended cache). 6,230 generated tokens/s per
+  chip over the rollout, 2,677 over the whole step.
+  /plan-quote
+
 Larger slices: fsdp over every chip, e.g. `--topology v5e-32 --config.mesh.fsdp=32`.
 """
 from cmdp.data import DEFAULT_MATH_SYSTEM_PROMPT
@@ -64,7 +72,7 @@ def get_config(arg=None):
   c.calibration_prompts = 64
   # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).
   c.batch_size = 256  # 32 prompts x 8 samples per step
-  c.grad_accum_steps = 8  # 32 sequences per microbatch: 4 rows per chip
+  c.grad_accum_steps = 4  # 64 sequences per microbatch: one group of 8 rows per chip
   c.num_steps = 200
   c.optimizer.learning_rate = 1e-6
   c.optimizer.warmup_steps = 10

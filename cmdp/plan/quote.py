@@ -20,7 +20,8 @@ import re
 import sys
 import textwrap
 
-QUOTING = ("README.md", "docs/performance.md", "docs/planner.md", "configs/qwen_math.py")
+QUOTING = ("README.md", "docs/performance.md", "docs/planner.md", "configs/qwen_math.py",
+           "configs/llama_math.py")
 _OPEN = re.compile(r"^(?P<indent>\s*)(?:<!-- )?plan-quote: (?P<path>\S+?)(?P<short> short)?"
                    r"(?: -->)?\s*$")
 _CLOSE = re.compile(r"^\s*(?:<!-- )?/plan-quote(?: -->)?\s*$")
@@ -108,7 +109,8 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m cmdp.plan.quote", formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Rewrites every quoted plan block (README.md, docs/performance.md, "
-      "docs/planner.md, configs/qwen_math.py) from the plan JSON it names.",
+      "docs/planner.md, configs/qwen_math.py, configs/llama_math.py) from the plan JSON it "
+      "names.",
       epilog="Example:\n  python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8 "
       "--json docs/plans/qwen_math_v5e-8.json\n  python -m cmdp.plan.quote")
   parser.add_argument("--root", default=".", help="The repository root (default: .).")
