@@ -43,17 +43,22 @@ gives (docs/plans/qwen_math_v5e-8.txt and .json; docs/performance.md):
   chip over the rollout, 2,603 over the whole step.
   /plan-quote
 
-200 steps. Larger slices, fsdp over every chip and microbatches that keep a whole row
+200 steps. Larger slices, fsdp over every chip and microbatches that keep a whole group
 per chip:
 
-    --topology v5e-32   --config.mesh.fsdp=32
+    --topology v5e-32   --config.mesh.fsdp=32 --config.grad_accum_steps=2
     --topology v5p-128  --config.mesh.fsdp=64 --config.grad_accum_steps=8
 
-v5e-32: peak 5.80 GiB per chip (rollout; docs/plans/qwen_math_v5e-32.txt), 4.6e14 FLOPs
-per chip (1.09 x), 2.4 s per step. v5p-128: peak 4.72 GiB per chip (train step;
+v5e-32 (docs/plans/qwen_math_v5e-32.json):
+
+  plan-quote: docs/plans/qwen_math_v5e-32.json short
+  Planned for `configs/qwen_math.py` on v5e-32: 4.1 s a step, 3,432 generated tokens/s per
+  chip over the rollout; the decode loop at 1.09 x its floor; peak 9.56 of 16 GiB.
+  /plan-quote
+
+v5p-128 (planned before each group's prompt ran once): peak 4.72 GiB per chip (train step;
 docs/plans/qwen_math_v5p-128.txt), 2.3e14 FLOPs per chip (1.09 x), 2.6 s per step.
-Planning the v5e-8 takes 419 s of CPU time (one core busy at a time: about 7 minutes on 2
-idle cores; 29 minutes wall while the 2 cores were shared with other jobs).
+Planning the v5e-8 takes about 5 minutes on 2 idle cores (261 s).
 
 (`python -m cmdp.plan ... --smallest` finds the smallest slice of a chip that fits.)
 """
