@@ -128,13 +128,27 @@ def _prefill(config: ModelConfig, dparams, tokens, mask, cache, chunk: int):
   return jax.lax.scan(one, start, (split(tokens), split(mask)))[0]
 
 
+def _constrain(x, spec, mesh):
+  """`x` pinned to `spec` on `mesh`; as is without one."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
 def _constrain_cache(cache, mesh):
   """The cache pinned to its layout on `mesh` (`sharding.cache_specs`); as is without one."""
   if mesh is None:
     return cache
-  constrain = lambda x, spec: jax.lax.with_sharding_constraint(
-      x, jax.sharding.NamedSharding(mesh, spec))
-  return jax.tree.map(constrain, cache, sharding.cache_specs(cache, mesh))
+  return jax.tree.map(lambda x, spec: _constrain(x, spec, mesh), cache,
+                      sharding.cache_specs(cache, mesh))
+
+
+def _repeat_rows(x, repeat: int, mesh):
+  """Each row of `x` `repeat` times (copies adjacent), its rows over the batch axes; a
+  scalar as is."""
+  if not x.ndim:
+    return x
+  return _constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec(), mesh)
 
 
 def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, params,
@@ -146,14 +160,9 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
   prompt_mask = prompt_mask.astype(bool)
   eos = jnp.asarray(s.eos_ids, jnp.int32)
 
-  def constrain(x, spec):
-    if mesh is None:
-      return x
-    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
   b, p = prompt_tokens.shape[0] * repeat, prompt_tokens.shape[1]
   if repeat > 1 and prefill_rows(b // repeat, repeat, mesh) == b:  # each row on its device
-    prompt_tokens, prompt_mask = (constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
+    prompt_tokens, prompt_mask = (_repeat_rows(x, repeat, mesh)
                                   for x in (prompt_tokens, prompt_mask))
     repeat = 1
   unique = prompt_tokens.shape[0]  # each prompt once: prefilled once, for its whole group
@@ -183,9 +192,8 @@ def _decode(config: ModelConfig, settings: SamplingSettings, mesh, repeat: int, 
   logits, cache = _prefill(config, dparams, prompt_tokens[:, shared:], prompt_mask[:, shared:],
                            cache, chunk)
   if repeat > 1:  # each prompt's cache and first logits copied to its `repeat` rows
-    rows = lambda x: (constrain(jnp.repeat(x, repeat, axis=0), sharding.batch_spec())
-                      if x.ndim else x)
-    prompt_tokens, prompt_mask, logits = (rows(x) for x in (prompt_tokens, prompt_mask, logits))
+    prompt_tokens, prompt_mask, logits = (_repeat_rows(x, repeat, mesh)
+                                          for x in (prompt_tokens, prompt_mask, logits))
     cache = _constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0)
                                           if x.ndim else x, cache), mesh)
   tok, lp, done = pick(0, logits, jnp.zeros((b,), bool))
