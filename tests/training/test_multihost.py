@@ -56,8 +56,10 @@ def _free_port() -> int:
 
 
 def _start(workdir: str, devices: int, *args) -> subprocess.Popen:
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+         "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])}
   code = f"from tests.training.test_multihost import worker; worker{(workdir, *args)!r}"
   return subprocess.Popen([sys.executable, "-c", code], cwd=_ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -12,8 +12,10 @@ def run_train(config: str, workdir: str, *flags: str,
   """`python -m cmdp.train --config configs/<config> --workdir <workdir> <flags>`, as a user
   runs it from the repository root: on one CPU device, not the tests' eight."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if not f.startswith("--xla_force_host_platform_device_count"))
+  env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith(("--xla_force_host_platform_device_count",
+                           "--xla_backend_optimization_level")))
   return subprocess.run(
       [sys.executable, "-m", "cmdp.train", "--config", os.path.join(_ROOT, "configs", config),
        "--workdir", workdir, *flags], capture_output=True, text=True, timeout=timeout,
