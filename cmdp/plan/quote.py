@@ -1,30 +1,11 @@
-r"""Plan figures quoted in the docs, written from the planner's `--json`, never retyped.
+"""A plan's figures in one paragraph, from the planner's `--json` (`cmdp.quote` writes it
+into the docs, never retyped):
 
     python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8 \
         --json docs/plans/qwen_math_v5e-8.json
-    python -m cmdp.plan.quote          # rewrites every quoted block from its JSON
-
-A quoted block is the text between a line holding `plan-quote: PATH [short]` (PATH: a plan
-JSON, relative to the repository root) and the next line holding `/plan-quote`, in any file
-of `QUOTING` (markdown comments in the docs, plain lines in a config's docstring). Its lines
-are `summary(json, short)`, wrapped, each with the indent of the opening marker.
-`tests/test_plan.py` checks every block against its JSON, so a figure in the docs is
-always the committed plan's.
+    python -m cmdp.quote
 """
 from __future__ import annotations
-
-import argparse
-import json
-import os
-import re
-import sys
-import textwrap
-
-QUOTING = ("README.md", "docs/performance.md", "docs/planner.md", "configs/qwen_math.py",
-           "configs/llama_math.py")
-_OPEN = re.compile(r"^(?P<indent>\s*)(?:<!-- )?plan-quote: (?P<path>\S+?)(?P<short> short)?"
-                   r"(?: -->)?\s*$")
-_CLOSE = re.compile(r"^\s*(?:<!-- )?/plan-quote(?: -->)?\s*$")
 
 
 def _s(seconds: float) -> str:
@@ -72,60 +53,3 @@ def summary(plan: dict, short: bool = False) -> str:
           f"{_s(plan['estimated_step_s'])} by the roofline ({'; '.join(parts)})."
           f"{share}{decode} {rates['rollout']:,.0f} generated tokens/s per chip over the "
           f"rollout, {rates['step']:,.0f} over the whole step.")
-
-
-def _block_lines(text: str, indent: str, width: int) -> list[str]:
-  return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent,
-                       break_on_hyphens=False)
-
-
-def quoted_blocks(text: str) -> list[tuple[int, int, str, str, bool]]:
-  """`(first line, end line, json path, indent, short)` of each quoted block (line indices
-  of the block's own lines, between its markers); raises on an unclosed block."""
-  lines, out, i = text.split("\n"), [], 0
-  while i < len(lines):
-    m = _OPEN.match(lines[i])
-    if m:
-      end = next((j for j in range(i + 1, len(lines)) if _CLOSE.match(lines[j])), None)
-      if end is None:
-        raise ValueError(f"line {i + 1}: 'plan-quote: {m['path']}' has no '/plan-quote'.")
-      out.append((i + 1, end, m["path"], m["indent"], bool(m["short"])))
-      i = end
-    i += 1
-  return out
-
-
-def render(text: str, root: str, width: int = 90) -> str:
-  """`text` with every quoted block rewritten from its JSON under `root`."""
-  lines = text.split("\n")
-  for first, end, path, indent, short in reversed(quoted_blocks(text)):
-    with open(os.path.join(root, path)) as f:
-      plan = json.load(f)
-    lines[first:end] = _block_lines(summary(plan, short), indent, width)
-  return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m cmdp.plan.quote", formatter_class=argparse.RawDescriptionHelpFormatter,
-      description="Rewrites every quoted plan block (README.md, docs/performance.md, "
-      "docs/planner.md, configs/qwen_math.py, configs/llama_math.py) from the plan JSON it "
-      "names.",
-      epilog="Example:\n  python -m cmdp.plan --config configs/qwen_math.py --topology v5e-8 "
-      "--json docs/plans/qwen_math_v5e-8.json\n  python -m cmdp.plan.quote")
-  parser.add_argument("--root", default=".", help="The repository root (default: .).")
-  root = parser.parse_args(argv[1:]).root
-  for name in QUOTING:
-    path = os.path.join(root, name)
-    with open(path) as f:
-      text = f.read()
-    new = render(text, root)
-    if new != text:
-      with open(path, "w") as f:
-        f.write(new)
-      print(f"{name}: quoted plans rewritten")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv))

@@ -227,17 +227,6 @@ def run_one(study, workdir: str, healed, method: dict, seed: int, budgets: dict)
   return result
 
 
-def at_budget(metrics: dict, budget: str) -> dict:
-  """A run's metrics read at one budget: `satisfaction_<kind>@<budget>` as
-  `satisfaction_<kind>`."""
-  out = dict(metrics)
-  for kind in ("greedy", "sampled"):
-    key = f"satisfaction_{kind}@{budget}"
-    if key in metrics:
-      out[f"satisfaction_{kind}"] = metrics[key]
-  return out
-
-
 def enable_compilation_cache(path: str) -> None:
   """JAX's persistent compilation cache: every run after the first reuses its compiled
   sampler and step (the same shapes; only the loss's constants differ by method)."""
@@ -275,7 +264,7 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
     for r in results:
       m = by_name[r["method"]]
       if m["budget"] in (b, None):
-        metrics = at_budget(r["metrics"], b)
+        metrics = protocol.at_budget(r["metrics"], b)
         metrics.update(r["diagnostics"])
         per_seed.setdefault(r["method"], {})[r["seed"]] = metrics
     rules = study.rules
@@ -308,28 +297,8 @@ def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dic
            f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
            "over seeds.", "", report.results_table(marked, COLUMNS),
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
-           report.results_table(summary, DIAGNOSTICS), verdict_text(b, decision)]
+           report.results_table(summary, DIAGNOSTICS), report.verdict_text(b, decision)]
   return "\n".join(lines)
-
-
-def verdict_text(b: str, decision: dict) -> str:
-  """The rules applied at one budget, in words."""
-  start = 100 * decision["initial_satisfaction"]
-  out = [f"**Verdict at {b}.** grpo loses {100 * decision['grpo_loss']:.1f} points of sampled "
-         f"satisfaction (from {start:.1f}%): the budget is "
-         + ("stressed (informative)." if decision["informative"] else
-            "not stressed (grpo loses under the declared threshold): nothing is concluded "
-            "from this budget.")]
-  held = sorted(k for k, v in decision["holds"].items() if v)
-  out.append("Settings that hold it in every seed: " + (", ".join(held) if held else "none")
-             + ".")
-  for family, v in decision["beats"].items():
-    mine = v["best"] or "no setting"
-    out.append(f"`{family}` (best holding: {mine}): "
-               + ("beats" if v["beats"] else "does not beat")
-               + f" the Lagrangians: {v['reason']}"
-               + ("" if decision["informative"] else " (not informative)") + ".")
-  return "\n\n".join(out) + "\n"
 
 
 def markdown(study, command, wall_s, budgets, initial, sections, results, png) -> str:

@@ -137,3 +137,14 @@ def decide(per_seed: dict, methods_: list[dict], initial: dict, budget: str, *,
   return dict(holds=holds, informative=bool(grpo_loss >= stress_points - tol),
               grpo_loss=grpo_loss,
               initial_satisfaction=start, best=best, beats=beats)
+
+
+def at_budget(metrics: dict, budget: str) -> dict:
+  """A run's metrics read at one budget: `satisfaction_<kind>@<budget>` as
+  `satisfaction_<kind>`."""
+  out = dict(metrics)
+  for kind in ("greedy", "sampled"):
+    key = f"satisfaction_{kind}@{budget}"
+    if key in metrics:
+      out[f"satisfaction_{kind}"] = metrics[key]
+  return out

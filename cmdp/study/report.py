@@ -52,3 +52,23 @@ def to_jsonable(obj):
 def write_json(path: str, payload: Mapping) -> None:
   with open(path, "w") as f:
     json.dump(to_jsonable(payload), f, indent=2)
+
+
+def verdict_text(b: str, decision: dict) -> str:
+  """The rules applied at one budget, in words."""
+  start = 100 * decision["initial_satisfaction"]
+  out = [f"**Verdict at {b}.** grpo loses {100 * decision['grpo_loss']:.1f} points of sampled "
+         f"satisfaction (from {start:.1f}%): the budget is "
+         + ("stressed (informative)." if decision["informative"] else
+            "not stressed (grpo loses under the declared threshold): nothing is concluded "
+            "from this budget.")]
+  held = sorted(k for k, v in decision["holds"].items() if v)
+  out.append("Settings that hold it in every seed: " + (", ".join(held) if held else "none")
+             + ".")
+  for family, v in decision["beats"].items():
+    mine = v["best"] or "no setting"
+    out.append(f"`{family}` (best holding: {mine}): "
+               + ("beats" if v["beats"] else "does not beat")
+               + f" the Lagrangians: {v['reason']}"
+               + ("" if decision["informative"] else " (not informative)") + ".")
+  return "\n\n".join(out) + "\n"
