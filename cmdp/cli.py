@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -52,13 +53,30 @@ def verbose(argv: list[str]) -> bool:
              for a in argv[1:])
 
 
-def error_line(err: BaseException) -> str:
+def error_line(err: BaseException, argv: list[str] = ()) -> str:
   """The one line that says what went wrong (the last line of a wrapped traceback, a
-  KeyError's own message rather than its repr)."""
-  if isinstance(err, KeyError) and err.args:
+  KeyError's own message rather than its repr, a misspelt config field with the override
+  of `argv` that names it)."""
+  if isinstance(err, (KeyError, AttributeError)) and err.args:
     text = str(err.args[0])
   else:
     text = str(err)
+  # ml_collections wraps a KeyError's repr in an AttributeError's: unwrap the literals.
+  while len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  misspelt = re.fullmatch(r"'?(\w+)'?(?:\s*Did you mean \"(\w+)\" instead of \"\w+\"\?)?",
+                          text)
+  if misspelt and isinstance(err, (KeyError, AttributeError)):
+    name, close = misspelt.groups()
+    named = (re.match(rf"(--config(?:\.\w+)*?\.{name})(?:[.=]|$)", a) for a in argv)
+    flag = next((m.group(1) for m in named if m), None)
+    if flag or close:
+      return ((f"{flag}: " if flag else "") + f"the config has no field {name!r}"
+              + (f"; did you mean \"{close}\"?" if close else "")
+              + " (docs/configuration.md lists every field)")
   if "Failed loading config file" in text:  # config_flags' message for a missing file
     missing = re.search(r"\[Errno \d+\] ([^\n]*)", text)
     return (f"--config: {missing.group(1) if missing else text.splitlines()[-1].strip()}; "
@@ -93,7 +111,7 @@ def run(main: Callable[[list[str]], None], command: str, usage: str,
   loud = verbose(argv)
 
   def explain(err: BaseException) -> None:
-    message = error_line(err)
+    message = error_line(err, argv)
     fail(command, message, hint(message, argv) if hint else "")
 
   def parse(args: list[str]) -> list[str]:

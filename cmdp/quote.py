@@ -24,6 +24,7 @@ import re
 import sys
 import textwrap
 
+from cmdp import cli
 from cmdp.plan import quote as plan_quote
 from cmdp.study import quote as study_quote
 
@@ -91,11 +92,18 @@ def main(argv: list[str]) -> int:
       "--json docs/plans/qwen_math_v5e-8.json\n  python -m cmdp.quote")
   parser.add_argument("--root", default=".", help="The repository root (default: .).")
   root = parser.parse_args(argv[1:]).root
+  missing = [n for n in QUOTING if not os.path.exists(os.path.join(root, n))]
+  if missing:
+    cli.fail(parser.prog, f"--root={root!r} holds no {missing[0]}; run it from the repository "
+             "root or name that with --root.")
   for name in QUOTING:
     path = os.path.join(root, name)
     with open(path) as f:
       text = f.read()
-    new = render(text, root)
+    try:
+      new = render(text, root)
+    except (ValueError, FileNotFoundError) as err:
+      cli.fail(parser.prog, f"{name}: {err}")
     if new != text:
       with open(path, "w") as f:
         f.write(new)

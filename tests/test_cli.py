@@ -92,7 +92,11 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
       "value": _start([*train, *tiny, "--config.batch_size=7"]),
       "value_verbose": _start([*train, *tiny, "--config.batch_size=7", "--verbose"]),
       "misspelt": _start([*train, *tiny, "--config.los.budget=1"]),
+      "misspelt_leaf": _start([*train, *tiny, "--config.loss.budgt=1"]),
+      "unknown_leaf": _start([*train, *tiny, "--config.loss.xyzzy=1"]),
       "argument": _start([*train, "--config", "configs/tiny.py:objectiv=grpo"]),
+      "argument_type": _start([*train, "--config", "configs/tiny.py:steps=ten"]),
+      "quote_root": _start([sys.executable, "-m", "cmdp.quote", "--root", str(tmp_path)]),
       "no_file": _start([*train, "--config", "configs/nope.py"]),
       # The objective switched by override, with a loss field it does not read.
       "objective": _start([*train, *tiny, "--config.objective=grpo",
@@ -106,7 +110,12 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   _one_line(done["value"], "config.batch_size", "loss.group_size")
   assert done["value_verbose"][0] != 0 and "Traceback" in done["value_verbose"][2]
   _one_line(done["misspelt"], "'los'", '"loss"')
+  _one_line(done["misspelt_leaf"], "--config.loss.budgt:", "'budgt'", 'did you mean "budget"?',
+            "docs/configuration.md")
+  _one_line(done["unknown_leaf"], "--config.loss.xyzzy:", "no field 'xyzzy'")
   _one_line(done["argument"], "'objectiv'", "objective")
+  _one_line(done["argument_type"], "steps='ten'", "int expected")
+  _one_line(done["quote_root"], "--root=", "README.md")
   _one_line(done["no_file"], "--config", "configs/nope.py")
   _one_line(done["objective"], "config.loss.penalty_scale", "'grpo'", "objective=OBJECTIVE")
   _one_line(done["gsm8k_dir"], "gsm8k_dir='/no/such/dir'", "openai/gsm8k")

@@ -350,5 +350,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if kind is bool:
       out[key] = value.strip().lower() not in ("0", "false", "no") if value else True
     else:
-      out[key] = kind(value.strip()) if value else kind()
+      try:
+        out[key] = kind(value.strip()) if value else kind()
+      except ValueError:
+        raise ValueError(f"config argument {key}={value.strip()!r}: {kind.__name__} expected, "
+                         f"like its default {defaults[key]!r}.") from None
   return ml_collections.ConfigDict(out)
