@@ -45,16 +45,20 @@ def main():
   p.add_argument("--length", type=int, default=256)
   p.add_argument("--vocab", type=int, default=4096)
   p.add_argument("--layers", type=int, default=2)
-  p.add_argument("--width", type=int, default=256)
+  p.add_argument("--width", type=int, default=256,
+                 help="hidden size: a multiple of the head size, 64 (or below 64: one head)")
   p.add_argument("--reps", type=int, default=20)
   p.add_argument("--objectives", default="cmdp,soft_lagrangian")
   p.add_argument("--reference", default="soft_lagrangian")
   args = p.parse_args()
+  head_dim = min(64, args.width)
+  if args.width % head_dim:
+    p.error(f"--width={args.width} must be a multiple of 64 (the head size) or below 64.")
 
+  heads = args.width // head_dim
   cfg = models.ModelConfig(vocab_size=args.vocab, hidden_size=args.width,
                            intermediate_size=4 * args.width, num_layers=args.layers,
-                           num_heads=args.width // 64, num_kv_heads=args.width // 64,
-                           head_dim=64)
+                           num_heads=heads, num_kv_heads=heads, head_dim=head_dim)
   params = models.init_params(cfg, jax.random.PRNGKey(0))
   batch = make_batch(jax.random.PRNGKey(1), args.batch, args.length, args.vocab,
                      prompt_len=args.length // 4, group_size=4)

@@ -1,8 +1,8 @@
 r"""Times one training step by phase and the update's model-FLOPs utilisation.
 
     python benchmarks/train_step.py --config configs/tiny.py
-    python benchmarks/train_step.py --config configs/smollm2_sums.py --arg keep=half \
-        --set batch_size=8 --set rollout.max_new_tokens=64
+    python benchmarks/train_step.py --config configs/smollm2_sums.py \
+        --set batch_size=64 --set loss.group_size=8 --steps 3
     ... --no_group_sharing   # every row's prompt run on its own, for comparison
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmdp.training import batch as batch_lib
-from cmdp.training import experiment, programs, trainer
+from cmdp.training import experiment, trainer
 
 
 def matmul_peak(n: int = 0, dtype: str = "float32", repeats: int = 10) -> float:
@@ -97,9 +97,7 @@ def main():
   step_config = exp.step_config
   if args.no_group_sharing:
     step_config = step_config.replace(group_prefix=0)
-  train_step = programs.train_step(exp.objective, exp.hp, exp.student.config, exp.optimizer,
-                                   step_config, exp.student_mesh, shardings,
-                                   exp.teacher.config, exp.teacher_mesh)
+  train_step = exp.make_train_step(exp.hp, shardings, step_config)
   it = iter(range(10 ** 6))
   from cmdp import data  # pylint: disable=g-import-not-at-top
   prompts_it = data.PromptIterator(exp.train_examples, config.batch_size // g, seed=0)

@@ -38,6 +38,7 @@ SLOW_FILES = {
     "tests/study/test_smollm2_study.py", "tests/training/test_evaluate.py",
     "tests/training/test_make_batch.py", "tests/training/test_step_program.py",
     "tests/training/test_train.py", "tests/test_cli.py", "tests/test_fsdp.py",
+    "tests/test_benchmarks.py",
 }
 SLOW_TESTS = (
     "tests/models/test_decode.py::test_forward_with_cache_matches_forward[qwen3_qk_norm_tied_bf16]",

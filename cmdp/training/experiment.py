@@ -157,14 +157,15 @@ class Experiment:
     solutions, which are right-padded)."""
     return self.config.data.max_prompt_len - 1
 
-  def make_train_step(self, hp: ObjectiveConfig, state_shardings):
+  def make_train_step(self, hp: ObjectiveConfig, state_shardings, step_config=None):
     """The update `(state, teacher_params, batch) -> (state, metrics)`
     (cmdp.training.programs): one compiled program with the teacher inside it, or, for a
     teacher on its own mesh, compiled parts driven per microbatch from the host, the
-    teacher's logits handed over one microbatch at a time."""
+    teacher's logits handed over one microbatch at a time. `step_config` (default
+    `self.step_config`): the step's layout, e.g. without the group prefix for a benchmark."""
     return programs.train_step(self.objective, hp, self.student.config, self.optimizer,
-                               self.step_config, self.student_mesh, state_shardings,
-                               self.teacher.config, self.teacher_mesh)
+                               step_config or self.step_config, self.student_mesh,
+                               state_shardings, self.teacher.config, self.teacher_mesh)
 
   @property
   def step_teacher_params(self):
