@@ -47,7 +47,7 @@ gives (docs/plans/qwen_math_v5e-8.txt and .json; docs/performance.md):
 per chip:
 
     --topology v5e-32   --config.mesh.fsdp=32 --config.grad_accum_steps=2
-    --topology v5p-128  --config.mesh.fsdp=64 --config.grad_accum_steps=8
+    --topology v5p-128  --config.mesh.fsdp=64 --config.grad_accum_steps=1
 
 v5e-32 (docs/plans/qwen_math_v5e-32.json):
 
@@ -56,8 +56,13 @@ v5e-32 (docs/plans/qwen_math_v5e-32.json):
   chip over the rollout; the decode loop at 1.09 x its floor; peak 9.56 of 16 GiB.
   /plan-quote
 
-v5p-128 (planned before each group's prompt ran once): peak 4.72 GiB per chip (train step;
-docs/plans/qwen_math_v5p-128.txt), 2.3e14 FLOPs per chip (1.09 x), 2.6 s per step.
+v5p-128 (docs/plans/qwen_math_v5p-128.json; 64 chips of 95 GiB, one microbatch of 512):
+
+  plan-quote: docs/plans/qwen_math_v5p-128.json short
+  Planned for `configs/qwen_math.py` on v5p-128: 904 ms a step, 6,378 generated tokens/s
+  per chip over the rollout; the decode loop at 1.05 x its floor; peak 9.58 of 95 GiB.
+  /plan-quote
+
 Planning the v5e-8 takes about 5 minutes on 2 idle cores (261 s).
 
 (`python -m cmdp.plan ... --smallest` finds the smallest slice of a chip that fits.)
