@@ -244,9 +244,18 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> d
   methods = runner.method_list(study)
   healed, budgets, initial = prepare(study, workdir)
   jobs = [(m, s) for s in range(study.seeds) for m in methods]
+  finished = lambda m, s: os.path.exists(
+      os.path.join(runner.run_dir(workdir, m["name"], s), runner.RESULT_FILE))
+  done = sum(finished(m, s) for m, s in jobs)  # earlier invocations' runs: read, not rerun
+  bar = tqdm.tqdm(total=len(jobs), initial=done, desc="study runs", unit="run",
+                  dynamic_ncols=True)
   results = []
-  for m, s in tqdm.tqdm(jobs, desc="study runs", unit="run", dynamic_ncols=True):
+  for m, s in jobs:
+    was_done = finished(m, s)
     results.append(run_one(study, workdir, healed, m, s, budgets))
+    if not was_done:
+      bar.update(1)
+  bar.close()
   return write_report(study, workdir, methods, results, budgets, initial, command,
                       time.perf_counter() - t0)
 

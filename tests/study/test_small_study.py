@@ -49,5 +49,7 @@ def test_small_study_end_to_end(tmp_path):
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert marker.stat().st_mtime == stamp
+  # Its progress bar starts at the runs already finished (it counted them as new ones).
+  assert "2/2" in again.stderr and "0/2" not in again.stderr, again.stderr[-2000:]
   assert json.loads((elsewhere / "arith.json").read_text())["budgets"] == budgets
   assert (elsewhere / "arith.md").exists() and (elsewhere / "arith.png").exists()
