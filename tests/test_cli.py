@@ -88,6 +88,8 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   train = [sys.executable, "-m", "cmdp.train", "--workdir", str(tmp_path / "run")]
   evaluate = [sys.executable, "-m", "cmdp.evaluate"]
   tiny = ["--config", "configs/tiny.py"]
+  bad_lines = tmp_path / "bad.jsonl"
+  bad_lines.write_text('{"question": "1+1?", "answer": "#### 2"}\nnot json\n')
   done = _finish({
       "value": _start([*train, *tiny, "--config.batch_size=7"]),
       "value_verbose": _start([*train, *tiny, "--config.batch_size=7", "--verbose"]),
@@ -103,6 +105,10 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
                            "--config.loss.penalty_scale=0.5"]),
       "gsm8k_dir": _start([*train, "--config",
                            "configs/smollm2_sums.py:task=gsm8k,gsm8k_dir=/no/such/dir"]),
+      # A GSM8K file under the tiny config, whose reasoning-gym arguments it does not take.
+      "file_task": _start([*train, *tiny, f"--config.data.train=gsm8k:{bad_lines}"]),
+      "malformed": _start([*train, *tiny, f"--config.data.train=gsm8k:{bad_lines}",
+                           "--config.data.task_kwargs={}"]),
       "no_workdir": _start([*evaluate, "--workdir", str(tmp_path / "missing")]),
       "no_config_json": _start([*evaluate, "--workdir", str(tmp_path)]),
       "other_objective": _start([*evaluate, *tiny, "--workdir", dual_checkpoint]),
@@ -119,6 +125,9 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   _one_line(done["no_file"], "--config", "configs/nope.py")
   _one_line(done["objective"], "config.loss.penalty_scale", "'grpo'", "objective=OBJECTIVE")
   _one_line(done["gsm8k_dir"], "gsm8k_dir='/no/such/dir'", "openai/gsm8k")
+  _one_line(done["file_task"], "config.data.train=", "gsm8k file", "max_terms",
+            "--config.data.task_kwargs='{}'")
+  _one_line(done["malformed"], "bad.jsonl:2", "invalid JSON", "'not json'")
   _one_line(done["no_workdir"], "--workdir", "does not exist")
   _one_line(done["no_config_json"], "config.json", "--config")
   # The checkpoint mismatch names the part of the state that differs and the fix.

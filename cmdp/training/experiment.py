@@ -291,6 +291,12 @@ def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
   d = config.data
   spec = d.train if which == "train" else d.test
   size = d.train_size if which == "train" else d.test_size
+  task = spec.get("task") if hasattr(spec, "get") else spec
+  kind = str(task).split(":", 1)[0]
+  if d.task_kwargs and kind in ("gsm8k", "math"):  # a file task after a reasoning-gym config
+    raise ValueError(f"config.data.{which}={task!r} is a {kind} file, which takes none of "
+                     f"config.data.task_kwargs {sorted(d.task_kwargs)} (reasoning-gym task "
+                     "arguments): clear them with --config.data.task_kwargs='{}'.")
   # Procedural tasks keep train and test questions apart; files have their splits.
   try:
     examples = data.load_task(spec, split=which, size=size, seed=config.seed,
