@@ -85,7 +85,8 @@ def run_stage(study: ml_collections.ConfigDict, workdir: str, role: str) -> dict
     models.save_pretrained(out, exp.student.config, params, exp.tokenizer)
     return {}
 
-  trainer.train(config, os.path.join(workdir, "pretrain", role), evaluate_fn=save)
+  trainer.train(config, os.path.join(workdir, "pretrain", role), evaluate_fn=save,
+                stage_name=f"pretrain {role}")
   wall = time.perf_counter() - t0
   with open(os.path.join(out, "wall_s.txt"), "w") as f:
     f.write(f"{wall:.1f}\n")

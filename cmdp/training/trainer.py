@@ -238,6 +238,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
 
   `evaluate_fn(exp, params, step, hp) -> dict` runs at `eval_every` and at the end
   (default `eval_loop.evaluate_and_write`: eval.json, eval.md and `eval/...` scalars).
+  `stage_name`: "train", "heal" (the heal stage's own run) or "pretrain <role>" (a
+  supervised stage from random weights, `cmdp.study.pretrain`): what the console says.
   """
   default_eval = evaluate_fn is None
   config_lib.validate(config)  # a field that cannot work stops the run before any work
@@ -257,7 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   exp = experiment_lib.build(config)
   hp = exp.hp
   if not loaded_in_heal:
-    log_lib.stage("load", f"{_describe(exp)} ({time.perf_counter() - t0:.0f} s)")
+    log_lib.stage("load", f"{_describe(exp, stage_name)} ({time.perf_counter() - t0:.0f} s)")
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints,
                                        config.checkpoint_async)
   start_fresh = checkpointer.latest_step() is None
@@ -475,11 +477,18 @@ def _finished(workdir: str, steps: int) -> bool:
   return done
 
 
-def _describe(exp) -> str:
-  """`teacher 30 layers (135M) -> student 20 layers (99M)`: what the run distils."""
+def _describe(exp, stage_name: str = "train") -> str:
+  """`teacher 30 layers (135M parameters) -> student 20 layers (99M parameters)`: what the
+  run distils; for a supervised stage from scratch (`stage_name` "pretrain ..."), only the
+  model it trains (its stand-in teacher is never read)."""
   def size(model):
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params))
-    return f"{model.config.num_layers} layers ({n / 1e6:.0f}M parameters)"
+    count = next(f"{n / scale:.{d}f}{unit}" for scale, unit, d in (
+        (1e9, "B", 1), (1e6, "M", 0), (1e3, "k", 0), (1, "", 0)) if n >= scale or scale == 1)
+    layers = model.config.num_layers
+    return f"{layers} layer{'s' * (layers != 1)} ({count} parameters)"
+  if stage_name.startswith("pretrain"):
+    return f"{stage_name}: {size(exp.student)} from random weights, on reference solutions"
   return f"teacher {size(exp.teacher)} -> student {size(exp.student)}"
 
 

@@ -2,6 +2,7 @@
 the protocol's methods, md / json / png; a rerun resumes and writes where it is told."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,9 @@ def test_small_study_end_to_end(tmp_path):
          "--workdir", str(workdir)]
   done = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
+  # The supervised stage says what it trains (not its stand-in teacher), in readable units.
+  out = done.stdout + done.stderr
+  assert re.search(r"load +pretrain teacher: 1 layer \(\d+k parameters\) from random", out), out
 
   study = load_config_file("study_arith.py", "small")
   names = sorted(m["name"] for m in study.methods)
