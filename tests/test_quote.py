@@ -127,3 +127,18 @@ def test_render_writes_a_results_block_and_refuses_a_missing_json(tmp_path):
     quote.render("results-quote: missing.json\n/results-quote\n", str(tmp_path))
   with pytest.raises(ValueError, match="has no '/results-quote'"):
     quote.quoted_blocks("results-quote: study.json\n/plan-quote\n")
+
+
+def test_a_results_block_can_quote_one_budget(tmp_path):
+  two = _study()
+  two["decisions"]["q90"] = two["decisions"]["q50"]  # a second budget the option leaves out
+  assert study_quote.summary(two, only="q50") == study_quote.summary(_study())
+  (tmp_path / "study.json").write_text(json.dumps(two))
+  out = quote.render("<!-- results-quote: study.json q50 -->\n<!-- /results-quote -->",
+                     str(tmp_path)).split("\n")
+  assert out[0] == "<!-- results-quote: study.json q50 -->"
+  assert "\n".join(out[1:-1]) == study_quote.summary(_study())
+  with pytest.raises(ValueError, match=r"'short', a budget of the study \(q50, q90\)"):
+    quote.render("results-quote: study.json q75\n/results-quote\n", str(tmp_path))
+  with pytest.raises(ValueError, match="plan-quote takes the option 'short' or none"):
+    quote.render("plan-quote: study.json q50\n/plan-quote\n", str(tmp_path))

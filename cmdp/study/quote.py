@@ -49,14 +49,17 @@ def _rows(payload: dict, budget: str, summary: dict) -> list[tuple[str, str]]:
   return rows
 
 
-def summary(payload: dict, short: bool = False) -> str:
+def summary(payload: dict, short: bool = False, only: str | None = None) -> str:
   """Markdown: per budget a heading line, a table (`QUOTED`, with whether the setting
   holds in every seed) and the verdict (`report.verdict_text`); `short`: one line per
-  budget, whether the budget was stressed and each cmdp family's verdict."""
+  budget, whether the budget was stressed and each cmdp family's verdict; `only` (a key of
+  the payload's `decisions`, e.g. "q50"): that budget alone."""
   initial = payload["initial"]["student"]
   seeds = sorted({r["seed"] for r in payload["runs"]})
   out = []
   for budget, decision in payload["decisions"].items():
+    if only is not None and budget != only:
+      continue
     d = payload["budgets"][budget]
     start = initial[f"satisfaction_sampled@{budget}"]
     if short:
