@@ -129,6 +129,19 @@ def test_render_writes_a_results_block_and_refuses_a_missing_json(tmp_path):
     quote.quoted_blocks("results-quote: study.json\n/plan-quote\n")
 
 
+def test_a_rise_in_grpos_satisfaction_reads_as_a_gain():
+  payload = _study()
+  payload["runs"] = [dict(r, metrics={**r["metrics"], "satisfaction_sampled@q50": 0.53})
+                     if r["method"] == "grpo" else r for r in payload["runs"]]
+  payload["decisions"]["q50"] = protocol.decide(
+      study_quote.per_budget(payload, "q50"), payload["methods"],
+      payload["initial"]["student"], "q50", hold_margin=0.02, stress_points=0.05)
+  assert study_quote.summary(payload, short=True).startswith(
+      "- q50 (d = 0.25): not stressed: grpo gains 3.0 points of sampled satisfaction; ")
+  assert "grpo gains 3.0 points of sampled satisfaction (from 50.0%): the budget is not " \
+         "stressed" in study_quote.summary(payload)
+
+
 def test_a_results_block_can_quote_one_budget(tmp_path):
   two = _study()
   two["decisions"]["q90"] = two["decisions"]["q50"]  # a second budget the option leaves out

@@ -51,11 +51,17 @@ def main(argv):
     study.output_dir = _OUTPUT_DIR.value
   from cmdp.study.runner import RunInterrupted  # pylint: disable=g-import-not-at-top
   try:
-    run_study(study, _WORKDIR.value, command)
+    payload = run_study(study, _WORKDIR.value, command)
   except RunInterrupted as err:  # SIGTERM: the run saved its state; one line, no traceback
     if _VERBOSE.value:
       raise
     raise SystemExit(f"python -m cmdp.study: {err}") from None
+  # The report at the end: where it is, and the verdict per budget by the declared rules.
+  from cmdp.study import quote  # pylint: disable=g-import-not-at-top
+  from cmdp.training import logging as log_lib  # pylint: disable=g-import-not-at-top
+  out = os.path.join(study.output_dir or os.path.join(_WORKDIR.value, "results"), study.name)
+  log_lib.stage("report", f"{out}.md (.png, .json)")
+  print(quote.summary(payload, short=True))
 
 
 if __name__ == "__main__":

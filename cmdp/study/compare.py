@@ -266,6 +266,9 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
   out_dir = study.output_dir or os.path.join(workdir, "results")
   os.makedirs(out_dir, exist_ok=True)
   by_name = {m["name"]: m for m in methods}
+  # The sub-type columns (with / without a multiplication) where some problem has one.
+  columns = COLUMNS if any(r["metrics"].get("num_mul") for r in results) else tuple(
+      c for c in COLUMNS if not c[0].endswith("mul"))
   sections, decisions, summaries = [], {}, {}
   for q in study.budget_quantiles:
     b = protocol.budget_name(q)
@@ -279,12 +282,12 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
     rules = study.rules
     decision = protocol.decide(per_seed, methods, initial["student"], b,
                                hold_margin=rules.hold_margin, stress_points=rules.stress_points)
-    summary = stats.summarize(per_seed, tuple(k for k, _, _ in COLUMNS + DIAGNOSTICS))
+    summary = stats.summarize(per_seed, tuple(k for k, _, _ in columns + DIAGNOSTICS))
     decisions[b], summaries[b] = decision, summary
-    sections.append(budget_section(b, budgets[b], initial, summary, decision))
+    sections.append(budget_section(b, budgets[b], initial, summary, decision, columns))
   png = os.path.join(out_dir, f"{study.name}.png")
   plot_lib.fronts(summaries, methods, initial["student"], png, study.rules.hold_margin)
-  text = markdown(study, command, wall_s, budgets, initial, sections, results,
+  text = markdown(study, command, budgets, initial, sections, results,
                   os.path.basename(png))
   with open(os.path.join(out_dir, f"{study.name}.md"), "w") as f:
     f.write(text)
@@ -295,8 +298,9 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
   return payload
 
 
-def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict) -> str:
-  """One budget's tables (results, diagnostics) and the verdict by the rules."""
+def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict,
+                   columns: tuple = COLUMNS) -> str:
+  """One budget's tables (results: `columns`, diagnostics) and the verdict by the rules."""
   s = initial["student"]
   holds = decision["holds"]
   marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
@@ -304,13 +308,13 @@ def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dic
            f"Initial student: {100 * s['accuracy']:.1f}% greedy, "
            f"{100 * s[f'satisfaction_sampled@{b}']:.1f}% of sampled responses within d "
            f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
-           "over seeds.", "", report.results_table(marked, COLUMNS),
+           "over seeds.", "", report.results_table(marked, columns),
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
            report.results_table(summary, DIAGNOSTICS), report.verdict_text(b, decision)]
   return "\n".join(lines)
 
 
-def markdown(study, command, wall_s, budgets, initial, sections, results, png) -> str:
+def markdown(study, command, budgets, initial, sections, results, png) -> str:
   t, s = initial["teacher"], initial["student"]
   run_min = sum(r["wall_s"] for r in results) / 60
   seeds = sorted({r["seed"] for r in results})
@@ -322,7 +326,7 @@ def markdown(study, command, wall_s, budgets, initial, sections, results, png) -
       f"# {study.title}", "", study.description, "", "## Protocol (declared before the runs)",
       "", study.protocol, "", *([study.settings_note, ""] if study.get("settings_note") else []),
       f"Command: `{command}`. {len(results)} runs ({run_min:.0f} min of training and "
-      f"evaluation), seeds {seeds}; this invocation {wall_s / 60:.1f} min.", "",
+      f"evaluation, summed over the runs, which may span invocations), seeds {seeds}.", "",
       f"Teacher: {100 * t['accuracy']:.1f}% greedy, {100 * t['accuracy_sampled']:.1f}% sampled; "
       f"initial student: {100 * s['accuracy']:.1f}% greedy, {100 * s['accuracy_sampled']:.1f}% "
       f"sampled, on {s['num_examples']} held-out problems. Budgets: "

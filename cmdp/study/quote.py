@@ -65,10 +65,9 @@ def summary(payload: dict, short: bool = False, only: str | None = None) -> str:
     if short:
       verdicts = "; ".join(f"`{f}` {'beats' if v['beats'] else 'does not beat'} the "
                            f"Lagrangians ({v['reason']})" for f, v in decision["beats"].items())
-      stressed = ("stressed: grpo loses" if decision["informative"] else
-                  "not stressed: grpo loses only")
-      out.append(f"- {budget} (d = {d:.4g}): {stressed} {100 * decision['grpo_loss']:.1f} "
-                 f"points of sampled satisfaction; {verdicts}.")
+      stressed = "stressed" if decision["informative"] else "not stressed"
+      out.append(f"- {budget} (d = {d:.4g}): {stressed}: {report.grpo_change(decision)} "
+                 f"of sampled satisfaction; {verdicts}.")
       continue
     summ = stats.summarize(per_budget(payload, budget), tuple(k for k, _, _ in QUOTED))
     out += [f"**{budget}**, d = {d:.4g} nats per sequence: the initial student is "

@@ -54,13 +54,19 @@ def write_json(path: str, payload: Mapping) -> None:
     json.dump(to_jsonable(payload), f, indent=2)
 
 
+def grpo_change(decision: dict) -> str:
+  """`grpo loses 19.0 points` or, where its satisfaction rose, `grpo gains 2.9 points`."""
+  loss = 100 * decision["grpo_loss"]
+  return f"grpo {'loses' if loss >= 0 else 'gains'} {abs(loss):.1f} points"
+
+
 def verdict_text(b: str, decision: dict) -> str:
   """The rules applied at one budget, in words."""
   start = 100 * decision["initial_satisfaction"]
-  out = [f"**Verdict at {b}.** grpo loses {100 * decision['grpo_loss']:.1f} points of sampled "
+  out = [f"**Verdict at {b}.** {grpo_change(decision)} of sampled "
          f"satisfaction (from {start:.1f}%): the budget is "
          + ("stressed (informative)." if decision["informative"] else
-            "not stressed (grpo loses under the declared threshold): nothing is concluded "
+            "not stressed (grpo's loss is under the declared threshold): nothing is concluded "
             "from this budget.")]
   held = sorted(k for k, v in decision["holds"].items() if v)
   out.append("Settings that hold it in every seed: " + (", ".join(held) if held else "none")

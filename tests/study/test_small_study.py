@@ -22,6 +22,10 @@ def test_small_study_end_to_end(tmp_path):
   # The supervised stage says what it trains (not its stand-in teacher), in readable units.
   out = done.stdout + done.stderr
   assert re.search(r"load +pretrain teacher: 1 layer \(\d+k parameters\) from random", out), out
+  # It ends with where the report is and one verdict line per budget.
+  assert f"report     {workdir / 'results' / 'arith'}.md (.png, .json)" in out, out[-2000:]
+  assert re.search(r"^- q50 \(d = [0-9.]+\): (not )?stressed: grpo (loses|gains) ", out, re.M)
+  assert re.search(r"^- q90 \(d = [0-9.]+\): (not )?stressed: grpo (loses|gains) ", out, re.M)
 
   study = load_config_file("study_arith.py", "small")
   names = sorted(m["name"] for m in study.methods)
