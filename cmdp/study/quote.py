@@ -53,7 +53,7 @@ def summary(payload: dict, short: bool = False, only: str | None = None) -> str:
   """Markdown: per budget a heading line, a table (`QUOTED`, with whether the setting
   holds in every seed) and the verdict (`report.verdict_text`); `short`: one line per
   budget, whether the budget was stressed and each cmdp family's verdict; `only` (a key of
-  the payload's `decisions`, e.g. "q50"): that budget alone."""
+  the payload's `decisions`, e.g. "q50"): that budget alone, its verdict in the short line."""
   initial = payload["initial"]["student"]
   seeds = sorted({r["seed"] for r in payload["runs"]})
   out = []
@@ -62,12 +62,12 @@ def summary(payload: dict, short: bool = False, only: str | None = None) -> str:
       continue
     d = payload["budgets"][budget]
     start = initial[f"satisfaction_sampled@{budget}"]
+    verdicts = "; ".join(f"`{f}` {'beats' if v['beats'] else 'does not beat'} the "
+                         f"Lagrangians ({v['reason']})" for f, v in decision["beats"].items())
+    stressed = "stressed" if decision["informative"] else "not stressed"
+    line = f"{stressed}: {report.grpo_change(decision)} of sampled satisfaction; {verdicts}."
     if short:
-      verdicts = "; ".join(f"`{f}` {'beats' if v['beats'] else 'does not beat'} the "
-                           f"Lagrangians ({v['reason']})" for f, v in decision["beats"].items())
-      stressed = "stressed" if decision["informative"] else "not stressed"
-      out.append(f"- {budget} (d = {d:.4g}): {stressed}: {report.grpo_change(decision)} "
-                 f"of sampled satisfaction; {verdicts}.")
+      out.append(f"- {budget} (d = {d:.4g}): {line}")
       continue
     summ = stats.summarize(per_budget(payload, budget), tuple(k for k, _, _ in QUOTED))
     out += [f"**{budget}**, d = {d:.4g} nats per sequence: the initial student is "
@@ -81,5 +81,8 @@ def summary(payload: dict, short: bool = False, only: str | None = None) -> str:
       holds = decision["holds"].get(name)
       mark = "–" if holds is None else ("yes" if holds else "no")
       out.append(f"| {label} | " + " | ".join(cells) + f" | {mark} |")
-    out += ["", report.verdict_text(budget, decision).rstrip("\n"), ""]
+    # One budget alone (the README's block): the verdict in one line.
+    verdict = (f"**Verdict at {budget}:** {line}" if only is not None else
+               report.verdict_text(budget, decision).rstrip("\n"))
+    out += ["", verdict, ""]
   return "\n".join(out).rstrip("\n")
