@@ -21,8 +21,8 @@ with 2 samples each keep the 100 runs under 90 minutes by the earlier study's me
 cost (a run took 55 s at 50 steps and 1,000 problems with 1 sample).
 
 The earlier report of this setting (15 methods with nats-scaled penalties and lambdas, one
-budget, Dec 2026) stays as a dated record in docs/results/arith.md until this one
-replaces it.
+budget, 30 Nov 2026) is kept as a dated record in docs/results/arith_2026-11-30.md; this
+study writes docs/results/arith.md.
 
 Argument: `small` (tiny models, 1 seed, 2 methods, 2 steps, 48 evaluation problems: the
 CI smoke test).
