@@ -30,7 +30,6 @@ from cmdp.plan import quote as plan_quote
 from cmdp.study import quote as study_quote
 
 
-
 def _plan(payload: dict, option: str) -> str:
   if option not in ("", "short"):
     raise ValueError(f"plan-quote takes the option 'short' or none, not {option!r}.")

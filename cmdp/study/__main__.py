@@ -44,7 +44,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.ERROR)
     warnings.filterwarnings("ignore")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  from cmdp.study.compare import run_study  # pylint: disable=g-import-not-at-top
+  from cmdp.study.compare import report_dir, run_study  # pylint: disable=g-import-not-at-top
   command = "python -m cmdp.study " + " ".join(sys.argv[1:])
   study = _CONFIG.value
   if _OUTPUT_DIR.value is not None:
@@ -59,7 +59,7 @@ def main(argv):
   # The report at the end: where it is, and the verdict per budget by the declared rules.
   from cmdp.study import quote  # pylint: disable=g-import-not-at-top
   from cmdp.training import logging as log_lib  # pylint: disable=g-import-not-at-top
-  out = os.path.join(study.output_dir or os.path.join(_WORKDIR.value, "results"), study.name)
+  out = os.path.join(report_dir(study, _WORKDIR.value), study.name)
   log_lib.stage("report", f"{out}.md (.png, .json)")
   print(quote.summary(payload, short=True))
 

@@ -260,10 +260,15 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> d
                       time.perf_counter() - t0)
 
 
+def report_dir(study, workdir: str) -> str:
+  """Where the report goes: `study.output_dir`, or `<workdir>/results`."""
+  return study.output_dir or os.path.join(workdir, "results")
+
+
 def write_report(study, workdir, methods, results, budgets, initial, command, wall_s) -> dict:
   """The report: `<name>.md`, `<name>.png` and `<name>.json` in the output directory."""
   from cmdp.study import plot as plot_lib  # pylint: disable=g-import-not-at-top
-  out_dir = study.output_dir or os.path.join(workdir, "results")
+  out_dir = report_dir(study, workdir)
   os.makedirs(out_dir, exist_ok=True)
   by_name = {m["name"]: m for m in methods}
   # The sub-type columns (with / without a multiplication) where some problem has one.
