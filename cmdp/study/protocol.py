@@ -89,7 +89,8 @@ def decide(per_seed: dict, methods_: list[dict], initial: dict, budget: str, *,
     hold_margin: satisfaction the final student may lose and still hold (0.02 = 2 points).
     stress_points: satisfaction grpo must lose for the budget to be informative.
 
-  Returns `{"holds": {name: bool}, "informative": bool, "grpo_loss": float, "families":
+  Returns `{"holds": {name: bool}, "informative": bool, "grpo_loss": float, "stress_points":
+  float, "families":
   {family: {"best": name or None, ...}}, "beats": {cmdp family: verdict dict}}`.
   """
   start = float(initial[f"{satisfaction}@{budget}"])
@@ -135,7 +136,7 @@ def decide(per_seed: dict, methods_: list[dict], initial: dict, budget: str, *,
           f"not more accurate than {top} in every seed"))
     beats[family] = verdict
   return dict(holds=holds, informative=bool(grpo_loss >= stress_points - tol),
-              grpo_loss=grpo_loss,
+              grpo_loss=grpo_loss, stress_points=stress_points,
               initial_satisfaction=start, best=best, beats=beats)
 
 

@@ -55,9 +55,15 @@ def write_json(path: str, payload: Mapping) -> None:
 
 
 def grpo_change(decision: dict) -> str:
-  """`grpo loses 19.0 points` or, where its satisfaction rose, `grpo gains 2.9 points`."""
+  """`grpo loses 19.0 points` or, where its satisfaction rose, `grpo gains 2.9 points`.
+
+  One decimal, or two where one would round a loss across the declared threshold
+  (`stress_points`): 4.98 points is written `4.98`, not `5.0`, beside "not stressed".
+  """
   loss = 100 * decision["grpo_loss"]
-  return f"grpo {'loses' if loss >= 0 else 'gains'} {abs(loss):.1f} points"
+  threshold = 100 * decision.get("stress_points", float("nan"))
+  digits = 2 if (round(loss, 1) >= threshold) != decision["informative"] else 1
+  return f"grpo {'loses' if loss >= 0 else 'gains'} {abs(loss):.{digits}f} points"
 
 
 def verdict_text(b: str, decision: dict) -> str:

@@ -99,3 +99,15 @@ def test_pareto_front_and_figure(tmp_path):
   plot.fronts({"q50": summary}, methods, {"accuracy": 0.6, "satisfaction_sampled@q50": 0.5},
               str(path))
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("loss, informative, text", [
+    (0.19, True, "grpo loses 19.0 points"),
+    (-0.0286, False, "grpo gains 2.9 points"),
+    (0.0498, False, "grpo loses 4.98 points"),  # "5.0" would contradict "not stressed"
+    (0.0500, True, "grpo loses 5.0 points"),
+    (0.0451, False, "grpo loses 4.5 points"),
+])
+def test_grpo_change_never_rounds_across_the_threshold(loss, informative, text):
+  decision = dict(grpo_loss=loss, stress_points=0.05, informative=informative)
+  assert report.grpo_change(decision) == text
