@@ -15,8 +15,8 @@ README = open(os.path.join(_ROOT, "README.md")).read()
 
 def test_short_with_fenced_tagged_code_and_the_ci_commands():
   lines = README.splitlines()
-  # An entry page (it was 653 lines): 150 lines and the quoted results table (16).
-  assert len(lines) <= 170, len(lines)
+  # An entry page (it was 653 lines): about 150 lines and the quoted results (16 + 4).
+  assert len(lines) <= 175, len(lines)
   fences = [l for l in lines if l.startswith("```")]
   assert len(fences) % 2 == 0
   assert all(f != "```" for f in fences[::2]), "a code block without a language tag"
