@@ -26,7 +26,9 @@ the penalty (`common.cost_gradient`):
   * teacher_nll: no direct dependence.
 `W_t` is the return to go for a causal reward (`sum`; `prefix_mean` unless a scaled
 penalty's unit `d T` reads the length) and the whole sequence return otherwise
-(`constraint.reward_is_causal`).
+(`constraint.reward_is_causal`). Under the terminal penalty (reward withheld), a token
+whose state already fixes the flag has a known return to go (`-n` at the flag, 0 after):
+its advantage is 0 (`settled_tokens`, `policy_gradient`'s known values).
 
 `cmdp_hinge` pays, at the last token, `(1 - V) R - n (C(y) - d)_+ / D'` with `V = 1[C(y) >
 d]` and `D' = d` (budget units) or 1 (nats): its gradient is the score function on the
@@ -83,6 +85,23 @@ def _exact_kl(student_logits, teacher, hp: ObjectiveConfig):
   return divergences.kl(student_logits, teacher, chunk_size=hp.chunk_size)
 
 
+def settled_tokens(violated: jax.Array, hp: ObjectiveConfig, causal: bool) -> jax.Array | None:
+  """`[B, L]` bool: the tokens whose state fixes their return to go, or None where no state
+  does (module docstring).
+
+  Only the terminal penalty with the reward withheld: once the flag has fired, the return
+  to go is 0 (the flag token's own is `-n`), whatever comes next. The flag at `t` reads
+  `c_0..c_t`; `reverse_kl`'s `c_t` is a function of the state `s_t`, so its flag token is
+  settled too; `logratio` and `teacher_nll` read `y_t`, so only the tokens after it are.
+  """
+  if hp.penalty != "terminal" or hp.pay_reward_if_violated or not causal:
+    return None
+  violated = violated.astype(bool)
+  if hp.cost == "reverse_kl":
+    return violated
+  return jnp.pad(violated[:, :-1], ((0, 0), (1, 0)))
+
+
 def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
   """The constraint-augmented policy-gradient loss `(loss, metrics)` (module docstring)."""
   del state
@@ -102,7 +121,8 @@ def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=
                                             hp, kl_token)
   causal = constraint.reward_is_causal(hp.constraint, hp.penalty, hp.penalty_units)
   loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, causal=causal,
-                                       immediate=immediate, exact=exact)
+                                       immediate=immediate, exact=exact,
+                                       settled=settled_tokens(violated, hp, causal))
   metrics["violation_fraction"] = token_sum(violated, batch)
   # The penalty paid per sequence, in reward units: the reward a sequence would have had
   # without the constraint minus the one it got.

@@ -25,6 +25,14 @@ Group baseline (`advantage`), from the sequence returns `G0 [B]` of each group o
   none: `b_i = 0`.
 `A_it = weight_it - b_i` for `loo`/`grpo`/`none`, and `w = 1` except for `grpo`.
 
+Known values (`settled`, causal rewards only): a token whose state fixes its return to go,
+whatever the policy does from there on (Sauté's spent budget under the terminal penalty:
+the penalty is paid, the reward withheld), takes the state's value `V(s_t) = G_t` as its
+baseline, so its advantage is exactly 0. A baseline that is a function of the state keeps
+the estimator unbiased, and the dropped term `grad log pi(y_t|s_t) (G_t - b_i)` has mean
+zero given the state and no correlation with the earlier tokens' terms, so the variance
+only falls.
+
 Scale (`normalize_std`, default off). Off, `s = 1` and the advantages are bounded by the
 rewards themselves. On, `s_g` is the root mean square of group g's advantages over its
 response tokens (1 if they are all 0): `|A / s| <= sqrt(tokens in the group)` by
@@ -180,7 +188,7 @@ def ppo_clip(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: 
 
 def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: ObjectiveConfig,
                          *, causal: bool = True, immediate: jax.Array | None = None,
-                         exact: jax.Array | None = None):
+                         exact: jax.Array | None = None, settled: jax.Array | None = None):
   """The loss of the module docstring.
 
   Args:
@@ -193,6 +201,8 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
     immediate: `[B, L]` the part of `rewards` that depends on the state only and whose
       gradient `exact` carries (removed from the token's own return when causal).
     exact: `[B, L]` differentiable per-token terms added to the loss (scaled by w / s).
+    settled: `[B, L]` bool, tokens whose state fixes their return to go (module
+      docstring): advantage 0. Only with a causal reward.
 
   Returns:
     `(loss, metrics)`; the loss is full-batch normalised; the metrics (shares of
@@ -208,6 +218,11 @@ def policy_gradient_loss(logp: jax.Array, batch: dict, rewards: jax.Array, hp: O
   weights, g0 = score_weights(rewards, mask, hp.gamma, causal, immediate)
   baseline = group_baseline(g0, hp.group_size, hp.advantage)
   adv = (weights - baseline[:, None]) * mask
+  if settled is not None:
+    if not causal:
+      raise ValueError("settled tokens need a causal reward: with the whole return on every "
+                       "token, no state fixes a token's weight.")
+    adv = jnp.where(settled, 0.0, adv)
   if hp.normalize_std:
     if hp.advantage == "none":
       _check_groups(adv.shape[0], hp.group_size, "none with normalize_std")

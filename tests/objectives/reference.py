@@ -116,10 +116,14 @@ def ppo_per_token(logp, old, adv, clip_eps):
 
 
 def pg_loss(logp, old, mask, weights, seq_returns, group_size, mode, normalize_std,
-            clip_eps, aggregation, num_tokens, num_sequences):
-  """(loss, scale): the group-baselined PPO-clip surrogate of score-function `weights`."""
+            clip_eps, aggregation, num_tokens, num_sequences, settled=None):
+  """(loss, scale): the group-baselined PPO-clip surrogate of score-function `weights`;
+  `settled` tokens (their state fixes their return to go) take it as their baseline."""
   baseline = group_baseline(seq_returns, group_size, mode)
   adv = (weights - baseline[:, None]) * mask
+  if settled is not None:
+    for b, t in zip(*np.nonzero(settled)):
+      adv[b, t] = 0.0
   scale = rms_scale(adv, mask, group_size) if normalize_std else np.ones(len(adv))
   per_token = ppo_per_token(logp, old, adv / scale[:, None], clip_eps)
   return aggregate(per_token, mask, aggregation, num_tokens, num_sequences), scale

@@ -20,6 +20,12 @@ RESPONSE_ROWS = bf.rows(bf.RESPONSES)
 
 def expected_estimator_grad(name, hp, student, teacher, reward, state=None):
   """sum over ordered groups of prod_i pi(y_i) * grad loss(group)."""
+  return estimator_moments(name, hp, student, teacher, reward, state)[0]
+
+
+def estimator_moments(name, hp, student, teacher, reward, state=None):
+  """The estimator's mean gradient and mean squared norm over every ordered group, and
+  every group's gradient `[M, ...]`."""
   targets, mask, states = (jnp.asarray(x) for x in RESPONSE_ROWS)
   fn = get_objective(name).loss_fn
   probs = jnp.exp(jnp.stack([bf.response_logprob(student, y, hp.temperature)
@@ -41,18 +47,20 @@ def expected_estimator_grad(name, hp, student, teacher, reward, state=None):
 
   grads = jax.jit(jax.vmap(one))(idx)
   weights = jnp.prod(probs[idx], axis=-1)
-  return jnp.tensordot(weights, grads, axes=1)
+  square = jnp.sum(jnp.square(grads).reshape(len(grads), -1), axis=-1)
+  return jnp.tensordot(weights, grads, axes=1), float(weights @ square), grads
 
 
 def true_grad(name, hp, student, teacher, reward, lam=0.0):
   return jax.grad(lambda p: -bf.objective_value(name, p, teacher, reward, hp, lam))(student)
 
 
-def median_budget(kind, constraint, discount, student, teacher):
-  """A budget between the responses' costs, so some violate and some do not."""
+def median_budget(kind, constraint, discount, student, teacher, quantile=0.5):
+  """A budget between the responses' costs (never at one), so some violate and some do
+  not: halfway between two neighbouring costs at about `quantile`."""
   all_costs = bf.sequence_costs_np(kind, student, teacher, constraint, discount)
   costs = np.unique(np.round(all_costs[all_costs > 0], 5))  # budgets are positive
-  mid = len(costs) // 2
+  mid = max(1, int(quantile * len(costs)))
   budget = float(0.5 * (costs[mid - 1] + costs[mid]))
   assert np.any(all_costs > budget) and np.any(all_costs < budget)
   return budget
@@ -81,6 +89,7 @@ CMDP_CASES = [  # (cost, constraint, penalty, units): every cost, constraint, pe
     ("logratio", "sum", "scaled", "budget"), ("logratio", "mean", "constant_plus_scaled", "nats"),
     ("logratio", "prefix_mean", "scaled", "budget"), ("logratio", "sum", "terminal", "budget"),
     ("teacher_nll", "sum", "scaled", "budget"), ("teacher_nll", "mean", "constant", "budget"),
+    ("teacher_nll", "sum", "terminal", "budget"),
 ]
 
 
@@ -158,3 +167,34 @@ def test_cmdp_scaled_penalty_in_budget_units_under_prefix_mean_weighs_the_whole_
   hp = ObjectiveConfig(group_size=2, constraint="prefix_mean", penalty=penalty,
                        penalty_scale=1.7, budget=0.5 * first)
   check("cmdp", hp, seed=3)
+
+
+@pytest.mark.parametrize("cost", ["reverse_kl", "logratio", "teacher_nll"])
+def test_terminal_penalty_settled_tokens_keep_the_mean_and_cut_the_variance(cost, monkeypatch):
+  """Once the state fixes the flag, the terminal penalty's return to go is known (-n at the
+  flag, 0 after), and the estimator gives those tokens no advantage. By enumeration: the
+  same expected gradient as the group baseline alone (the true one) and a smaller second
+  moment, since the dropped terms have mean zero given their state."""
+  from cmdp.objectives import cmdp_reward
+  student, teacher, reward = bf.tables(3)
+  # A low budget: most responses overshoot, many with tokens after their flag.
+  hp = ObjectiveConfig(group_size=2, cost=cost, penalty_scale=3.0, budget=median_budget(
+      cost, "sum", 1.0, student, teacher, quantile=0.2))
+  mean, square, _ = estimator_moments("cmdp", hp, student, teacher, reward)
+  monkeypatch.setattr(cmdp_reward, "settled_tokens", lambda *args: None)
+  old_mean, old_square, _ = estimator_moments("cmdp", hp, student, teacher, reward)
+  np.testing.assert_allclose(mean, old_mean, rtol=2e-4, atol=2e-6)
+  np.testing.assert_allclose(mean, -jax.grad(lambda p: bf.objective_value(
+      "cmdp", p, teacher, reward, hp))(student), rtol=2e-4, atol=2e-6)
+  assert square < 0.995 * old_square, (square, old_square)
+
+
+def test_terminal_penalty_group_that_all_overshoots_at_its_first_token_carries_no_signal():
+  """A budget under the first state's KL: every response's flag fires at its first token,
+  every return is -n, whatever follows: each group's gradient is exactly zero (without the
+  known values, its later tokens were pushed up by n against the baseline -n)."""
+  student, teacher, reward = bf.tables(3)
+  first = float(bf.kl_row(student[0], teacher[0]))
+  hp = ObjectiveConfig(group_size=2, budget=0.5 * first, penalty_scale=3.0)
+  _, square, grads = estimator_moments("cmdp", hp, student, teacher, reward)
+  assert square == 0.0 and float(jnp.abs(grads).max()) == 0.0

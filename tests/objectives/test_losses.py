@@ -105,9 +105,16 @@ def cmdp_reference(a, costs, hp, kappa, direct):
                                         hp.constraint, hp.penalty_units)
   ret = ref.returns(rewards, MASK, hp.gamma)
   weights = ret + (kappa * violated * costs if hp.cost == "reverse_kl" else 0.0)
+  settled = None
+  if hp.penalty == "terminal" and not hp.pay_reward_if_violated:
+    # The state fixes the return to go once the flag is known from it: at the flag token
+    # for reverse_kl (a cost of the state), from the next token for costs that read y_t.
+    settled = np.zeros(MASK.shape, bool)
+    for b, t in zip(*np.nonzero(violated)):
+      settled[b, t] = hp.cost == "reverse_kl" or (t > 0 and violated[b, t - 1])
   want, scale = ref.pg_loss(a["logp"], a["old"], MASK, weights,
                             ref.first_token_values(ret, MASK), G, hp.advantage,
-                            hp.normalize_std, 0.2, hp.aggregation, MASK.sum(), B)
+                            hp.normalize_std, 0.2, hp.aggregation, MASK.sum(), B, settled)
   factor = (G - 1) / G if hp.advantage == "grpo" else 1.0
   want += factor * ref.aggregate(kappa * violated * direct / scale[:, None], MASK,
                                  hp.aggregation, MASK.sum(), B)
