@@ -75,7 +75,8 @@ def get_config(arg=None):
       "sampled against 51% greedy); learning rate 2.5e-5 with batches of 8 prompts x 8 "
       "samples (at 5e-5 for 60 steps grpo lost 10 points on the problems without a "
       "multiplication, at 2e-5 under 1); 40 steps, set by the study's 90-minute limit. The "
-      "budgets follow the protocol (the 0.5 and 0.9 quantiles).")
+      "budgets follow the protocol (the 0.5 and 0.9 quantiles). " +
+      protocol.settled_rerun_note("5c78892", "arith"))
   # Where the report goes: "" = <workdir>/results; the committed report was written with
   # `--output_dir docs/results` (python -m cmdp.study --help).
   c.output_dir = ""

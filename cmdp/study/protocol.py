@@ -32,6 +32,16 @@ CMDP_FORMS = {"cmdp": dict(penalty="terminal"), "cmdp_scaled": dict(penalty="sca
 LAGRANGIAN_FAMILIES = ("soft_lagrangian", "dual_lagrangian")
 
 
+def settled_rerun_note(first_commit: str, name: str) -> str:
+  """The report's line on the `cmdp` runs made again after the estimator change of
+  2026-12-06 (docs/method.md, settled tokens), written before they ran."""
+  return (f"The `cmdp` runs (terminal penalty) were made again on 2026-12-06, after its "
+          f"estimator gave no advantage to the tokens whose state fixes their return to go "
+          f"(docs/method.md, settled tokens: unbiased, lower variance); no other method's "
+          f"estimator changed, so their runs stand. The first runs' report: `git show "
+          f"{first_commit}:docs/results/{name}.md`.")
+
+
 def budget_name(quantile: float) -> str:
   """`q50` for the 0.5 quantile."""
   return f"q{round(100 * quantile):d}"
