@@ -274,7 +274,7 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
   # The sub-type columns (with / without a multiplication) where some problem has one.
   columns = COLUMNS if any(r["metrics"].get("num_mul") for r in results) else tuple(
       c for c in COLUMNS if not c[0].endswith("mul"))
-  sections, decisions, summaries = [], {}, {}
+  sections, decisions, summaries, exploratory = [], {}, {}, {}
   for q in study.budget_quantiles:
     b = protocol.budget_name(q)
     per_seed = {}
@@ -289,7 +289,10 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
                                hold_margin=rules.hold_margin, stress_points=rules.stress_points)
     summary = stats.summarize(per_seed, tuple(k for k, _, _ in columns + DIAGNOSTICS))
     decisions[b], summaries[b] = decision, summary
-    sections.append(budget_section(b, budgets[b], initial, summary, decision, columns))
+    paired, paired_table = report.paired_against(per_seed)
+    exploratory[b] = paired
+    sections.append(budget_section(b, budgets[b], initial, summary, decision, columns,
+                                   paired_table))
   png = os.path.join(out_dir, f"{study.name}.png")
   plot_lib.fronts(summaries, methods, initial["student"], png, study.rules.hold_margin)
   text = markdown(study, command, budgets, initial, sections, results,
@@ -297,15 +300,17 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
   with open(os.path.join(out_dir, f"{study.name}.md"), "w") as f:
     f.write(text)
   payload = dict(budgets=budgets, initial=initial, methods=methods, runs=results,
-                 decisions=decisions, command=command, wall_time_s=wall_s,
+                 decisions=decisions, paired_vs_grpo=exploratory, command=command,
+                 wall_time_s=wall_s,
                  config=json.loads(study.to_json_best_effort()))
   report.write_json(os.path.join(out_dir, f"{study.name}.json"), payload)
   return payload
 
 
 def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict,
-                   columns: tuple = COLUMNS) -> str:
-  """One budget's tables (results: `columns`, diagnostics) and the verdict by the rules."""
+                   columns: tuple = COLUMNS, paired_table: str = "") -> str:
+  """One budget's tables (results: `columns`, diagnostics), the verdict by the rules and,
+  after it, the exploratory paired differences from grpo (`report.paired_against`)."""
   s = initial["student"]
   holds = decision["holds"]
   marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
@@ -316,6 +321,10 @@ def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dic
            "over seeds.", "", report.results_table(marked, columns),
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
            report.results_table(summary, DIAGNOSTICS), report.verdict_text(b, decision)]
+  if paired_table:
+    lines += ["Exploratory, read by no declared rule: each setting's paired difference from "
+              "grpo (which ignores the budget) over the same seeds, mean ± 95% t-interval.",
+              "", paired_table]
   return "\n".join(lines)
 
 

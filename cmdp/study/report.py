@@ -10,6 +10,7 @@ import math
 from typing import Mapping, Sequence
 
 from cmdp.evaluation.stats import Interval
+from cmdp.study import stats
 
 
 def fmt_interval(iv: Interval | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -34,6 +35,28 @@ def results_table(summary: Mapping[str, Mapping[str, Interval]],
                           2 if scale == 1.0 else 1) for key, _, scale in used]
     lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+PAIRED_COLUMNS = (("satisfaction_sampled", "satisfaction sampled, minus grpo (points)", 100.0),
+                  ("accuracy_greedy", "accuracy greedy, minus grpo (points)", 100.0))
+
+
+def paired_against(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]],
+                   reference: str = "grpo") -> tuple[dict, str]:
+  """Each method's paired difference from `reference` over their shared seeds
+  (`stats.paired_differences` on `PAIRED_COLUMNS`), and its table, each row labelled with
+  the seeds in which its sampled satisfaction fell below the reference's. Exploratory: no
+  declared rule reads it. `({}, "")` without the reference."""
+  if reference not in per_seed:
+    return {}, ""
+  paired = stats.paired_differences(per_seed, reference, [k for k, _, _ in PAIRED_COLUMNS])
+  ref, key = per_seed[reference], PAIRED_COLUMNS[0][0]
+  labelled = {}
+  for method, ivs in paired.items():
+    shared = sorted(set(per_seed[method]) & set(ref))
+    below = sum(per_seed[method][s][key] < ref[s][key] for s in shared)
+    labelled[f"{method} (below {reference} in {below} of {len(shared)} seeds)"] = ivs
+  return paired, results_table(labelled, PAIRED_COLUMNS)
 
 
 def to_jsonable(obj):

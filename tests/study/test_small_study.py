@@ -45,6 +45,10 @@ def test_small_study_end_to_end(tmp_path):
   assert {"teacher", "student"} <= set(initial["pretrain"])  # the supervised stage ran
   md = (results / "arith.md").read_text()
   assert "## Protocol (declared before the runs)" in md and "**Verdict at q90.**" in md
+  # After the verdict, the exploratory differences from grpo, each setting with its seeds.
+  assert "Exploratory, read by no declared rule" in md
+  assert set(payload["paired_vs_grpo"]) == {"q50", "q90"}
+  assert re.search(r"^\| \S+ \(below grpo in [01] of 1 seeds\) \| 1 \|", md, re.M)
   assert "python -m cmdp.study --config configs/study_arith.py:small" in md
   assert (results / "arith.png").read_bytes()[:4] == b"\x89PNG"
 

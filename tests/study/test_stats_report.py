@@ -111,3 +111,18 @@ def test_pareto_front_and_figure(tmp_path):
 def test_grpo_change_never_rounds_across_the_threshold(loss, informative, text):
   decision = dict(grpo_loss=loss, stress_points=0.05, informative=informative)
   assert report.grpo_change(decision) == text
+
+
+def test_paired_against_grpo_by_hand():
+  """Differences from grpo over shared seeds: cmdp (0.40, 0.50, 0.44) against grpo (0.45,
+  0.46, 0.50): -0.05, +0.04, -0.06, mean -0.07 / 3, half = 4.302653 s / sqrt 3 = 0.1368;
+  below grpo in 2 of 3 seeds. Seed 3 (grpo only) is not paired."""
+  sat = {"cmdp": [0.40, 0.50, 0.44], "grpo": [0.45, 0.46, 0.50, 0.9]}
+  per_seed = {m: {s: {"satisfaction_sampled": v, "accuracy_greedy": 0.5}
+                  for s, v in enumerate(vals)} for m, vals in sat.items()}
+  paired, table = report.paired_against(per_seed)
+  iv = paired["cmdp"]["satisfaction_sampled"]
+  half = 4.302653 * np.std([-0.05, 0.04, -0.06], ddof=1) / math.sqrt(3)
+  assert iv.n == 3 and iv.mean == pytest.approx(-0.07 / 3) and iv.half == pytest.approx(half, 1e-5)
+  assert "| cmdp (below grpo in 2 of 3 seeds) | 3 | -2.3 ± 13.7 | 0.0 ± 0.0 |" in table
+  assert report.paired_against({"cmdp": per_seed["cmdp"]}) == ({}, "")
