@@ -82,8 +82,11 @@ def test_a_perturbed_sampler_is_measured_and_corrected(tmp_path):
 def test_ppo_epochs_make_the_ratio_and_the_clip_act(tmp_path):
   """Several updates per rollout: the later passes see ratios away from 1 (clipped at
   a large learning rate), while the first pass is on-policy."""
+  # A penalty on every violated token's cost, so the groups have contrast (under the
+  # terminal penalty this batch, every sample over d, carries no signal at all).
   exp, state, shardings, batch = _tiny_step(
-      tmp_path, ppo_epochs=3, ppo_minibatches=2, **{"optimizer.learning_rate": 0.05})
+      tmp_path, ppo_epochs=3, ppo_minibatches=2,
+      **{"optimizer.learning_rate": 0.05, "loss.penalty": "scaled"})
   _, m = exp.make_train_step(exp.hp, shardings)(state, exp.step_teacher_params, batch)
   assert float(m["mismatch_abs_logprob"]) < 1e-4  # measured before the first update
   assert float(m["approx_kl_old_last_epoch"]) > 1e-4

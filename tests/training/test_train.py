@@ -55,6 +55,14 @@ def test_every_objective_trains(tmp_path, objective):
     # lambda starts at 0 (grpo, no reward: no update) and moves only if C(y) exceeds d.
     assert rows[0]["train/lambda"] == 0.0 and rows[0]["train/update_norm"] == 0.0
     assert rows[1]["train/lambda"] == 0.0 or rows[1]["train/update_norm"] > 0
+  elif objective == "cmdp":
+    # The terminal penalty has no gradient of its own and no reward is ever earned: a step
+    # has a gradient exactly where some group mixes samples within and over d (at d = 0.25
+    # every sample of step 1 overshoots, some of step 2 do not), and none elsewhere (its
+    # returns are equal and every token after a flag is settled).
+    assert [r["train/grad_norm"] > 0 for r in rows] == [r["train/groups_mixed"] > 0
+                                                        for r in rows]
+    assert any(r["train/groups_mixed"] > 0 and r["train/update_norm"] > 0 for r in rows)
   else:
     # Divergence / constraint terms give a gradient: the student moved.
     assert rows[0]["train/update_norm"] > 0
