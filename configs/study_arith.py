@@ -82,6 +82,7 @@ def get_config(arg=None):
   c.output_dir = ""
   c.seeds = 5  # seeds 0..seeds-1, each shared by every method (paired)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache (seeds > 0 reuse)
+  c.keep_run_checkpoints = False  # True keeps each finished run's checkpoint (the trained student)
 
   # The task everything trains on and is evaluated on (cmdp.data.arith.load_arith kwargs).
   c.task = ml_collections.ConfigDict(dict(

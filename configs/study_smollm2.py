@@ -81,6 +81,7 @@ def get_config(arg=None):
   c.output_dir = ""  # "" = <workdir>/results; the committed report: --output_dir docs/results
   c.seeds = int(arg.seeds)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache: compile once
+  c.keep_run_checkpoints = False  # True keeps each finished run's checkpoint (the trained student)
   c.budget_quantiles = QUANTILES
   c.calibration = ml_collections.ConfigDict(dict(seed=0))
   c.rules = ml_collections.ConfigDict(dict(hold_margin=0.02, stress_points=0.05))

@@ -32,6 +32,10 @@ def test_small_study_end_to_end(tmp_path):
   results = workdir / "results"
   payload = json.loads((results / "arith.json").read_text())
   assert sorted(r["method"] for r in payload["runs"]) == names
+  # A finished run keeps its result and metrics, not its checkpoint (keep_run_checkpoints).
+  run_dirs = [p.parent for p in (workdir / "runs").rglob("result.json")]
+  assert len(run_dirs) == len(names) and all((d / "metrics.jsonl").exists() for d in run_dirs)
+  assert not any((d / "checkpoints").exists() for d in run_dirs)
   budgets = payload["budgets"]
   assert list(budgets) == ["q50", "q90"] and 0 < budgets["q50"] <= budgets["q90"]
   for run in payload["runs"]:
