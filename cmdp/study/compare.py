@@ -328,8 +328,9 @@ def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dic
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
            report.results_table(summary, DIAGNOSTICS), report.verdict_text(b, decision)]
   if paired_table:
-    lines += ["Exploratory, read by no declared rule: each setting's paired difference from "
-              "grpo (which ignores the budget) over the same seeds, mean ± 95% t-interval.",
+    lines += ["Exploratory, read by no declared rule (not part of the declared protocol): "
+              "each setting's paired difference from grpo (which ignores the budget) over the "
+              "same seeds, mean ± 95% t-interval.",
               "", paired_table]
   return "\n".join(lines)
 

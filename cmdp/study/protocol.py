@@ -37,9 +37,11 @@ def settled_rerun_note(first_commit: str, name: str) -> str:
   2026-12-06 (docs/method.md, settled tokens), written before they ran."""
   return (f"The `cmdp` runs (terminal penalty) were made again on 2026-12-06, after its "
           f"estimator gave no advantage to the tokens whose state fixes their return to go "
-          f"(docs/method.md, settled tokens: unbiased, lower variance); no other method's "
-          f"estimator changed, so their runs stand. The first runs' report: `git show "
-          f"{first_commit}:docs/results/{name}.md`.")
+          f"(docs/method.md, settled tokens: unbiased, lower variance). That change was made "
+          f"after reading the first runs' results; no protocol, grid, rule or setting was "
+          f"changed, and no other method's estimator changed, so their runs stand. The "
+          f"first runs' report: `git show {first_commit}:docs/results/{name}.md`. The "
+          f"exploratory tables against grpo were added after the results were read.")
 
 
 def budget_name(quantile: float) -> str:
