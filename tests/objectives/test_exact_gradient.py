@@ -55,7 +55,7 @@ def true_grad(name, hp, student, teacher, reward, lam=0.0):
   return jax.grad(lambda p: -bf.objective_value(name, p, teacher, reward, hp, lam))(student)
 
 
-def median_budget(kind, constraint, discount, student, teacher, quantile=0.5):
+def budget_between_costs(kind, constraint, discount, student, teacher, quantile=0.5):
   """A budget between the responses' costs (never at one), so some violate and some do
   not: halfway between two neighbouring costs at about `quantile`."""
   all_costs = bf.sequence_costs_np(kind, student, teacher, constraint, discount)
@@ -76,7 +76,7 @@ def check(name, hp, seed, factor=1.0, lam=0.0, state=None):
 
 def with_budget(hp, seed):
   student, teacher, _ = bf.tables(seed)
-  return hp.replace(budget=median_budget(hp.cost, hp.constraint, hp.cost_discount, student,
+  return hp.replace(budget=budget_between_costs(hp.cost, hp.constraint, hp.cost_discount, student,
                                          teacher))
 
 
@@ -178,7 +178,7 @@ def test_terminal_penalty_settled_tokens_keep_the_mean_and_cut_the_variance(cost
   from cmdp.objectives import cmdp_reward
   student, teacher, reward = bf.tables(3)
   # A low budget: most responses overshoot, many with tokens after their flag.
-  hp = ObjectiveConfig(group_size=2, cost=cost, penalty_scale=3.0, budget=median_budget(
+  hp = ObjectiveConfig(group_size=2, cost=cost, penalty_scale=3.0, budget=budget_between_costs(
       cost, "sum", 1.0, student, teacher, quantile=0.2))
   mean, square, _ = estimator_moments("cmdp", hp, student, teacher, reward)
   monkeypatch.setattr(cmdp_reward, "settled_tokens", lambda *args: None)
