@@ -35,7 +35,7 @@ import hashlib
 import random
 from typing import Sequence
 
-from cmdp.data import Example
+from cmdp.data.example import Example
 
 OPS = ("add", "sub", "mul")
 SOURCE = "arith"  # Example.source: scored by the GSM8K '####' answer check

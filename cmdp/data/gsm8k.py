@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any
 
-from cmdp.data import Example
+from cmdp.data.example import Example
 from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 
 HUB_ID = "openai/gsm8k"

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from cmdp.data import Example
+from cmdp.data.example import Example
 from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 from cmdp.text import last_boxed
 

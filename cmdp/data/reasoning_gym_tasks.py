@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from cmdp.data import Example
+from cmdp.data.example import Example
 
 TEST_SEED_OFFSET = 1_000_000_000  # test seeds start here above the train seed
 
