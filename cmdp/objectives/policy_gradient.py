@@ -135,6 +135,9 @@ def group_baseline(seq_returns: jax.Array, group_size: int, advantage: str) -> j
     baseline = (total - g) / (group_size - 1)
   else:
     raise ValueError(f"unknown advantage {advantage!r}; use loo, grpo or none.")
+  # A group whose returns are all equal has its own return as baseline, exactly: the sum
+  # above can round, which would leave a tied group a gradient of rounding noise.
+  baseline = jnp.where(jnp.all(g == g[:, :1], axis=-1, keepdims=True), g, baseline)
   return baseline.reshape(b)
 
 

@@ -8,6 +8,7 @@ shardings (from `cmdp.sharding`'s rules) and donated arguments:
 | `train_step` | `(state, teacher_params, batch) -> (state, metrics)` | state: param rules; teacher: param rules on its mesh; batch rows over (data, fsdp) | state |
 | `host_programs` | a teacher on its own mesh: the train step's parts (prepare, select, zeros, accumulate, apply, finish), driven per microbatch by `step.make_host_train_step` | as the train step; a microbatch's rows over (data, fsdp) or replicated | gradient sums; state |
 | `teacher_logits` | `(teacher_params, inputs, input_mask) -> logits` (a teacher on its own mesh; a microbatch's rows, or evaluation's batch) | teacher mesh | - |
+| `row_signal` | `(student_params, teacher_params, batch, objective_state) -> [B] bool`: rows whose logits get a nonzero gradient of the loss (dynamic sampling) | rows over (data, fsdp) | - |
 | `scorer` | `(student_params, teacher_params, batch) -> sequence scores` | student mesh | - |
 | `sampler` | `(params, prompts, prompt_mask, rng) -> Rollout` (prefill + decode loop; prompts repeated group_size times inside) | `cmdp.rollout.make_sampler` on the mesh | - |
 | `shift_batch` | `(tokens, attention_mask, action_mask[, logprobs]) -> batch` (rollout or reference sequences -> the step's fields) | rows over (data, fsdp) | - |
@@ -165,6 +166,35 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
                                                     batch, dict(shared_prefix=shared_prefix))
     return objectives.sequence_scores(logits, teacher, batch, hp)
   return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=16)
+def row_signal(objective: str, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
+               teacher_cfg: models.ModelConfig | None, teacher_dtype: str, response_start: int,
+               prefixes: tuple, mesh):
+  """`(student_params, teacher_params, batch, objective_state) -> signal [B] bool`: which
+  rows give the objective's loss a nonzero gradient (`step.make_grad_fn`'s signal: the
+  forward passes and the loss's gradient with respect to the logits, none through the
+  model) of the registered `objective`, over the response window from `response_start` on,
+  the prompt columns shared as the step shares them (`prefixes`: `StepConfig.prefixes`'s
+  items). The batch is a whole step's batch shape; the PPO ratio is taken against the
+  sampler's own log-probabilities (truncated importance weights of 1), which moves no
+  gradient from zero to nonzero."""
+  hp = step_lib.with_default_chunking(hp, student_cfg)
+  grad_fn = step_lib.make_grad_fn(objectives.get_objective(objective), hp, student_cfg,
+                                  teacher_cfg, teacher_dtype, response_start, dict(prefixes),
+                                  params_grad=False)
+
+  def fn(params, teacher_params, batch, objective_state):
+    batch = dict(batch)
+    mask = batch["mask"]
+    batch["num_tokens"] = jnp.maximum(mask.sum(), 1.0)
+    batch["num_sequences"] = jnp.asarray(mask.shape[0], jnp.float32)
+    if hp.tis_cap > 0:
+      batch["trainer_logprobs"] = batch["old_logprobs"]
+    return grad_fn(params, teacher_params, batch, objective_state)[2]
+  rows = NamedSharding(mesh, sharding.batch_spec())
+  return jax.jit(sharding.on_mesh(fn, mesh), out_shardings=rows)
 
 
 @functools.lru_cache(maxsize=16)

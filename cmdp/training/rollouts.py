@@ -68,3 +68,76 @@ def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_p
   if on_policy:  # the student's own accuracy; off-policy rows are reference text
     host["accuracy"] = float(right / rows)
   return batch, host
+
+
+def draw_prompts(config) -> int:
+  """Prompts the training iterator serves per draw: a generation batch's under dynamic
+  sampling, else the step's."""
+  ds = config.dynamic_sampling
+  step_prompts = config.batch_size // config.loss.group_size
+  return (ds.generation_prompts or step_prompts) if ds.enabled else step_prompts
+
+
+def next_batch(exp: experiment_lib.Experiment, state, it: data.PromptIterator, step: int,
+               on_policy: bool) -> tuple[dict, dict]:
+  """The batch of training step `step`: `(batch, host_metrics)`.
+
+  Without dynamic sampling (or off policy), `make_batch` of the iterator's next prompts,
+  with the key `fold_in(state.rng, step)`. Under `config.dynamic_sampling`, generation
+  batches of `generation_prompts` prompts (generation batch k sampled with key
+  `fold_in(key, k)` for k >= 1, the step's own key for k = 0) are drawn from the iterator,
+  rolled out and scored by `Experiment.row_signal` until the step's prompts are filled with
+  groups with contrast (at least one row whose logits get a nonzero gradient), kept in
+  draw order; the surplus of the last generation batch is dropped. At
+  `max_generation_batches` without a full batch: `at_cap="proceed"` fills the rest with
+  the first groups without contrast in draw order (they add nothing to the update),
+  `"error"` raises. The step's batch keeps its shape, and the data order is a function of
+  the seed and the iterator's position, so a resumed run repeats an uninterrupted one.
+
+  In a multi-process run each process fills its own share of the step's groups from its
+  own rows, and every process samples until all are full (the sampler is one program over
+  the mesh).
+  """
+  cfg = exp.config
+  ds = cfg.dynamic_sampling
+  rng = jax.random.fold_in(state.rng, step)
+  if not (ds.enabled and on_policy):
+    return make_batch(exp, state.params, it.next_batch(), rng, on_policy)
+  g = exp.hp.group_size
+  need = cfg.batch_size // g // jax.process_count()  # this process's groups
+  kept, spare, pools = [], [], []  # (pool, group) pairs; the generation batches' rows
+  tokens = right = rows = 0
+  draws = 0
+  while draws < ds.max_generation_batches:
+    key = rng if draws == 0 else jax.random.fold_in(rng, draws)
+    batch, host = make_batch(exp, state.params, it.next_batch(), key, True)
+    signal = exp.row_signal(state.params, batch, state.objective_state)
+    local = process_rows(batch)
+    pools.append(local)
+    contrast = signal.reshape(-1, g).any(axis=-1)
+    for i, c in enumerate(contrast):
+      (kept if c else spare).append((draws, i))
+    n = len(local["mask"])
+    tokens += host["new_tokens"]
+    right += host["accuracy"] * n * jax.process_count()
+    rows += n * jax.process_count()
+    draws += 1
+    short = sum_over_processes(np.asarray([max(need - len(kept), 0)], np.float64))[0]
+    if short == 0:
+      break
+  counts = np.asarray([min(len(kept), need), len(kept), len(kept) + len(spare)], np.float64)
+  kept_groups, contrast_drawn, drawn = sum_over_processes(counts)
+  if kept_groups < cfg.batch_size // g:
+    if ds.at_cap == "error":  # every process sees the global count: all raise
+      raise RuntimeError(
+          f"dynamic_sampling: at step {step}, {int(kept_groups)} of the step's "
+          f"{cfg.batch_size // g} prompt groups had contrast after max_generation_batches="
+          f"{ds.max_generation_batches} generation batches; raise max_generation_batches or "
+          "generation_prompts, or set dynamic_sampling.at_cap='proceed'.")
+    kept = kept + spare[:max(need - len(kept), 0)]
+  step_batch = {k: np.concatenate([pools[p][k][i * g:(i + 1) * g] for p, i in kept[:need]])
+                for k in pools[0]}
+  host = {"new_tokens": int(tokens), "accuracy": float(right / rows),
+          "generation_batches": float(draws), "groups_kept": float(kept_groups),
+          "contrast_drawn": float(contrast_drawn / drawn)}
+  return exp.put_batch(step_batch), host

@@ -114,6 +114,10 @@ class StepConfig(flax.struct.PyTreeNode):
   # Run once per group in every forward pass of the student and the teacher (after the
   # shared prefix), with the student's gradient through it. 0: off.
   group_prefix: int = flax.struct.field(pytree_node=False, default=0)
+  # An optimiser update whose gradient is exactly zero everywhere leaves the params and the
+  # optimiser state bitwise unchanged (Adam's momentum would otherwise still move them) and
+  # is counted in `skipped` (`optimizer.skip_zero_grad`).
+  skip_zero_grad: bool = flax.struct.field(pytree_node=False, default=True)
 
   def prefixes(self, group_size: int) -> dict:
     """`models.forward`'s prefix-sharing arguments."""
@@ -195,9 +199,8 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   a, m = sc.grad_accum_steps, sc.ppo_minibatches
   start = sc.response_start
   prefixes = sc.prefixes(group)
-  loss_fn = make_loss_fn(objective, hp, student_config, teacher_config,
+  grad_fn = make_grad_fn(objective, hp, student_config, teacher_config,
                          sc.teacher_logits_dtype, start, prefixes)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def trainer_logprobs(params, rows):
     """log pi_trainer(targets) of the current params (no gradient), `[B, L]` (zeros
@@ -240,9 +243,10 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     return pick(split_rows(rows, a, group), micro_index) if a > 1 else rows
 
   def micro(params, teacher_params, batch, objective_state):
-    (loss, metrics), grads = grad_fn(params, teacher_params, batch, objective_state)
+    loss, metrics, signal, grads = grad_fn(params, teacher_params, batch, objective_state)
     metrics = {k: (batch["row_slots"].at[batch["row_index"]].set(v) if k.startswith("seq/")
                    else v) for k, v in metrics.items()}
+    metrics.update(signal_metrics(signal, batch, group))
     return loss, metrics, constrain_grads(grads)
 
   def zeros(params, teacher_params, objective_state, rows, shared):
@@ -256,11 +260,21 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
   def apply(params, opt_state, sums):
     loss, metrics, grads = sums
     grads = jax.tree.map(lambda g: g * m, grads) if m > 1 else grads
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    def update():
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_opt_state, updates
+
+    skipped = jnp.zeros((), jnp.float32)
+    if sc.skip_zero_grad:  # no gradient: params and optimiser state pass through bitwise
+      moves = has_gradient(grads)
+      new_params, new_opt_state, updates = jax.lax.cond(
+          moves, update, lambda: (params, opt_state, jax.tree.map(jnp.zeros_like, params)))
+      skipped = 1.0 - moves.astype(jnp.float32)
+    else:
+      new_params, new_opt_state, updates = update()
     norms = dict(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-                 loss_minibatch=loss * m)
-    return params, opt_state, (loss, metrics, norms)
+                 loss_minibatch=loss * m, skipped=skipped)
+    return new_params, new_opt_state, (loss, metrics, norms)
 
   def combine(result):
     """A pass's minibatch results -> the pass's (loss, metrics, norms)."""
@@ -270,7 +284,8 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
       result = jax.tree.map(lambda *x: jnp.stack(x), *result)
     loss, metrics, nrm = result
     return (jnp.sum(loss), jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics),
-            dict(first=nrm["grad_norm"][0], grad_norm=jnp.max(nrm["grad_norm"])))
+            dict(first=nrm["grad_norm"][0], grad_norm=jnp.max(nrm["grad_norm"]),
+                 skipped=jnp.sum(nrm["skipped"])))
 
   def finish(state: TrainState, params, opt_state, passes, extra):
     passes = [combine(p) for p in passes]
@@ -300,7 +315,7 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     if sc.ppo_epochs > 1 or m > 1:
       out["grad_norm_max"] = grad_norm
     out.update(
-        loss=loss, grad_norm=first_norm, param_norm=optax.global_norm(state.params),
+        loss=loss, grad_norm=first_norm, skipped=sum(n["skipped"] for n in norms), param_norm=optax.global_norm(state.params),
         update_norm=optax.global_norm(jax.tree.map(jnp.subtract, params, state.params)),
         nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, out
@@ -478,22 +493,88 @@ def make_host_train_step(programs_for: Callable[[int], HostPrograms],
   return train_step
 
 
-def make_loss_fn(objective: Objective, hp: ObjectiveConfig,
+def make_grad_fn(objective: Objective, hp: ObjectiveConfig,
                  student_config: models.ModelConfig,
                  teacher_config: models.ModelConfig | None,
                  teacher_logits_dtype: str = "float32", response_start: int = 0,
-                 prefixes: dict | None = None):
-  """`loss_fn(params, teacher_params, microbatch, objective_state) -> (loss, metrics)`:
-  the teacher's logits (from `teacher_params` under stop_gradient, or the microbatch's own
-  `teacher_logits`), the student's raw logits, and the registered objective on both, all
-  over the `response_window` from `response_start` on; `prefixes`: `models.forward`'s
-  prefix-sharing arguments (`StepConfig.prefixes`)."""
-  def loss_fn(params, teacher_params, batch, objective_state):
-    logits, teacher, batch = window_logits(student_config, teacher_config,
-                                           teacher_logits_dtype, response_start, params,
-                                           teacher_params, batch, prefixes)
-    return objective.loss_fn(logits, teacher, batch, hp, objective_state)
-  return loss_fn
+                 prefixes: dict | None = None, params_grad: bool = True):
+  """`grad_fn(params, teacher_params, microbatch, objective_state) -> (loss, metrics,
+  signal [B], grads)`: the teacher's logits (from `teacher_params` under stop_gradient, or
+  the microbatch's own `teacher_logits`), the student's raw logits and the registered
+  objective's `loss_fn` on both, all over the `response_window` from `response_start` on
+  (`prefixes`: `models.forward`'s prefix-sharing arguments, `StepConfig.prefixes`); the
+  loss's gradient with respect to the params
+  (None when `params_grad` is False: only the forward passes and the loss's gradient with
+  respect to the logits are computed), and `signal`, which rows carry any gradient: a
+  nonzero gradient of the objective's loss with respect to some of the row's logits.
+
+  The gradient runs through the logits: `d loss / d params = (d logits / d params)^T
+  g` with `g = d loss / d logits`, the same chain rule `jax.grad` of the composition
+  applies, so the row signal is read off the gradient itself, for every objective alike (a
+  group-relative advantage that is all zero, a settled token, a pathwise cost term,
+  an entropy bonus: no objective needs its own rule).
+  """
+  prefixes = prefixes or {}
+
+  def grad_fn(params, teacher_params, batch, objective_state):
+    teacher, window = window_teacher_logits(teacher_config, teacher_logits_dtype,
+                                            response_start, teacher_params, batch, prefixes)
+    student = lambda p: student_window_logits(student_config, response_start, p, batch,
+                                              prefixes)
+    if params_grad:
+      logits, pullback = jax.vjp(student, params)
+    else:
+      logits = jax.lax.stop_gradient(student(params))
+    (loss, metrics), g = jax.value_and_grad(objective.loss_fn, has_aux=True)(
+        logits, teacher, window, hp, objective_state)
+    signal = jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+    grads = pullback(g)[0] if params_grad else None
+    return loss, metrics, signal, grads
+  return grad_fn
+
+
+def has_gradient(grads) -> jax.Array:
+  """`[]` bool: some entry of the gradient pytree is nonzero (exactly; a global norm can
+  underflow to 0 for a tiny but nonzero gradient)."""
+  leaves = [jnp.any(g != 0) for g in jax.tree.leaves(grads)]
+  return jnp.any(jnp.stack(leaves)) if leaves else jnp.zeros((), bool)
+
+
+def signal_metrics(signal: jax.Array, batch: dict, group_size: int) -> dict:
+  """Shares of the FULL batch (a microbatch holds whole groups, so the shares sum):
+  `rows_with_gradient`, the rows whose logits get a nonzero gradient of the loss, and
+  `groups_with_contrast`, the groups with at least one such row (a group with none adds
+  nothing to the update)."""
+  flags = signal.astype(jnp.float32)
+  rows = jnp.sum(flags) / batch["num_sequences"]
+  groups = jnp.any(flags.reshape(-1, group_size) > 0, axis=-1).astype(jnp.float32)
+  return dict(rows_with_gradient=rows,
+              groups_with_contrast=jnp.sum(groups) * group_size / batch["num_sequences"])
+
+
+def window_teacher_logits(teacher_config: models.ModelConfig | None,
+                          teacher_logits_dtype: str, response_start: int, teacher_params,
+                          batch: dict, prefixes: dict | None = None):
+  """`(teacher logits or None, windowed batch)` (see `window_logits`)."""
+  prefixes = prefixes or {}
+  inputs, input_mask = batch["inputs"], batch["input_mask"]
+  window = response_window(batch, response_start)
+  teacher = window.get("teacher_logits")
+  if teacher is None and teacher_config is not None:
+    teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
+                             response_start, **prefixes).astype(
+                                 jnp.dtype(teacher_logits_dtype))
+  if teacher is not None:
+    teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+  return teacher, window
+
+
+def student_window_logits(student_config: models.ModelConfig, response_start: int, params,
+                          batch: dict, prefixes: dict | None = None):
+  """The student's float32 logits over the response window (see `window_logits`)."""
+  logits = models.forward(student_config, params, batch["inputs"], batch["input_mask"],
+                          response_start, **(prefixes or {}))
+  return logits.astype(jnp.float32)
 
 
 def window_logits(student_config: models.ModelConfig,
@@ -506,19 +587,10 @@ def window_logits(student_config: models.ModelConfig,
   under stop_gradient. Both forward passes share the prompt's columns as `prefixes` says
   (`models.forward`'s `shared_prefix`, `group_prefix`, `group_size`). Shared by the loss
   and the sequence scorer."""
-  prefixes = prefixes or {}
-  inputs, input_mask = batch["inputs"], batch["input_mask"]
-  batch = response_window(batch, response_start)
-  teacher = batch.get("teacher_logits")
-  if teacher is None and teacher_config is not None:
-    teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
-                             response_start, **prefixes).astype(
-                                 jnp.dtype(teacher_logits_dtype))
-  if teacher is not None:
-    teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
-  logits = models.forward(student_config, params, inputs, input_mask, response_start,
-                          **prefixes)
-  return logits.astype(jnp.float32), teacher, batch
+  teacher, window = window_teacher_logits(teacher_config, teacher_logits_dtype,
+                                          response_start, teacher_params, batch, prefixes)
+  return (student_window_logits(student_config, response_start, params, batch, prefixes),
+          teacher, window)
 
 
 def mismatch_metrics(trainer_lp, sampler_lp, mask, num_tokens) -> dict:
