@@ -245,6 +245,57 @@ def sequence_weights(costs: jax.Array, mask: jax.Array, constraint: str = "sum",
   return jnp.where(positions <= t_star, disc / jnp.maximum(norm_star, 1e-30), 0.0)
 
 
+def _running_statistic(costs: jax.Array, mask: jax.Array, constraint: str,
+                       cost_discount: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(m, disc, norm)`, float32 `[B, T]`: the statistic the Sauté flag compares with `d`
+  after each token, `m_t = sum_{k<=t} gamma_c^k c_k / N_t` (`N_t`: 1 for `sum`, `T` for
+  `mean`, `sum_{k<=t} gamma_c^k` for `prefix_mean`; `-inf` off the mask), the discounts
+  and `N_t`."""
+  _check_choice("constraint", constraint, CONSTRAINTS)
+  mask = mask.astype(bool)
+  disc = _discounts(mask, cost_discount)
+  if constraint == "sum":
+    norm = jnp.ones_like(disc)
+  elif constraint == "mean":
+    norm = jnp.broadcast_to(jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1),
+                            disc.shape).astype(jnp.float32)
+  else:
+    norm = jnp.maximum(jnp.cumsum(disc, axis=-1), 1e-30)
+  running = jnp.cumsum(disc * jnp.where(mask, costs.astype(jnp.float32), 0.0), axis=-1)
+  return jnp.where(mask, running / norm, -jnp.inf), disc, norm
+
+
+def running_peak(costs: jax.Array, mask: jax.Array, constraint: str = "sum",
+                 cost_discount: float = 1.0) -> jax.Array:
+  """`M_t = max_{k<=t} m_k` `[B, T]` (`-inf` before the response): the flag `v_t` of
+  `augmented_rewards` is `M_t > d`, and the last token's `M` is `sequence_cost` whenever
+  the flag and the constraint agree (always for `prefix_mean`; for `sum` and `mean` when
+  the costs are >= 0, e.g. reverse_kl and teacher_nll; a negative logratio cost can
+  spend the budget and earn it back, and the flag stays set)."""
+  m, _, _ = _running_statistic(costs, mask, constraint, cost_discount)
+  return jax.lax.cummax(m, axis=m.ndim - 1)
+
+
+def peak_weights(coef: jax.Array, costs: jax.Array, mask: jax.Array, constraint: str = "sum",
+                 cost_discount: float = 1.0) -> jax.Array:
+  """`sum_t coef_t dM_t / dc_k` `[B, T]` (0 off the mask), `M_t` of `running_peak`.
+
+  `M_t = m_j` at the first `j <= t` where the running statistic peaks, and `dm_j / dc_k =
+  gamma_c^k / N_j` for `k <= j`: each token's weight is a reverse cumulative sum of the
+  coefficients moved onto their peaks. With `coef` 1 at the last token only this is
+  `sequence_weights` (prefix_mean, or costs >= 0).
+  """
+  m, disc, norm = _running_statistic(costs, mask, constraint, cost_discount)
+  mask = mask.astype(bool)
+  peak = jax.lax.cummax(m, axis=1)
+  before = jnp.pad(peak[:, :-1], ((0, 0), (1, 0)), constant_values=-jnp.inf)
+  positions = jnp.broadcast_to(jnp.arange(m.shape[-1]), m.shape)
+  at = jax.lax.cummax(jnp.where(mask & (m > before), positions, 0), axis=1)
+  moved = jnp.where(mask, coef.astype(jnp.float32), 0.0) / jnp.take_along_axis(norm, at, axis=1)
+  on_peaks = jax.vmap(lambda x, j: jnp.zeros_like(x).at[j].add(x))(moved, at)
+  return jnp.where(mask, disc * jnp.flip(jnp.cumsum(jnp.flip(on_peaks, -1), -1), -1), 0.0)
+
+
 def sequence_cost(costs: jax.Array, mask: jax.Array, constraint: str = "sum",
                   cost_discount: float = 1.0) -> jax.Array:
   """The constraint's per-sequence value `C(y)`, float32 `[B]` (0 for an empty response).

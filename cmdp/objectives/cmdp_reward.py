@@ -30,6 +30,14 @@ penalty's unit `d T` reads the length) and the whole sequence return otherwise
 whose state already fixes the flag has a known return to go (`-n` at the flag, 0 after):
 its advantage is 0 (`settled_tokens`, `policy_gradient`'s known values).
 
+Boundary term (`boundary_width = beta > 0`, docs/method.md): the score function above holds
+each response's flags fixed; the population gradient also has `-E[sum_t J_t delta(M_t - d)
+grad M_t]`, the jump `J_t = r_t - p_t` of the return where the flag at t fires (`R + n` at
+the last token for terminal) times the density of the flag's statistic `M_t` at `d`. The
+loss adds its smoothed form, `J_t k_h(M_t - d) dM_t / dc_k` (`k_h` the logistic kernel of
+width `h = beta d`) on every token's exact cost gradient (`boundary_coef`); the reward,
+returns, baseline and settled tokens are unchanged, and `beta = 0` builds none of it.
+
 `cmdp_hinge` pays, at the last token, `(1 - V) R - n (C(y) - d)_+ / D'` with `V = 1[C(y) >
 d]` and `D' = d` (budget units) or 1 (nats): its gradient is the score function on the
 whole return plus the pathwise subgradient `(n / D') V grad C(y) = (n / D') V sum_t w_t
@@ -54,6 +62,8 @@ from cmdp.objectives.registry import PG_FIELDS, register_objective
 WORST_CASE_PRESET = dict(cost="teacher_nll", constraint="prefix_mean", penalty="constant")
 SAUTE_FIELDS = PG_FIELDS | {"penalty", "penalty_scale", "penalty_units", "pay_reward_if_violated"}
 HINGE_FIELDS = SAUTE_FIELDS - {"penalty"}
+# worst_case's teacher_nll cost does not depend on theta: no boundary term to weigh.
+CMDP_FIELDS = SAUTE_FIELDS | {"boundary_width"}
 
 
 def _setup(student_logits, teacher_logits, batch, hp: ObjectiveConfig, name: str):
@@ -102,6 +112,39 @@ def settled_tokens(violated: jax.Array, hp: ObjectiveConfig, causal: bool) -> ja
   return jnp.pad(violated[:, :-1], ((0, 0), (1, 0)))
 
 
+def boundary_coef(task_reward, costs, mask, kappa, hp: ObjectiveConfig):
+  """`(coef [B, L], weight [B])`: cmdp's smoothed boundary term (docs/method.md, the
+  boundary term), or None when off (`boundary_width = 0`, or a cost that does not depend
+  on theta: teacher_nll).
+
+  The flag `v_t = 1[M_t > d]` (`M_t` the running peak of the flag's statistic,
+  `constraint.running_peak`) switches the token's reward `r_t` to its penalty `p_t`, so
+  the return jumps by `J_t = r_t - p_t` where it fires: `(R + n)` at the last token for
+  terminal (`n` once the reward is paid anyway), `r_t + n + kappa c_t` on every token for
+  the others (`constant`: `kappa = 0`; `scaled`: no `n`). Each indicator smoothed to the
+  logistic CDF `F_h(M_t - d)`, `h = beta d`, has the pathwise gradient `-J_t k_h(M_t - d)
+  grad M_t`, `k_h(u) = s (1 - s) / h` with `s = sigmoid(u / h)`: `coef_k = sum_t J_t
+  k_h(M_t - d) dM_t / dc_k` (`constraint.peak_weights`), constants of the sample, on each
+  token's exact cost gradient. `weight` is `sum_t J_t k_h(M_t - d)` per sequence.
+  """
+  if hp.boundary_width == 0 or hp.cost == "teacher_nll":
+    return None
+  mask = mask.astype(jnp.float32)
+  reward = jnp.zeros_like(task_reward) if hp.pay_reward_if_violated else task_reward
+  n = jnp.float32(hp.penalty_scale)
+  if hp.penalty == "terminal":
+    jump = last_token_rewards(reward + n, mask)
+  else:
+    paid = 0.0 if hp.penalty == "scaled" else n
+    jump = last_token_rewards(reward, mask) + (paid + kappa * costs) * mask
+  width = hp.boundary_width * hp.budget
+  peak = constraint.running_peak(costs, mask, hp.constraint, hp.cost_discount)
+  s = jax.nn.sigmoid((peak - hp.budget) / width)
+  per_token = jnp.where(mask > 0, jump * s * (1.0 - s) / width, 0.0)
+  coef = constraint.peak_weights(per_token, costs, mask, hp.constraint, hp.cost_discount)
+  return coef, jnp.sum(per_token, axis=-1)
+
+
 def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=None):
   """The constraint-augmented policy-gradient loss `(loss, metrics)` (module docstring)."""
   del state
@@ -119,14 +162,22 @@ def cmdp_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state=
     kl_token = _exact_kl(student_logits, teacher, hp)  # reused by the metrics
     exact, immediate = common.cost_gradient(kappa * violated, student_logits, teacher, batch,
                                             hp, kl_token)
+  task = batch["task_reward"].astype(jnp.float32)
+  boundary = boundary_coef(task, costs, mask, kappa, hp)
+  if boundary is not None:  # not part of the return: no immediate reward to remove
+    if kl_token is None:
+      kl_token = _exact_kl(student_logits, teacher, hp)
+    edge, _ = common.cost_gradient(boundary[0], student_logits, teacher, batch, hp, kl_token)
+    exact = edge if exact is None else exact + edge
   causal = constraint.reward_is_causal(hp.constraint, hp.penalty, hp.penalty_units)
   loss, metrics = policy_gradient_loss(logp, batch, rewards, hp, causal=causal,
                                        immediate=immediate, exact=exact,
                                        settled=settled_tokens(violated, hp, causal))
   metrics["violation_fraction"] = token_sum(violated, batch)
+  if boundary is not None:
+    metrics["boundary_weight"] = sequence_sum(boundary[1], batch)
   # The penalty paid per sequence, in reward units: the reward a sequence would have had
   # without the constraint minus the one it got.
-  task = batch["task_reward"].astype(jnp.float32)
   kept = task if hp.pay_reward_if_violated else jnp.where(jnp.any(violated > 0, -1), 0.0, task)
   paid = kept - jnp.sum(rewards, axis=-1)
   return _finish(loss, metrics, student_logits, teacher, batch, hp, costs, kl_token, paid)
@@ -156,7 +207,7 @@ def hinge_loss(student_logits, teacher_logits, batch, hp: ObjectiveConfig, state
 
 
 register_objective("cmdp", on_policy=True, needs_teacher=True, constrained=True,
-                   reads=SAUTE_FIELDS)(cmdp_loss)
+                   reads=CMDP_FIELDS)(cmdp_loss)
 register_objective("worst_case", on_policy=True, needs_teacher=True, constrained=True,
                    reads=SAUTE_FIELDS, preset=WORST_CASE_PRESET)(cmdp_loss)
 register_objective("cmdp_hinge", on_policy=True, needs_teacher=True, constrained=True,

@@ -46,6 +46,10 @@ class ObjectiveConfig:
   # for mean and prefix_mean, so overshooting by one budget costs n rewards) | nats (1)
   penalty_units: str = "budget"
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
+  # beta, cmdp's boundary term (docs/method.md): the jump of the return where the flag
+  # fires ((R + n) k_h(C - d) for terminal) on the exact cost gradient, k_h the logistic
+  # kernel of width h = beta d; 0 = off (worst_case and cmdp_hinge do not read it)
+  boundary_width: float = 0.1
   # --- Memory ---
   chunk_size: int = 0  # time chunk for the exact-vocabulary terms (KL, entropy, log-probs); 0 = off
   # --- Policy gradient ---
@@ -103,6 +107,7 @@ class ObjectiveConfig:
     checks = (
         ("budget", self.budget > 0, "must be > 0 (nats); set it or calibrate it"),
         ("penalty_scale", self.penalty_scale > 0, "must be > 0"),
+        ("boundary_width", self.boundary_width >= 0, "must be >= 0 (0 = off)"),
         ("cost_discount", 0 < self.cost_discount <= 1, "must be in (0, 1]"),
         ("temperature", self.temperature > 0, "must be > 0 (set rollout.temperature)"),
         ("violation_target", 0 <= self.violation_target < 1, "must be in [0, 1)"),
@@ -149,7 +154,7 @@ def _fail(name, value, fix):
 
 _KIND = dict(
     budget=float, cost=COSTS, constraint=CONSTRAINTS, penalty=PENALTIES, penalty_scale=float,
-    penalty_units=PENALTY_UNITS,
+    penalty_units=PENALTY_UNITS, boundary_width=float,
     cost_discount=float, pay_reward_if_violated=bool, gamma=float, group_size=int,
     advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
     entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,

@@ -169,6 +169,37 @@ def objective_value(name, student, teacher, reward, hp, lam=0.0):
   return total
 
 
+def smoothed_flags_value(student, teacher, reward, hp, width_budgets):
+  """`sum_y sg(pi(y)) sum_t sg(J_t) F_h(M_t(theta) - d)`: cmdp's boundary term is its
+  gradient (docs/method.md). `M_t` is the running peak of the statistic the flag compares
+  with `d` after token t, `J_t` the return's jump where the flag at t fires, `F_h` the
+  logistic CDF of width `h = width_budgets * d`; the probabilities and the jumps are
+  held fixed, the costs inside `M_t` are live."""
+  h, n, total = width_budgets * hp.budget, hp.penalty_scale, 0.0
+  for i, y in enumerate(RESPONSES):
+    prob = jax.lax.stop_gradient(jnp.exp(response_logprob(student, y, hp.temperature)))
+    costs = costs_of(hp.cost, student, teacher, y)
+    length = len(costs)
+    unit = 1.0 if hp.penalty_units == "nats" else hp.budget * (
+        1 if hp.constraint == "sum" else length)
+    kappa = {"scaled": n / unit, "constant_plus_scaled": 1.0 / unit}.get(hp.penalty, 0.0)
+    disc = [hp.cost_discount ** t for t in range(length)]
+    stats = []
+    for t in range(length):
+      running = sum(d * c for d, c in zip(disc[:t + 1], costs[:t + 1]))
+      stats.append(running / {"sum": 1.0, "mean": length,
+                              "prefix_mean": sum(disc[:t + 1])}[hp.constraint])
+      last = t == length - 1
+      r = reward[i] if last and not hp.pay_reward_if_violated else 0.0
+      if hp.penalty == "terminal":
+        jump = r + n if last else 0.0
+      else:
+        jump = r + (0.0 if hp.penalty == "scaled" else n) + kappa * costs[t]
+      peak = jnp.max(jnp.stack(stats))
+      total = total + prob * jax.lax.stop_gradient(jump) * jax.nn.sigmoid((peak - hp.budget) / h)
+  return total
+
+
 def groups(group_size: int):
   """Every ordered group of `group_size` responses, as index tuples `[M, G]`."""
   return np.array(list(itertools.product(range(len(RESPONSES)), repeat=group_size)), np.int32)

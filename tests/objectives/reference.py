@@ -64,6 +64,38 @@ def saute_rewards(task_reward, costs, mask, budget, penalty, n, pay_reward_if_vi
   return rewards, violated
 
 
+def boundary_coefficients(task_reward, costs, mask, budget, width, penalty, n, pay,
+                          constraint="sum", units="budget"):
+  """cmdp's boundary term with gamma_c = 1: `(coef [B, T], weight [B])`, `coef_k = sum_t J_t
+  k_h(M_t - d) dM_t / dc_k` with `J_t` the return's jump where the flag at t fires, `M_t`
+  the running peak of the flag's statistic (sum S_t, mean S_t / T, prefix_mean S_t / t)
+  and `k_h` the logistic kernel of width `h = width * budget`."""
+  coef, weight = np.zeros(mask.shape), np.zeros(mask.shape[0])
+  h = width * budget
+  for b in range(mask.shape[0]):
+    idx = np.nonzero(mask[b])[0]
+    length = len(idx)
+    unit = 1.0 if units == "nats" else budget * (1.0 if constraint == "sum" else length)
+    kappa = {"scaled": n / unit, "constant_plus_scaled": 1.0 / unit}.get(penalty, 0.0)
+    stats = []
+    for k, t in enumerate(idx):
+      total = costs[b, idx[:k + 1]].sum()
+      stats.append(total / {"sum": 1.0, "mean": length, "prefix_mean": k + 1.0}[constraint])
+      peak = int(np.argmax(stats))  # the first one on ties
+      last = k == length - 1
+      reward = task_reward[b] if last and not pay else 0.0
+      if penalty == "terminal":
+        jump = reward + n if last else 0.0
+      else:
+        jump = reward + (0.0 if penalty == "scaled" else n) + kappa * costs[b, t]
+      s = 1.0 / (1.0 + np.exp(-(stats[peak] - budget) / h))
+      j = jump * s * (1.0 - s) / h
+      weight[b] += j
+      norm = {"sum": 1.0, "mean": length, "prefix_mean": peak + 1.0}[constraint]
+      coef[b, idx[:peak + 1]] += j / norm
+  return coef, weight
+
+
 def returns(rewards, mask, gamma):
   out = np.zeros(mask.shape)
   for b in range(mask.shape[0]):

@@ -6,6 +6,10 @@ brute_force.py). For groups of G samples, the estimator's expected gradient
 `sum_{y_1..y_G} prod_i pi(y_i) grad loss(y_1..y_G)` (every ordered group enumerated, ratio
 at 1) must equal `-grad J(theta)`, with J the objective's expected value written out with
 loops over tokens; for `advantage="grpo"` it must be `(G-1)/G` times that (same direction).
+For cmdp, J holds each response's flags fixed, and the boundary term (`boundary_width`, on
+by default) adds the gradient of the jumps where they fire, smoothed over a band of
+`h = beta d`, written from its definition (`brute_force.smoothed_flags_value`; its terminal
+form by hand in test_boundary.py).
 """
 import jax
 import jax.numpy as jnp
@@ -52,7 +56,14 @@ def estimator_moments(name, hp, student, teacher, reward, state=None):
 
 
 def true_grad(name, hp, student, teacher, reward, lam=0.0):
-  return jax.grad(lambda p: -bf.objective_value(name, p, teacher, reward, hp, lam))(student)
+  """`-grad J` of the objective with its flags held fixed; for cmdp plus its boundary term
+  (`loss.boundary_width`, docs/method.md): the pathwise gradient of the jumps where the
+  flags fire, smoothed over a band of `h = beta d`."""
+  grad = jax.grad(lambda p: -bf.objective_value(name, p, teacher, reward, hp, lam))(student)
+  if name == "cmdp" and hp.boundary_width > 0:
+    grad = grad + jax.grad(lambda p: bf.smoothed_flags_value(p, teacher, reward, hp,
+                                                             hp.boundary_width))(student)
+  return grad
 
 
 def budget_between_costs(kind, constraint, discount, student, teacher, quantile=0.5):
@@ -94,7 +105,7 @@ CMDP_CASES = [  # (cost, constraint, penalty, units): every cost, constraint, pe
 
 
 @pytest.mark.parametrize("cost, constraint_, penalty, units", CMDP_CASES)
-def test_cmdp_is_unbiased_under_the_defaults(cost, constraint_, penalty, units):
+def test_cmdp_expected_gradient_under_the_defaults(cost, constraint_, penalty, units):
   hp = with_budget(ObjectiveConfig(group_size=2, cost=cost, constraint=constraint_,
                                    penalty=penalty, penalty_scale=1.7, penalty_units=units),
                    seed=3)
@@ -184,17 +195,18 @@ def test_terminal_penalty_settled_tokens_keep_the_mean_and_cut_the_variance(cost
   monkeypatch.setattr(cmdp_reward, "settled_tokens", lambda *args: None)
   old_mean, old_square, _ = estimator_moments("cmdp", hp, student, teacher, reward)
   np.testing.assert_allclose(mean, old_mean, rtol=2e-4, atol=2e-6)
-  np.testing.assert_allclose(mean, -jax.grad(lambda p: bf.objective_value(
-      "cmdp", p, teacher, reward, hp))(student), rtol=2e-4, atol=2e-6)
+  np.testing.assert_allclose(mean, true_grad("cmdp", hp, student, teacher, reward),
+                             rtol=2e-4, atol=2e-6)
   assert square < 0.995 * old_square, (square, old_square)
 
 
 def test_terminal_penalty_group_that_all_overshoots_at_its_first_token_carries_no_signal():
   """A budget under the first state's KL: every response's flag fires at its first token,
   every return is -n, whatever follows: each group's gradient is exactly zero (without the
-  known values, its later tokens were pushed up by n against the baseline -n)."""
+  known values, its later tokens were pushed up by n against the baseline -n). The score
+  part alone: the boundary term (off here) weighs costs 10 bands over d by about 4e-5."""
   student, teacher, reward = bf.tables(3)
   first = float(bf.kl_row(student[0], teacher[0]))
-  hp = ObjectiveConfig(group_size=2, budget=0.5 * first, penalty_scale=3.0)
+  hp = ObjectiveConfig(group_size=2, budget=0.5 * first, penalty_scale=3.0, boundary_width=0.0)
   _, square, grads = estimator_moments("cmdp", hp, student, teacher, reward)
   assert square == 0.0 and float(jnp.abs(grads).max()) == 0.0
