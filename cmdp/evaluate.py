@@ -84,7 +84,8 @@ def main(argv):
   log_lib.set_log_levels(_VERBOSE.value)
   config = _CONFIG.value if flags.FLAGS["config"].present else run_config(_WORKDIR.value)
   results = run(config, _WORKDIR.value, _CHECKPOINT.value)
-  print(f"\nResults ({_WORKDIR.value}, 95% intervals):\n\n{report.table(results)}")
+  print(f"\nResults ({_WORKDIR.value}, 95% intervals over questions):\n\n"
+        f"{report.table(results)}\n{report.reward_cost_table(results)}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import numpy as np
 
 from typing import Callable, NamedTuple
 
+from cmdp.evaluation import stats
+
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -86,29 +88,48 @@ def _batch_rows(stacked: np.ndarray) -> np.ndarray:
 
 
 def _summary(prefix: str, rows: dict) -> dict:
-  """Accuracy of the responses `rows` (`correct` and, when scored, `cost`, `kl`,
-  `satisfied`: 1-D, one entry per response) and their constraint figures."""
-  correct = rows["correct"]
+  """Accuracy of the responses `rows` (`correct`, `question` and, when scored, `cost`, `kl`,
+  `satisfied`: 1-D, one entry per response) and their constraint figures, with 95%
+  intervals that count questions (`question`), not responses, and how reward and cost go
+  together (`stats.reward_cost`)."""
+  correct, question = rows["correct"], rows["question"]
   out = {f"accuracy_{prefix}": float(np.mean(correct)), f"num_{prefix}": len(correct)}
+  out.update(_interval(f"accuracy_{prefix}", stats.clustered_proportion(correct, question)))
   if "cost" in rows:
     costs, kls = rows["cost"], rows["kl"]
     out.update({
         f"satisfaction_{prefix}": float(np.mean(rows["satisfied"])),
+        **_interval(f"satisfaction_{prefix}",
+                    stats.clustered_proportion(rows["satisfied"], question)),
         f"sequence_cost_{prefix}_mean": float(costs.mean()),
         f"kl_seq_{prefix}_mean": float(kls.mean()),
+        **_interval(f"kl_seq_{prefix}_mean", stats.clustered_mean(kls, question)),
         f"kl_seq_{prefix}_std": float(kls.std(ddof=1)) if len(kls) > 1 else 0.0,
         **{f"kl_seq_{prefix}_q{int(q * 100)}": float(np.quantile(kls, q)) for q in QUANTILES},
     })
+    joint = stats.reward_cost(correct, costs, QUANTILES)
+    out.update({f"corr_{k}_{prefix}": joint[f"corr_{k}"] for k in ("pearson", "spearman")})
+    out.update({f"sequence_cost_{prefix}_{k[len('cost_'):]}": v for k, v in joint.items()
+                if k.startswith("cost_")})
   return out
 
 
-def _metrics(rows: dict, real: np.ndarray, pass_k: int) -> dict:
+def _interval(key: str, iv: stats.Interval) -> dict:
+  """`{key_lo, key_hi}`: the 95% interval's ends (None where there is none)."""
+  return {f"{key}_{end}": None if np.isnan(v) else float(v)
+          for end, v in (("lo", iv.lo), ("hi", iv.hi))}
+
+
+def _metrics(rows: dict, real: np.ndarray, pass_k: int, question: np.ndarray) -> dict:
   """The metrics of per-row figures `rows` (`{figure: [batches, 1 + pass_k, batch_size]}`,
-  the greedy decode first) over the rows `real` (`[batches, batch_size]`) only."""
+  the greedy decode first) over the rows `real` (`[batches, batch_size]`) only; `question`
+  (`[batches, batch_size]`) the id of each row's question text."""
+  rows = {**rows, "question": np.broadcast_to(question[:, None], rows["correct"].shape)}
   greedy = {key: v[:, 0][real] for key, v in rows.items() if key != "length"}
   lengths = rows["length"][:, 0][real]
   out = {"accuracy": float(np.mean(greedy["correct"])),
-         "response_length": float(np.mean(lengths)), "num_examples": len(lengths)}
+         "response_length": float(np.mean(lengths)), "num_examples": len(lengths),
+         "num_questions": len(np.unique(greedy["question"]))}
   out.update(_summary("greedy", greedy))
   if pass_k:
     sampled_real = np.broadcast_to(real[:, None], rows["correct"][:, 1:].shape)
@@ -160,7 +181,11 @@ def evaluate_model(fns: ModelFns, params, examples: list, *, batch_size: int, pa
   local = {key: np.stack([b[key] for b in per_batch]) for key in per_batch[0]}
   rows = {key: _batch_rows(v) for key, v in fns.gather(local).items()}
   real = _real_rows(len(examples), batch_size)
-  out = _metrics(rows, real, pass_k)
+  ids = {}
+  question = np.asarray([ids.setdefault(ex.question, len(ids)) for ex in examples])
+  out = _metrics(rows, real, pass_k,
+                 question[np.minimum(np.arange(real.size), len(examples) - 1)].reshape(
+                     real.shape))
   if fns.score is not None and budget is not None:
     out["budget"] = float(budget)
   for name, d in (other_budgets or {}).items() if fns.score is not None else ():

@@ -8,9 +8,11 @@ fronts, diagnostics and the verdict by its rules.
 The models come from the config's trainer config `run` (a real LLM: the main job's teacher
 and its student, healed once in DIR/heal) or, when the config has a `pretrain` section,
 from a cached supervised stage that trains both from scratch (`cmdp.study.pretrain`, in
-DIR/pretrain). In DIR also: `calibration.json` (the initial student's sampled costs and the
-budgets at the protocol's quantiles), `initial_eval.json` (teacher and initial student),
-`runs/<method>/seed<i>/` with each run's `result.json` and `metrics.jsonl`. Re-running skips
+DIR/pretrain). In DIR also: `calibration.json` (the initial student's sampled costs and
+task rewards on the held-out calibration problems, `calibration_examples`, drawn as the
+evaluated ones are; corr(R, C) and the cost quantiles of right and wrong answers; the
+budgets at the protocol's quantiles, `constraint.calibrate_budget`), `initial_eval.json`
+(teacher and initial student), `runs/<method>/seed<i>/` with each run's `result.json` and `metrics.jsonl`. Re-running skips
 what is finished; a run stopped by SIGTERM resumes from its checkpoint, which is deleted
 once the run's result is written unless the config sets `keep_run_checkpoints`.
 """
@@ -26,7 +28,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cmdp import data
+from cmdp import constraint as constraint_lib
+from cmdp.data import heldout
+from cmdp.evaluation import stats as eval_stats
 from cmdp.study import evaluate as eval_lib
 from cmdp.study import pretrain, protocol, report, runner, stats
 from cmdp.training import config as config_lib
@@ -84,19 +88,31 @@ def _write_json(path: str, value) -> None:
 
 
 def test_examples(study, exp) -> list:
-  """The held-out problems every model is evaluated on: the run config's test split, or
-  for a study with its own task, `study.eval.num_examples` problems of it."""
+  """The held-out problems every model is evaluated on: the run config's (its test split's
+  evaluated part, `cmdp.data.heldout`), or for a study with its own task, the evaluated part
+  of `study.eval.num_examples` draws of it; each question once."""
   if "task" in study:
-    return data.load_task(study.run.data.test, split="test", size=study.eval.num_examples,
-                          seed=study.eval.data_seed, **study.task.to_dict())
+    return heldout.load_part(study.run.data.test, "test", study.eval.num_examples,
+                             study.eval.data_seed, **study.task.to_dict())[0]
   return exp.test_examples
+
+
+def calibration_examples(study, healed) -> list:
+  """The held-out problems the budgets are calibrated on: the calibration part of the test
+  split every model is evaluated on (`test_examples`), `run.calibration_prompts` draws,
+  each question once; disjoint from the training and the evaluated problems."""
+  from cmdp.training import calibration  # pylint: disable=g-import-not-at-top
+  if "task" in study:
+    return heldout.load_part(study.run.data.test, "calibration", study.run.calibration_prompts,
+                             study.eval.data_seed, **study.task.to_dict())[0]
+  return calibration.calibration_examples(healed)
 
 
 def prepare(study, workdir: str):
   """The shared stages: the supervised stage or the heal, calibration, and the teacher's
   and initial student's evaluation. Returns `(healed config, budgets {name: d}, initial
   {teacher, student, pretrain})`."""
-  from cmdp.training import experiment, trainer  # pylint: disable=g-import-not-at-top
+  from cmdp.training import calibration, experiment, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   stage = ({role: pretrain.run_stage(study, workdir, role) for role in pretrain.ROLES}
            if "pretrain" in study else None)
@@ -113,15 +129,22 @@ def prepare(study, workdir: str):
     exp = experiment.build(_locked(healed))
     state, _ = trainer.create_state(exp, exp.student.params)
     params = trainer.initial_params(exp, state)
-    costs = trainer.calibration_costs(exp, params, jax.random.PRNGKey(study.calibration.seed))
+    examples = calibration_examples(study, healed)
+    samples = calibration.calibration_samples(
+        exp, params, jax.random.PRNGKey(study.calibration.seed), examples)
+    costs = samples["costs"]
     cal = dict(cost=cost, constraint=constraint, num_samples=int(costs.size),
-               budgets={protocol.budget_name(q): float(np.quantile(costs, q))
+               num_questions=len(examples),
+               budgets={protocol.budget_name(q): constraint_lib.calibrate_budget(costs, q)
                         for q in study.budget_quantiles},
-               costs=costs.tolist(), wall_s=time.perf_counter() - t0)
+               reward_cost=eval_stats.reward_cost(samples["rewards"], costs),
+               costs=costs.tolist(), rewards=samples["rewards"].tolist(),
+               wall_s=time.perf_counter() - t0)
     _write_json(cal_path, cal)
     log_lib.stage("calibrate", "budgets " + ", ".join(
         f"{k}: d = {v:.4g}" for k, v in cal["budgets"].items())
-        + f" ({cost}, {constraint}; {costs.size} samples, {cal['wall_s']:.0f} s)")
+        + f" ({cost}, {constraint}; {costs.size} samples of {len(examples)} held-out "
+        f"calibration questions; {calibration.describe(samples)}; {cal['wall_s']:.0f} s)")
   budgets = cal["budgets"]
   init_path = os.path.join(workdir, "initial_eval.json")
   initial = _json(init_path)
@@ -293,7 +316,8 @@ def write_report(study, workdir, methods, results, budgets, initial, command, wa
     rules = study.rules
     decision = protocol.decide(per_seed, methods, initial["student"], b,
                                hold_margin=rules.hold_margin, stress_points=rules.stress_points)
-    summary = stats.summarize(per_seed, tuple(k for k, _, _ in columns + DIAGNOSTICS))
+    summary = stats.summarize(per_seed, tuple(
+        k for k, _, _ in columns + DIAGNOSTICS + report.REWARD_COST_COLUMNS))
     decisions[b], summaries[b] = decision, summary
     paired, paired_table = report.paired_against(per_seed)
     exploratory[b] = paired
@@ -326,7 +350,8 @@ def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dic
            f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
            "over seeds.", "", report.results_table(marked, columns),
            "Training diagnostics (the mean over each run's steps, then over seeds):", "",
-           report.results_table(summary, DIAGNOSTICS), report.verdict_text(b, decision)]
+           report.results_table(summary, DIAGNOSTICS), report.reward_cost_table(summary),
+           report.verdict_text(b, decision)]
   if paired_table:
     lines += ["Exploratory, read by no declared rule (not part of the declared protocol): "
               "each setting's paired difference from grpo (which ignores the budget) over the "

@@ -37,6 +37,26 @@ def results_table(summary: Mapping[str, Mapping[str, Interval]],
   return "\n".join(lines) + "\n"
 
 
+# How task reward and cost go together in each run's sampled evaluation responses
+# (eval.json's keys, docs/metrics.md): corr(R, C) and the cost quantiles of right and wrong
+# answers.
+REWARD_COST_COLUMNS = (
+    ("corr_pearson_sampled", "corr(R, C)", 1.0),
+    ("corr_spearman_sampled", "Spearman", 1.0),
+    *((f"sequence_cost_sampled_{a}_q{q}", f"C {a} q{q}", 1.0)
+      for a in ("right", "wrong") for q in (10, 50, 90)))
+
+
+def reward_cost_table(summary: Mapping[str, Mapping[str, Interval]]) -> str:
+  """The `REWARD_COST_COLUMNS` of each method (mean ± 95% t-interval over seeds) under a
+  line that says what they are; "" when no method has them (results from before them)."""
+  if not any(k in s for s in summary.values() for k, _, _ in REWARD_COST_COLUMNS):
+    return ""
+  return ("Task reward R and cost C(y) of the sampled evaluation responses: their correlation "
+          "(Pearson, Spearman) and the quantiles of C of right and of wrong answers, mean over "
+          "seeds:\n\n" + results_table(summary, REWARD_COST_COLUMNS))
+
+
 PAIRED_COLUMNS = (("satisfaction_sampled", "satisfaction sampled, minus grpo (points)", 100.0),
                   ("accuracy_greedy", "accuracy greedy, minus grpo (points)", 100.0))
 

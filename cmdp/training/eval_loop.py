@@ -65,7 +65,8 @@ def evaluate_and_write(exp, params, step: int, hp: ObjectiveConfig, *, workdir: 
 
 def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
   """The end-of-run report from `eval.json` and `metrics.jsonl`: a table of every evaluated
-  model with 95% intervals (returned, for the console) and `run.png` (training curves and
+  model with 95% intervals over questions and one of corr(R, C) and the cost quantiles of
+  right and wrong answers (returned, for the console) and `run.png` (training curves and
   before/after, `cmdp.evaluation.plots`). Called by process 0, which wrote those files."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -76,6 +77,12 @@ def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
   png = plots.training_figure(log_lib.read_metrics(workdir), results,
                               os.path.join(workdir, "run.png"), budget=hp.budget,
                               kl_is_cost=kl_is_cost)
-  return (f"\nResults ({workdir}; budget d = {hp.budget:.4g}, 95% intervals):\n\n"
+  questions = max((r.get("num_questions", r.get("num_examples", 0))
+                   for r in results.values()), default=0)
+  joint = report.reward_cost_table(results)
+  return (f"\nResults ({workdir}; budget d = {hp.budget:.4g}; {questions} distinct questions; "
+          "95% intervals over questions):\n\n"
           + report.table(results) + "\n" + report.constraint_verdict(results)
+          + (f"\nTask reward R and cost C(y) of the same responses:\n\n{joint}\n"
+             if joint else "")
           + f"Curves: {png}\n")

@@ -30,3 +30,21 @@ def test_constraint_verdict_reads_the_end_against_the_start():
                                     "student": {"satisfaction_sampled": 0.23}})
   assert "is not held" in lost
   assert report.constraint_verdict({"student": {"satisfaction_sampled": 0.2}}) == ""
+
+
+def test_table_reads_the_question_counted_intervals_and_the_reward_cost_figures():
+  # eval.json's `_lo` / `_hi` (intervals over questions) are shown as they are.
+  student = {"accuracy": 0.5, "accuracy_greedy": 0.5, "num_greedy": 100,
+             "accuracy_greedy_lo": 0.3, "accuracy_greedy_hi": 0.7,
+             "kl_seq_greedy_mean": 10.0, "kl_seq_greedy_std": 5.0,
+             "kl_seq_greedy_mean_lo": 8.0, "kl_seq_greedy_mean_hi": 12.0,
+             "corr_pearson_greedy": -0.25, "corr_spearman_greedy": -0.5,
+             **{f"sequence_cost_greedy_right_q{q}": q / 100 for q in (10, 50, 90)},
+             **{f"sequence_cost_greedy_wrong_q{q}": None for q in (10, 50, 90)}}
+  row = report.table({"student": student}).strip().splitlines()[2]
+  assert "50.0% [30.0, 70.0]" in row and "10.00 ± 2.00" in row
+  joint = report.reward_cost_table({"student": student, "teacher": {"accuracy": 0.9}})
+  lines = joint.strip().splitlines()
+  assert len(lines) == 3  # the student's greedy row only: the teacher is not scored
+  assert lines[2] == "| student | greedy | -0.25 | -0.50 | 0.1 / 0.5 / 0.9 | - / - / - |"
+  assert report.reward_cost_table({"teacher": {"accuracy": 0.9}}) == ""

@@ -126,3 +126,14 @@ def test_paired_against_grpo_by_hand():
   assert iv.n == 3 and iv.mean == pytest.approx(-0.07 / 3) and iv.half == pytest.approx(half, 1e-5)
   assert "| cmdp (below grpo in 2 of 3 seeds) | 3 | -2.3 ± 13.7 | 0.0 ± 0.0 |" in table
   assert report.paired_against({"cmdp": per_seed["cmdp"]}) == ({}, "")
+
+
+def test_reward_cost_table_per_method():
+  summary = {"cmdp": {"corr_pearson_sampled": _iv(-0.2, 0.05),
+                      "sequence_cost_sampled_right_q50": _iv(0.3, 0.1)},
+             "grpo": {"accuracy_greedy": _iv(0.5, 0.1)}}
+  text = report.reward_cost_table(summary)
+  assert text.startswith("Task reward R and cost C(y)")
+  assert "| method | seeds | corr(R, C) | C right q50 |" in text
+  assert "| cmdp | 5 | -0.20 ± 0.05 | 0.30 ± 0.10 |" in text
+  assert report.reward_cost_table({"grpo": {"accuracy_greedy": _iv(0.5, 0.1)}}) == ""
