@@ -64,6 +64,12 @@ SAUTE_FIELDS = PG_FIELDS | {"penalty", "penalty_scale", "penalty_units", "pay_re
 HINGE_FIELDS = SAUTE_FIELDS - {"penalty"}
 # worst_case's teacher_nll cost does not depend on theta: no boundary term to weigh.
 CMDP_FIELDS = SAUTE_FIELDS | {"boundary_width"}
+# The boundary kernel is cut off beyond this many widths h from d (its tails there hold
+# 2 sigmoid(-10) = 9e-5 of its mass): a response that far from the budget carries no
+# boundary gradient at all, so a group far over d with tied returns has exactly none and
+# its step is skipped (`optimizer.skip_zero_grad`), not moved by a 1e-18 gradient plus
+# Adam's momentum.
+BOUNDARY_SUPPORT = 10.0
 
 
 def _setup(student_logits, teacher_logits, batch, hp: ObjectiveConfig, name: str):
@@ -123,7 +129,8 @@ def boundary_coef(task_reward, costs, mask, kappa, hp: ObjectiveConfig):
   terminal (`n` once the reward is paid anyway), `r_t + n + kappa c_t` on every token for
   the others (`constant`: `kappa = 0`; `scaled`: no `n`). Each indicator smoothed to the
   logistic CDF `F_h(M_t - d)`, `h = beta d`, has the pathwise gradient `-J_t k_h(M_t - d)
-  grad M_t`, `k_h(u) = s (1 - s) / h` with `s = sigmoid(u / h)`: `coef_k = sum_t J_t
+  grad M_t`, `k_h(u) = s (1 - s) / h` with `s = sigmoid(u / h)` for `|u| <= 10 h`
+  (`BOUNDARY_SUPPORT`; 0 beyond): `coef_k = sum_t J_t
   k_h(M_t - d) dM_t / dc_k` (`constraint.peak_weights`), constants of the sample, on each
   token's exact cost gradient. `weight` is `sum_t J_t k_h(M_t - d)` per sequence.
   """
@@ -139,8 +146,10 @@ def boundary_coef(task_reward, costs, mask, kappa, hp: ObjectiveConfig):
     jump = last_token_rewards(reward, mask) + (paid + kappa * costs) * mask
   width = hp.boundary_width * hp.budget
   peak = constraint.running_peak(costs, mask, hp.constraint, hp.cost_discount)
-  s = jax.nn.sigmoid((peak - hp.budget) / width)
-  per_token = jnp.where(mask > 0, jump * s * (1.0 - s) / width, 0.0)
+  u = (peak - hp.budget) / width
+  s = jax.nn.sigmoid(u)
+  inside = (mask > 0) & (jnp.abs(u) <= BOUNDARY_SUPPORT)
+  per_token = jnp.where(inside, jump * s * (1.0 - s) / width, 0.0)
   coef = constraint.peak_weights(per_token, costs, mask, hp.constraint, hp.cost_discount)
   return coef, jnp.sum(per_token, axis=-1)
 

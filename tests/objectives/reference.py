@@ -69,7 +69,7 @@ def boundary_coefficients(task_reward, costs, mask, budget, width, penalty, n, p
   """cmdp's boundary term with gamma_c = 1: `(coef [B, T], weight [B])`, `coef_k = sum_t J_t
   k_h(M_t - d) dM_t / dc_k` with `J_t` the return's jump where the flag at t fires, `M_t`
   the running peak of the flag's statistic (sum S_t, mean S_t / T, prefix_mean S_t / t)
-  and `k_h` the logistic kernel of width `h = width * budget`."""
+  and `k_h` the logistic kernel of width `h = width * budget`, 0 beyond 10 h."""
   coef, weight = np.zeros(mask.shape), np.zeros(mask.shape[0])
   h = width * budget
   for b in range(mask.shape[0]):
@@ -88,8 +88,9 @@ def boundary_coefficients(task_reward, costs, mask, budget, width, penalty, n, p
         jump = reward + n if last else 0.0
       else:
         jump = reward + (0.0 if penalty == "scaled" else n) + kappa * costs[b, t]
-      s = 1.0 / (1.0 + np.exp(-(stats[peak] - budget) / h))
-      j = jump * s * (1.0 - s) / h
+      u = (stats[peak] - budget) / h
+      s = 1.0 / (1.0 + np.exp(-u))
+      j = jump * s * (1.0 - s) / h if abs(u) <= 10.0 else 0.0  # the kernel's support
       weight[b] += j
       norm = {"sum": 1.0, "mean": length, "prefix_mean": peak + 1.0}[constraint]
       coef[b, idx[:peak + 1]] += j / norm

@@ -46,7 +46,10 @@ def test_expected_update_is_the_flag_fixed_score_minus_the_smoothed_boundary(gro
   for i, y in enumerate(bf.RESPONSES):
     prob = float(np.exp(bf.response_logprob(student, y, hp.temperature)))
     cost_of = lambda p, y=y: bf.sequence_cost(bf.costs_of(hp.cost, p, teacher, y), "sum", 1.0)
-    s = _sigmoid((float(cost_of(student)) - d) / h)
+    u = (float(cost_of(student)) - d) / h
+    if abs(u) > 10:  # the kernel's support: 10 widths either side of d
+      continue
+    s = _sigmoid(u)
     boundary += prob * (float(reward[i]) + n) * s * (1 - s) / h * np.asarray(
         jax.grad(cost_of)(student))
   assert np.abs(boundary).max() > 0.05  # responses inside the band: the term matters
@@ -181,3 +184,17 @@ def test_boundary_width_is_validated_and_read_by_cmdp_only():
   for name, preset in (("cmdp_hinge", {}), ("worst_case", cmdp_reward.WORST_CASE_PRESET)):
     with pytest.raises(ValueError, match=rf"boundary_width=0.3 is set, but objective '{name}'"):
       get_objective(name).check_fields(ObjectiveConfig(boundary_width=0.3, **preset))
+
+
+def test_a_response_beyond_the_kernels_support_carries_no_boundary_gradient():
+  """10 widths from d the kernel is cut off: a group whose responses all lie beyond it (and
+  whose returns tie) has a gradient of exactly 0, so its step is skipped, not nudged."""
+  costs = jnp.asarray([[0.45, 0.45, 0.0], [0.2, 0.2, 0.2], [1.0, 1.0, 1.0]], jnp.float32)
+  mask = jnp.asarray([[1, 1, 0], [1, 1, 1], [1, 1, 1]], jnp.float32)
+  hp = ObjectiveConfig(budget=0.5, boundary_width=0.1, group_size=1)  # h = 0.05
+  coef, weight = cmdp_reward.boundary_coef(jnp.zeros(3), costs, mask, 0.0, hp)
+  # C = 0.9 (u = 8: inside, by hand 1 x s(1 - s) / h), 0.6 (u = 2), 3.0 (u = 50: outside).
+  s8, s2 = _sigmoid(8.0), _sigmoid(2.0)
+  np.testing.assert_allclose(weight, [s8 * (1 - s8) / 0.05, s2 * (1 - s2) / 0.05, 0.0],
+                             rtol=2e-3)
+  assert not np.asarray(coef[2]).any()
