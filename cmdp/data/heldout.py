@@ -1,34 +1,30 @@
-"""The held-out problems: a task's test split cut in two parts by a hash of the question,
-one evaluated (`"test"`), one that calibrates the budget (`"calibration"`).
+"""The held-out problems: a task's test split cut in two parts drawn the same way, one
+evaluated (`"test"`), one that calibrates the budget (`"calibration"`).
 
-Both parts are drawn the same way from the same distribution: the test split's draws (its
-own seeds, its own questions, disjoint from the training split's: `load_task`), each draw
-kept by the part its question hashes to (`part_of`, half of the questions each), then
-deduplicated by question text (first occurrence kept). `size` draws of either part are two
-samples of one process, so a budget calibrated at a quantile of the calibration part's costs
-reads as that quantile on the evaluated part, up to sampling error; the training split's
-prompts (another set of questions, with its repeats) are not a sample of it.
+The parts are made from the first `2 max(test_size, calibration_size)` draws of the test
+split (its own seeds and questions, disjoint from the training split's: `load_task`):
+deduplicated by question text (`distinct`), its distinct questions ranked by how often they
+were drawn, taken in pairs down the ranking, and a hash of each pair's two texts sending one
+of them to each part (`pair_parts`). The parts are disjoint, and disjoint from training.
 
-A task whose problem space is small repeats questions: 200 draws of 2-term sums of one or two
-digits are about 110 distinct questions (half the draws are one-digit sums). Evaluation and
-calibration count each question once (`distinct`); intervals count questions, not draws
-(`cmdp.evaluation.stats`).
+Why pairs. A task whose problem space is small repeats questions, and a few questions carry
+much of its probability: 200 draws of 2-term sums of one or two digits are about 110
+distinct questions, half the draws one-digit sums. The two questions of a pair were drawn
+about as often, so each part gets half of the likely questions and half of the rare ones:
+the parts are two samples of one distribution. (Cut by a hash of each question alone, the
+main job's 23 one-digit test sums fell 9 to one part and 14 to the other: 8% of one part's
+distinct questions, 17% of the other's.) A budget calibrated at a quantile of one part's
+costs then reads as that quantile on the other, up to sampling error; the training prompts,
+with their repeats and their other questions, are not such a sample.
+
+Evaluation and calibration count each question once; intervals count questions, not
+samples (`cmdp.evaluation.stats`).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 from typing import Any, Sequence
-
-PARTS = ("test", "calibration")
-CALIBRATION_SHARE = 0.5  # share of the test split's questions that calibrate
-_MAX_DOUBLINGS = 8  # draws tried for one part: size x 2 up to size x 2^8
-
-
-def part_of(question: str) -> str:
-  """"calibration" for `CALIBRATION_SHARE` of all questions, "test" for the rest, by a hash
-  of the text (salted apart from the train / test hash, so it cuts the test split evenly)."""
-  digest = hashlib.sha256(("heldout-part/" + question).encode()).hexdigest()
-  return "calibration" if int(digest[:8], 16) / 16**8 < CALIBRATION_SHARE else "test"
 
 
 def distinct(examples: Sequence) -> tuple[list, int]:
@@ -42,33 +38,48 @@ def distinct(examples: Sequence) -> tuple[list, int]:
   return kept, len(examples) - len(kept)
 
 
-def load_part(spec, part: str, size: int, seed: int, **options: Any) -> tuple[list, int]:
-  """The first `size` draws of the test split of `spec` (`cmdp.data.load_task`, with
-  `seed` and `options`) whose question belongs to `part`, deduplicated (`distinct`):
-  `(examples, repeats dropped)`. A fixed-file task (GSM8K, MATH) gives its test file's
-  problems of `part`, the first `size` of them.
+def pair_parts(draws: Sequence) -> tuple[list, list, int]:
+  """`(test part, calibration part, repeats dropped)` of a list of draws: its distinct
+  questions ordered by how often they were drawn (most first; ties by first occurrence),
+  taken in pairs, and a hash of each pair's two question texts (sorted, so a function of the
+  pair alone) sending one to each part; an unpaired last question is left out. Each part
+  keeps the order of first occurrence."""
+  kept, dropped = distinct(draws)
+  first = {ex.question: i for i, ex in enumerate(kept)}
+  counts = collections.Counter(ex.question for ex in draws)
+  ranked = sorted(kept, key=lambda ex: (-counts[ex.question], first[ex.question]))
+  test, calibration = [], []
+  for pair in zip(ranked[0::2], ranked[1::2]):
+    a, b = sorted(pair, key=lambda ex: ex.question)
+    key = "heldout-pair/" + a.question + "\0" + b.question
+    if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 2:
+      a, b = b, a
+    test.append(a)
+    calibration.append(b)
+  order = lambda part: sorted(part, key=lambda ex: first[ex.question])
+  return order(test), order(calibration), dropped
+
+
+def load_parts(spec, test_size: int, calibration_size: int, seed: int,
+               **options: Any) -> tuple[list, list, int]:
+  """`(test part, calibration part, repeats dropped)` (`pair_parts`) of the first
+  `2 max(test_size, calibration_size)` draws of the test split of `spec`
+  (`cmdp.data.load_task` with `seed` and `options`; a fixed-file task, GSM8K or MATH, gives
+  its whole test file), each part at most its size, in order of first occurrence: a task
+  without repeats gives each part its size.
 
   Raises:
-    ValueError: an unknown part, or a task whose test split has no question of `part`.
+    ValueError: a size that is not a positive int, or a test split with fewer than two
+      distinct questions.
   """
   from cmdp.data import load_task  # pylint: disable=g-import-not-at-top
-  if part not in PARTS:
-    raise ValueError(f"load_part: part={part!r}; use one of {PARTS}.")
-  if not isinstance(size, int) or size <= 0:
-    raise ValueError(f"load_part: size={size!r} must be a positive int.")
-  kept, draws = [], size
-  for _ in range(_MAX_DOUBLINGS + 1):
-    draws *= 2
-    try:
-      examples = load_task(spec, split="test", size=draws, seed=seed, **options)
-    except ValueError:  # a small problem space: no more draws of this split
-      if kept:
-        break
-      raise
-    kept = [ex for ex in examples if part_of(ex.question) == part]
-    if len(kept) >= size or len(examples) < draws:  # enough, or a file with no more
-      break
-  if not kept:
-    raise ValueError(f"load_part({spec!r}): no question of the {part!r} part in "
-                     f"{len(examples)} test problems.")
-  return distinct(kept[:size])
+  for name, size in (("test_size", test_size), ("calibration_size", calibration_size)):
+    if not isinstance(size, int) or size <= 0:
+      raise ValueError(f"load_parts: {name}={size!r} must be a positive int.")
+  draws = load_task(spec, split="test", size=2 * max(test_size, calibration_size), seed=seed,
+                    **options)
+  test, calibration, dropped = pair_parts(draws)
+  if not test:
+    raise ValueError(f"load_parts({spec!r}): the test split has {len(distinct(draws)[0])} "
+                     "distinct question(s); two are needed, one for each part.")
+  return test[:test_size], calibration[:calibration_size], dropped

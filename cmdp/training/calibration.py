@@ -1,9 +1,10 @@
 """Budget calibration: `calibrate_budget_quantile` of the initial student's per-sequence cost
 `C(y)` on held-out problems drawn as the evaluated ones are.
 
-The problems are the test split's calibration part (`cmdp.data.heldout`): `calibration_prompts`
-draws of the test split's questions that hash to it, each question once, disjoint from the
-training split and from the evaluated part (`data.test_size` draws of the other half). The
+The problems are the test split's calibration part (`cmdp.data.heldout`): at most
+`calibration_prompts` distinct questions, disjoint from the training split and from the
+evaluated part (at most `data.test_size`), the two parts made alike from the same draws (the
+distinct questions paired by how often they were drawn, one of each pair to each part). The
 budget is read on the evaluated part, so it is calibrated on a sample of the same
 distribution: at quantile `q`, about a share `q` of the initial student's evaluated samples
 fall within it, up to the sampling error of both samples (tested). The training prompts, with
@@ -89,9 +90,8 @@ def calibrate(exp: experiment_lib.Experiment, params, rng) -> tuple[float, str]:
   budget = constraint.calibrate_budget(samples["costs"], q)
   return budget, (f"budget d = {budget:.4g} ({exp.hp.cost}, {exp.hp.constraint}): the {q:g} "
                   f"quantile of {samples['costs'].size} samples of the initial student on "
-                  f"{len(examples)} held-out calibration questions ({cfg.calibration_prompts} "
-                  f"draws); {describe(samples)}; evaluation on {len(exp.test_examples)} "
-                  f"distinct questions ({cfg.data.test_size} draws)")
+                  f"{len(examples)} held-out calibration questions; {describe(samples)}; "
+                  f"evaluation on {len(exp.test_examples)} other held-out questions")
 
 
 def describe(samples: dict) -> str:
