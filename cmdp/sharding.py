@@ -1,75 +1,41 @@
-"""Device mesh, logical axis rules and the one helper that builds sharded jitted functions.
+"""The parameter layout, the mesh and the one helper that builds sharded jitted functions.
 
-Mesh axes (auto axis types):
+The mesh's axes (data, fsdp, tensor), the logical names of array dimensions with their rules
+(`LOGICAL_AXIS_RULES`) and the activation constraints (`constrain` under `activation_mesh`,
+`on_mesh`) are `cmdp.mesh_axes`'s, which the models import; this module sits below the
+models and re-exports them, so `sharding.constrain` and the rest still name them. The KV
+cache's specs (`cache_specs`) live beside the cache, in `cmdp.models.decode`.
 
-    data    pure data parallelism: batch rows are split, params replicated.
-    fsdp    batch rows are split AND parameters, optimiser state and gradients are stored
-            split (ZeRO-3: each layer's weights are all-gathered where they are used, the
-            gradients reduce-scattered).
-    tensor  model parallelism: vocab, heads and FFN width are split.
-
-Every dimension of a parameter or an activation has a logical name, and `LOGICAL_AXIS_RULES`
-maps names to mesh axes (MaxText's `logical_axis_rules`): parameters' model width ("embed")
-over fsdp, activations' batch over ("data", "fsdp"), heads / MLP width / vocabulary over
-tensor. Parameter storage follows `PARAM_AXES` (first regex that matches the '/'-joined
-path wins); activations are pinned by `constrain(x, *names)` inside the model, the decode
-loop and the step, which acts only while a function is traced under `activation_mesh(mesh)`
-(`jit_sharded` and the trainer's programs trace under it; off a mesh it is the identity).
+Parameter storage follows `PARAM_AXES` (first regex that matches the '/'-joined path wins):
+parameters' model width ("embed") over fsdp, heads / MLP width / vocabulary over tensor;
+activations' batch is split over ("data", "fsdp"). `jit_sharded` and the trainer's programs
+trace under `activation_mesh(mesh)`, so the model's activation constraints apply.
 So fsdp is data parallelism with sharded weights: no device computes another's rows.
 Any dimension that does not divide its mesh axes (e.g. 9 heads over tensor=4) is replicated
 instead; a KV cache whose heads do not divide tensor splits head_dim instead.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+# Re-exported with the names this module defines: the activation side of the layout (which
+# the models import from cmdp.mesh_axes) and the KV cache's specs (beside the cache).
+from cmdp.mesh_axes import (AXES, BATCH_AXES, LOGICAL_AXIS_RULES, activation_mesh, axis_size,
+                            constrain, fit_spec, logical_spec, on_mesh, rows_per_shard,
+                            traced_mesh)
 from cmdp.models.config import ModelConfig
-
-if TYPE_CHECKING:  # cmdp.models imports this module (its activation constraints)
-  from cmdp.models.decode import KVCache
-
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from cmdp.models.decode import cache_specs
+from cmdp.models.transformer import cast_params
 
 log = logging.getLogger(__name__)
-
-# Logical name -> mesh axes (None: never split). Parameter dims and activation dims have
-# different names, so the weights' model width can be stored over fsdp while the
-# activations' stays whole (their batch is what fsdp splits).
-LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # parameters
-    ("layers", None),  # the stacked [L] axis of nn.scan
-    ("embed", "fsdp"),  # model width d of a weight
-    ("vocab", "tensor"),
-    ("heads", "tensor"),  # q / o projections' heads * head_dim
-    ("kv_heads", "tensor"),  # k / v projections' kv_heads * head_dim
-    ("mlp", "tensor"),  # SwiGLU width
-    ("norm", None),  # norm scales: small, replicated
-    # activations
-    ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_head_dim", None),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    # the decode cache [B, KVH, S, hd]: heads over tensor, or (heads not dividing it)
-    # head_dim over tensor, see `cache_specs`
-    ("cache_kv_heads", "tensor"),
-    ("cache_head_dim", "tensor"),
-    ("cache_length", None),
-)
 
 # (regex over the '/'-joined parameter path, logical names of its dims).
 PARAM_AXES: tuple[tuple[str, tuple], ...] = (
@@ -84,16 +50,6 @@ PARAM_AXES: tuple[tuple[str, tuple], ...] = (
     (r"mlp/down_proj/kernel$", ("layers", "mlp", "embed")),  # [L, F, D]
     (r"(norm|layernorm)/scale$", ()),  # [L, D], [L, hd] or [D]
 )
-
-
-def logical_spec(names: Sequence[str | None],
-                 rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> P:
-  """The PartitionSpec of dims with these logical names (None: a dim never split)."""
-  table = dict(rules)
-  unknown = [n for n in names if n is not None and n not in table]
-  if unknown:
-    raise ValueError(f"logical axis names {unknown} have no rule in {sorted(table)}.")
-  return P(*(None if n is None else table[n] for n in names))
 
 
 # The same rules as (regex, PartitionSpec) pairs, the form `param_specs` takes.
@@ -118,42 +74,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     raise ValueError(f"mesh data*fsdp*tensor={sizes} uses {math.prod(sizes)} devices but "
                      f"{len(devices)} are given; make the product match or pass `devices`.")
   return Mesh(np.array(devices).reshape(sizes), AXES)
-
-
-def _axis_size(mesh: Mesh, axes) -> int:
-  if axes is None:
-    return 1
-  axes = (axes,) if isinstance(axes, str) else axes
-  return math.prod(mesh.shape[a] for a in axes)
-
-
-def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, what: str = "array",
-             units: Sequence[int] | None = None, quiet: bool = False) -> P:
-  """`spec` with every dimension that does not divide its mesh axes replaced by None.
-
-  Args:
-    spec: the wanted PartitionSpec (may be shorter than `shape`).
-    shape: the array's shape.
-    mesh: the mesh.
-    what: a name for the log line.
-    units: optional per-dimension count of indivisible units (e.g. heads of a q kernel); the
-      dimension is split only when this count divides too.
-    quiet: no log line for a fallback (activation constraints, traced at every compile).
-  """
-  entries = list(spec) + [None] * (len(shape) - len(spec))
-  if len(entries) > len(shape):
-    raise ValueError(f"{what}: spec {spec} has more entries than shape {tuple(shape)} has dims.")
-  out = []
-  for dim, axes in enumerate(entries):
-    n = _axis_size(mesh, axes)
-    count = shape[dim] if units is None or units[dim] is None else units[dim]
-    if n > 1 and (shape[dim] % n or count % n):
-      if not quiet:
-        log.info("%s: dim %d (size %d, %d units) does not divide mesh axes %s (%d); replicated.",
-                 what, dim, shape[dim], count, axes, n)
-      axes = None
-    out.append(axes)
-  return P(*out)
 
 
 def _path_str(path) -> str:
@@ -192,7 +112,8 @@ def param_specs(params: Any, mesh: Mesh, config: ModelConfig | None = None,
     name = _path_str(path)
     for pattern, spec in rules:
       if re.search(pattern, name):
-        return fit_spec(spec, leaf.shape, mesh, name, _head_units(name, len(leaf.shape), config))
+        return fit_spec(spec, leaf.shape, mesh, name, _head_units(name, len(leaf.shape), config),
+                        log)
     raise ValueError(f"No partition rule matches parameter {name!r} (shape {leaf.shape}); add "
                      "a (regex, PartitionSpec) pair to `rules`.")
   return jax.tree_util.tree_map_with_path(spec_for, params)
@@ -206,88 +127,7 @@ def batch_spec() -> P:
 def rows_spec(rows: int, mesh: Mesh) -> P:
   """Spec for a `[rows, ...]` array that may not split over the batch axes (a microbatch,
   un-repeated prompts): `batch_spec()` when `rows` divides data*fsdp, else replicated."""
-  return batch_spec() if rows % _axis_size(mesh, BATCH_AXES) == 0 else P()
-
-
-def _cache_names(kv_heads: int, mesh: Mesh, head_dim_at: int) -> tuple:
-  """Logical names of one `[B, KVH, ., .]` cache buffer whose head_dim is dim `head_dim_at`:
-  kv heads over tensor, or, when they do not divide it (Qwen2.5-1.5B's 2 kv heads over
-  tensor=4), head_dim instead, so the cache is never copied on every tensor shard."""
-  names = ["activation_batch", None, "cache_length", "cache_length"]
-  if kv_heads % _axis_size(mesh, dict(LOGICAL_AXIS_RULES)["cache_kv_heads"]) == 0:
-    names[1] = "cache_kv_heads"
-  else:
-    names[head_dim_at] = "cache_head_dim"
-  return tuple(names)
-
-
-def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
-  """Specs for a `cmdp.models.KVCache`: batch over ("data", "fsdp"), kv heads over "tensor"
-  (or head_dim, see `_cache_names`), each where divisible.
-
-  k: one `[B, KVH, hd, S]` (float32) or `[B, KVH, S, hd]` buffer per layer; v: `[B, KVH, S,
-  hd]`; mask `[B, S]`; index `[]`; pos `[B]`.
-  """
-  from cmdp.models.decode import KVCache, keys_transposed  # pylint: disable=g-import-not-at-top
-
-  def spec(x, transposed):
-    names = _cache_names(x.shape[1], mesh, 2 if transposed else 3)
-    return fit_spec(logical_spec(names), x.shape, mesh, "cache", quiet=True)
-  k = tuple(spec(x, keys_transposed(x.dtype)) for x in cache.k)
-  v = tuple(spec(x, False) for x in cache.v)
-  return KVCache(k=k, v=v,
-                 mask=fit_spec(P(BATCH_AXES, None), cache.mask.shape, mesh, quiet=True),
-                 index=P(), pos=fit_spec(P(BATCH_AXES), cache.pos.shape, mesh, quiet=True))
-
-
-_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh",
-                                                                  default=None)
-
-
-@contextlib.contextmanager
-def activation_mesh(mesh: Mesh | None):
-  """While tracing inside this context, `constrain` pins activations on `mesh`."""
-  token = _ACTIVATION_MESH.set(mesh)
-  try:
-    yield mesh
-  finally:
-    _ACTIVATION_MESH.reset(token)
-
-
-def rows_per_shard(rows: int, mesh: Mesh | None = None) -> int:
-  """Rows of a `[rows, ...]` activation each device holds on `mesh` (default: the
-  `activation_mesh` being traced under): split over the batch axes where they divide,
-  else all of them."""
-  mesh = _ACTIVATION_MESH.get() if mesh is None else mesh
-  shards = 1 if mesh is None else _axis_size(mesh, BATCH_AXES)
-  return rows // shards if rows % shards == 0 else rows
-
-
-def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-  """`x` pinned to the layout of its dims' logical names (`LOGICAL_AXIS_RULES`), each dim
-  that does not divide its mesh axes left whole; the identity outside `activation_mesh`."""
-  mesh = _ACTIVATION_MESH.get()
-  if mesh is None:
-    return x
-  spec = fit_spec(logical_spec(names), x.shape, mesh, quiet=True)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-def constrain_cache(x: jax.Array, head_dim_at: int) -> jax.Array:
-  """One `[B, KVH, ., .]` decode-cache buffer pinned as `cache_specs` lays it out."""
-  mesh = _ACTIVATION_MESH.get()
-  if mesh is None:
-    return x
-  return constrain(x, *_cache_names(x.shape[1], mesh, head_dim_at))
-
-
-def on_mesh(fn: Callable, mesh: Mesh | None) -> Callable:
-  """`fn` traced under `activation_mesh(mesh)` (what to hand `jax.jit`)."""
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    with activation_mesh(mesh):
-      return fn(*args, **kwargs)
-  return wrapped
+  return batch_spec() if rows % axis_size(mesh, BATCH_AXES) == 0 else P()
 
 
 def named(mesh: Mesh, specs: Any) -> Any:
@@ -303,7 +143,6 @@ def shard_params(params: Any, mesh: Mesh, config: ModelConfig | None = None) -> 
   placed = jax.device_put(params, shardings)
   if config is None or all(x.dtype == config.param_dtype for x in jax.tree.leaves(placed)):
     return placed
-  from cmdp.models.transformer import cast_params  # pylint: disable=g-import-not-at-top
   return jax.jit(functools.partial(cast_params, dtype=config.param_dtype),
                  out_shardings=shardings)(placed)
 

@@ -36,8 +36,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
-from cmdp import sharding
+from cmdp import mesh_axes
 from cmdp.models import transformer
 from cmdp.models.config import ModelConfig
 
@@ -102,7 +103,7 @@ def decode_params(config: ModelConfig, params: dict, fuse: bool = True) -> Decod
   Pass `fuse=False` under tensor parallelism: a fused kernel's output columns would not split
   along head boundaries, and splitting q/k/v back apart would move data.
 
-  Traced under `sharding.activation_mesh`, the laid-out weights are gathered whole along the
+  Traced under `mesh_axes.activation_mesh`, the laid-out weights are gathered whole along the
   model width on every device (split over tensor where they were) when they take at most
   `GATHER_BYTES`.
   """
@@ -115,8 +116,8 @@ def decode_params(config: ModelConfig, params: dict, fuse: bool = True) -> Decod
   embedding = params["embed_tokens"]["embedding"].astype(dtype)
   head = embedding.T if config.tie_word_embeddings else params["lm_head"]["kernel"].astype(dtype)
   if sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((layers, head))) <= GATHER_BYTES:
-    layers, head = _gathered(layers), sharding.constrain(head, None, "vocab")
-    embedding = sharding.constrain(embedding, "vocab", None)
+    layers, head = _gathered(layers), mesh_axes.constrain(head, None, "vocab")
+    embedding = mesh_axes.constrain(embedding, "vocab", None)
   return DecodeParams(layers, embedding, params["norm"], head)
 
 
@@ -138,7 +139,7 @@ _IN_DIM = {"o_proj": "heads", "down_proj": "mlp"}
 
 
 def _gathered(layers: tuple) -> tuple:
-  """The per-layer weights pinned whole along the model width (`sharding.constrain`; the
+  """The per-layer weights pinned whole along the model width (`mesh_axes.constrain`; the
   identity off a mesh)."""
   def names(path, x):
     module, leaf = path[-2].key if len(path) > 1 else None, path[-1].key
@@ -150,7 +151,7 @@ def _gathered(layers: tuple) -> tuple:
       return (_OUT_DIM[module],)
     return (None,) * x.ndim
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: sharding.constrain(x, *names(path, x)), layers)
+      lambda path, x: mesh_axes.constrain(x, *names(path, x)), layers)
 
 
 def keys_transposed(dtype) -> bool:
@@ -174,6 +175,46 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
   return KVCache(zeros(k_shape), zeros((b, kvh, max_len, hd)),
                  jnp.zeros((batch_size, max_len), bool),
                  jnp.zeros((), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+
+
+def _cache_names(kv_heads: int, mesh: Mesh, head_dim_at: int) -> tuple:
+  """Logical names of one `[B, KVH, ., .]` cache buffer whose head_dim is dim `head_dim_at`:
+  kv heads over tensor, or, when they do not divide it (Qwen2.5-1.5B's 2 kv heads over
+  tensor=4), head_dim instead, so the cache is never copied on every tensor shard."""
+  names = ["activation_batch", None, "cache_length", "cache_length"]
+  tensor = dict(mesh_axes.LOGICAL_AXIS_RULES)["cache_kv_heads"]
+  if kv_heads % mesh_axes.axis_size(mesh, tensor) == 0:
+    names[1] = "cache_kv_heads"
+  else:
+    names[head_dim_at] = "cache_head_dim"
+  return tuple(names)
+
+
+def cache_specs(cache: KVCache, mesh: Mesh) -> KVCache:
+  """PartitionSpecs of a `KVCache` on `mesh`: batch over ("data", "fsdp"), kv heads over
+  "tensor" (or head_dim, see `_cache_names`), each where divisible.
+
+  k: one `[B, KVH, hd, S]` (float32) or `[B, KVH, S, hd]` buffer per layer; v: `[B, KVH, S,
+  hd]`; mask `[B, S]`; index `[]`; pos `[B]`.
+  """
+  batch = mesh_axes.BATCH_AXES
+
+  def spec(x, transposed):
+    names = _cache_names(x.shape[1], mesh, 2 if transposed else 3)
+    return mesh_axes.fit_spec(mesh_axes.logical_spec(names), x.shape, mesh, "cache")
+  k = tuple(spec(x, keys_transposed(x.dtype)) for x in cache.k)
+  v = tuple(spec(x, False) for x in cache.v)
+  return KVCache(k=k, v=v, mask=mesh_axes.fit_spec(P(batch, None), cache.mask.shape, mesh),
+                 index=P(), pos=mesh_axes.fit_spec(P(batch), cache.pos.shape, mesh))
+
+
+def constrain_cache(x: jax.Array, head_dim_at: int) -> jax.Array:
+  """One `[B, KVH, ., .]` cache buffer pinned as `cache_specs` lays it out (the identity
+  outside `mesh_axes.activation_mesh`)."""
+  mesh = mesh_axes.traced_mesh()
+  if mesh is None:
+    return x
+  return mesh_axes.constrain(x, *_cache_names(x.shape[1], mesh, head_dim_at))
 
 
 def _dense(x, p, dtype):
@@ -208,8 +249,8 @@ def _mlp(c: ModelConfig, p: dict, x):
     gate, up = jnp.split(_dense(x, p["gate_up"], dtype), 2, axis=-1)
   else:
     gate, up = _dense(x, p["gate_proj"], dtype), _dense(x, p["up_proj"], dtype)
-  hidden = sharding.constrain(jax.nn.silu(gate) * up, *transformer.MLP_WIDTH)
-  return sharding.constrain(_dense(hidden, p["down_proj"], dtype), *transformer.EMBED)
+  hidden = mesh_axes.constrain(jax.nn.silu(gate) * up, *transformer.MLP_WIDTH)
+  return mesh_axes.constrain(_dense(hidden, p["down_proj"], dtype), *transformer.EMBED)
 
 
 def attention_windows(slots: int, tokens: int) -> tuple[int, ...]:
@@ -251,24 +292,24 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index,
     q, k, v = jnp.split(_dense(x, p["qkv"], dtype), [h * hd, (h + kvh) * hd], axis=-1)
   else:
     q, k, v = (_dense(x, p[name], dtype) for name in ("q_proj", "k_proj", "v_proj"))
-  q = sharding.constrain(q.reshape(b, t, h, hd), *transformer.HEADS)
-  k = sharding.constrain(k.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
-  v = sharding.constrain(v.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
+  q = mesh_axes.constrain(q.reshape(b, t, h, hd), *transformer.HEADS)
+  k = mesh_axes.constrain(k.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
+  v = mesh_axes.constrain(v.reshape(b, t, kvh, hd), *transformer.KV_HEADS)
   if c.qk_norm:
     q = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["q_norm"]}, q)
     k = transformer.RMSNorm(c.rms_norm_eps, dtype).apply({"params": p["k_norm"]}, k)
   q, k = transformer.rotate(q, *rope), transformer.rotate(k, *rope)
   zero = jnp.zeros((), jnp.int32)
   v_cache = _write(v_cache, v.swapaxes(1, 2), (zero, zero, index, zero))
-  v_cache = sharding.constrain_cache(v_cache, 3)
+  v_cache = constrain_cache(v_cache, 3)
   transposed = keys_transposed(k_cache.dtype)
   if transposed:
     k_cache = _write(k_cache, k.transpose(0, 2, 3, 1), (zero, zero, zero, index))
-    k_cache = sharding.constrain_cache(k_cache, 2)
+    k_cache = constrain_cache(k_cache, 2)
     scores_spec = "bkqd,bkds->bkqs"
   else:
     k_cache = _write(k_cache, k.swapaxes(1, 2), (zero, zero, index, zero))
-    k_cache = sharding.constrain_cache(k_cache, 3)
+    k_cache = constrain_cache(k_cache, 3)
     scores_spec = "bkqd,bksd->bkqs"
   # Queries as [B, KVH, groups * T, hd]: plain batched matmuls over the cache layout (for
   # T = 1 every transpose here is a free reshape).
@@ -293,7 +334,7 @@ def _attention(c: ModelConfig, p: dict, x, rope, bias, k_cache, v_cache, index,
     out = (switched(*operands) if WINDOWS_ON_CPU else
            jax.lax.platform_dependent(*operands, cpu=branches[-1], default=switched))
   out = out.reshape(b, kvh, groups, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
-  return (sharding.constrain(_dense(out, p["o_proj"], dtype), *transformer.EMBED), k_cache,
+  return (mesh_axes.constrain(_dense(out, p["o_proj"], dtype), *transformer.EMBED), k_cache,
           v_cache)
 
 
@@ -337,7 +378,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
   bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None, None]  # [B, 1, 1, T, S], shared by layers
   positions = transformer.token_positions(token_mask, cache.pos[:, None])
   rope = transformer.rope_tables(positions, transformer.rope_inv_freq(c))
-  x = sharding.constrain(params.embedding[tokens].astype(dtype), *transformer.EMBED)
+  x = mesh_axes.constrain(params.embedding[tokens].astype(dtype), *transformer.EMBED)
   norm = transformer.RMSNorm(c.rms_norm_eps, dtype)
   ks, vs = [], []
   for layer, k_cache, v_cache in zip(params.layers, cache.k, cache.v):
@@ -346,7 +387,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
                                      cache.index, windows)
     x = x + h
     x = x + _mlp(c, layer["mlp"], norm.apply({"params": layer["post_attention_layernorm"]}, x))
-    x = sharding.constrain(x, *transformer.EMBED)
+    x = mesh_axes.constrain(x, *transformer.EMBED)
     ks.append(k_cache)
     vs.append(v_cache)
   if last_only:
@@ -357,7 +398,7 @@ def forward_with_cache(config: ModelConfig, params: dict | DecodeParams, tokens:
   if c.output_vocab:
     logits = logits[..., :c.output_vocab]
   vocab = transformer.VOCAB if logits.ndim == 3 else transformer.VOCAB[::2]  # [B, V]
-  logits = sharding.constrain(logits, *vocab)
+  logits = mesh_axes.constrain(logits, *vocab)
   new_cache = KVCache(tuple(ks), tuple(vs), mask, cache.index + t,
                       cache.pos + token_mask.sum(-1).astype(jnp.int32))
   return logits.astype(jnp.float32), new_cache

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmdp import sharding
+from cmdp import mesh_axes
 from cmdp.models.config import ModelConfig
 
 _MASK_VALUE = -1e30  # finite, so fully masked rows (left padding) give zeros, never NaN
 
-# Logical names of the activations' dims (`cmdp.sharding.LOGICAL_AXIS_RULES`): each block
+# Logical names of the activations' dims (`cmdp.mesh_axes.LOGICAL_AXIS_RULES`): each block
 # boundary and each projection's output is pinned to them, so on a mesh every device keeps
 # its own rows (batch over data and fsdp) and its own heads / MLP columns (tensor).
 EMBED = ("activation_batch", "activation_length", "activation_embed")
@@ -124,9 +124,9 @@ class Attention(nn.Module):
     q = _dense(c.num_heads * c.head_dim, "q_proj", dtype, c.attention_bias)(x)
     k = _dense(c.num_kv_heads * c.head_dim, "k_proj", dtype, c.attention_bias)(x)
     v = _dense(c.num_kv_heads * c.head_dim, "v_proj", dtype, c.attention_bias)(x)
-    q = sharding.constrain(q.reshape(b, t, c.num_heads, c.head_dim), *HEADS)
-    k = sharding.constrain(k.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
-    v = sharding.constrain(v.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
+    q = mesh_axes.constrain(q.reshape(b, t, c.num_heads, c.head_dim), *HEADS)
+    k = mesh_axes.constrain(k.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
+    v = mesh_axes.constrain(v.reshape(b, t, c.num_kv_heads, c.head_dim), *KV_HEADS)
     if c.qk_norm:
       q = RMSNorm(c.rms_norm_eps, dtype, name="q_norm")(q)
       k = RMSNorm(c.rms_norm_eps, dtype, name="k_norm")(k)
@@ -160,7 +160,7 @@ class Attention(nn.Module):
       pn = p.reshape(n, b // n, *p.shape[1:])
       out = out + jnp.einsum("nrkgts,nskd->nrtkgd", pn, pv).reshape(out.shape)
     out = out.reshape(b, t, c.num_heads * c.head_dim)
-    return sharding.constrain(_dense(c.hidden_size, "o_proj", dtype)(out), *EMBED), (k, v)
+    return mesh_axes.constrain(_dense(c.hidden_size, "o_proj", dtype)(out), *EMBED), (k, v)
 
 
 class MLP(nn.Module):
@@ -172,9 +172,9 @@ class MLP(nn.Module):
     dtype = compute_dtype(c)
     gate = _dense(c.intermediate_size, "gate_proj", dtype)(x)
     up = _dense(c.intermediate_size, "up_proj", dtype)(x)
-    hidden = sharding.constrain(nn.silu(gate) * up, *MLP_WIDTH)
+    hidden = mesh_axes.constrain(nn.silu(gate) * up, *MLP_WIDTH)
     self.sow("intermediates", "hidden", hidden)  # down_proj's input (`cmdp.models.refit`)
-    return sharding.constrain(_dense(c.hidden_size, "down_proj", dtype)(hidden), *EMBED)
+    return mesh_axes.constrain(_dense(c.hidden_size, "down_proj", dtype)(hidden), *EMBED)
 
 
 class Block(nn.Module):
@@ -187,7 +187,7 @@ class Block(nn.Module):
     layer's own keys and values when `return_kv`, else None."""
     c = self.config
     dtype = compute_dtype(c)
-    x = sharding.constrain(x, *EMBED)
+    x = mesh_axes.constrain(x, *EMBED)
     h, kv = Attention(c, name="self_attn")(
         RMSNorm(c.rms_norm_eps, dtype, name="input_layernorm")(x), positions, key_mask, prefix,
         prefix_mask)
@@ -212,7 +212,7 @@ class Decoder(nn.Module):
     dtype = compute_dtype(c)
     embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                      embedding_init=nn.initializers.normal(0.02), name="embed_tokens")
-    x = sharding.constrain(embed(tokens), *EMBED)
+    x = mesh_axes.constrain(embed(tokens), *EMBED)
     block = Block
     if c.remat:
       block = nn.remat(Block, prevent_cse=False)
@@ -229,7 +229,7 @@ class Decoder(nn.Module):
       logits = _dense(c.vocab_size, "lm_head", dtype)(x)
     if c.output_vocab:
       logits = logits[..., :c.output_vocab]
-    logits = sharding.constrain(logits.astype(jnp.float32), *VOCAB)
+    logits = mesh_axes.constrain(logits.astype(jnp.float32), *VOCAB)
     return (logits, kv) if self.return_kv else logits
 
 
@@ -333,7 +333,7 @@ def prefix_levels(rows: int, width: int, shared_prefix: int = 0, group_prefix: i
     levels.append((0, s, rows))
   # Each group's prompt once, where that is less work per device: a mesh whose batch axes
   # split the rows but not the groups would compute every group's prompt on every device.
-  if g > 1 and q > s and sharding.rows_per_shard(rows // g) < sharding.rows_per_shard(rows):
+  if g > 1 and q > s and mesh_axes.rows_per_shard(rows // g) < mesh_axes.rows_per_shard(rows):
     levels.append((s, q, g))
   if levels and levels[-1][1] >= width:
     raise ValueError(f"forward: shared_prefix={s} / group_prefix={q} must leave at least "

@@ -284,7 +284,7 @@ def _decode_step_cost(exp, model: str, width: int = 1, window: int | None = None
   cfg, b = m.config, rows or c.batch_size
   dparams = decode_params_shapes(exp, model)
   cache = _decode_cache(exp, model, b)
-  cache = abstract.place(cache, sharding.cache_specs(cache, mesh), mesh)
+  cache = abstract.place(cache, models.cache_specs(cache, mesh), mesh)
   tokens = abstract.rows(exp, (b, width), jnp.int32, mesh)
   mask = abstract.rows(exp, (b, width), jnp.bool_, mesh)
   r = c.rollout
@@ -392,7 +392,7 @@ def kv_cache_bytes(exp, model: str) -> int:
   """Per-device bytes of the sampler's decode cache (P + N - 1 slots)."""
   mesh = exp.student_mesh if model == "student" else exp.teacher_mesh
   cache = _decode_cache(exp, model)
-  return shard_bytes(abstract.place(cache, sharding.cache_specs(cache, mesh), mesh))
+  return shard_bytes(abstract.place(cache, models.cache_specs(cache, mesh), mesh))
 
 
 def rollout(exp, with_cost: bool = True) -> Phase | None:

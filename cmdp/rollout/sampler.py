@@ -136,11 +136,11 @@ def _constrain(x, spec, mesh):
 
 
 def _constrain_cache(cache, mesh):
-  """The cache pinned to its layout on `mesh` (`sharding.cache_specs`); as is without one."""
+  """The cache pinned to its layout on `mesh` (`models.cache_specs`); as is without one."""
   if mesh is None:
     return cache
   return jax.tree.map(lambda x, spec: _constrain(x, spec, mesh), cache,
-                      sharding.cache_specs(cache, mesh))
+                      models.cache_specs(cache, mesh))
 
 
 def _repeat_rows(x, repeat: int, mesh):
