@@ -32,7 +32,7 @@ setup(
     extras_require={
         # torch is only used by tests that compare against the Hugging Face PyTorch models.
         # libtpu stays out of it: installed, it makes every jax start on a machine without a
-        # TPU print an initialisation error (tests/test_plan.py runs its TPU case with it).
+        # TPU print an initialisation error (tests/plan/test_planner.py runs its TPU case with it).
         # pytest-xdist: the suite runs on two processes (`-n 2`).
         "test": ["pytest>=8", "pytest-xdist==3.8.0", "torch==2.13.0"],
         # libtpu: the TPU runtime on a TPU VM, and `python -m cmdp.plan` for TPU topologies.

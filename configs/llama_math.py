@@ -92,6 +92,6 @@ def get_config(arg=None):
   c.eval.include_teacher = True
   c.eval.include_initial_student = True
 
-  if arg.small:  # CPU smoke test (tests/training/test_evaluate.py, tests/test_plan.py)
+  if arg.small:  # CPU smoke test (tests/training/test_evaluate.py, tests/plan/)
     shrink_for_cpu(c)
   return c
