@@ -83,7 +83,9 @@ def test_sharded_step_equals_one_device(axes):
   in the parameter layout, split over fsdp), against the same step on one device."""
   mesh = sharding.make_mesh(**axes)
   got, want = _run(mesh), _one_device()
-  np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5)
+  # cmdp's loss here is its boundary term: the kernel k_h(C - d) reads C / h = 10 C / d, so
+  # the cost's float32 summation order moves the loss by ~3e-5 of itself (measured, fsdp8).
+  np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-4)
   # Splitting the batch changes float32 summation order: gradients move by up to ~3e-4 of
   # their largest entry, the same at data=8 (measured) as on these meshes.
   close = lambda g, w: np.testing.assert_allclose(g, w, atol=2e-3 * np.abs(w).max())

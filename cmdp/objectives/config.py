@@ -20,6 +20,16 @@ DUAL_TARGETS = ("mean", "rate")
 AGGREGATIONS = ("token_mean", "sequence_mean", "sequence_mean_token_mean")
 
 
+def _choice(default: str, choices: tuple[str, ...]):
+  """A string field that takes one of `choices` (checked at construction)."""
+  return dataclasses.field(default=default, metadata={"choices": choices})
+
+
+# The check of each non-string field, from its annotation (`from __future__ import
+# annotations` keeps it as the text written).
+_TYPES = {"float": float, "int": int, "bool": bool}
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Objective hyper-parameters. Units: costs in nats; "per token" / "per sequence" as named.
@@ -33,18 +43,18 @@ class ObjectiveConfig:
   # d: threshold of the constraint. Units: nats per sequence for "sum", nats per token for
   # "mean" and "prefix_mean".
   budget: float = 20.0
-  cost: str = "reverse_kl"  # per-token cost c_t: reverse_kl | logratio | teacher_nll
-  constraint: str = "sum"  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
+  cost: str = _choice("reverse_kl", COSTS)  # per-token cost c_t: reverse_kl | logratio | teacher_nll
+  constraint: str = _choice("sum", CONSTRAINTS)  # sum_t c_t <= d | mean: (1/T) sum_t c_t <= d | prefix_mean
   cost_discount: float = 1.0  # gamma_c: the constraint weighs token t's cost by gamma_c^t
   # --- The Sauté reward (cmdp, worst_case, cmdp_hinge) ---
   # p_t on violated tokens (docs/method.md): terminal (-n once, when the budget runs out:
   # Sauté's constant unsafe reward) | constant (-n on every violated token) | scaled
   # (-n c_t / D) | constant_plus_scaled (-n - c_t / D); cmdp_hinge ignores it
-  penalty: str = "terminal"
+  penalty: str = _choice("terminal", PENALTIES)
   penalty_scale: float = 1.0  # n in the penalty, in task-reward units
   # D, the unit of a cost inside a penalty: budget (the per-sequence budget: d for sum, d T
   # for mean and prefix_mean, so overshooting by one budget costs n rewards) | nats (1)
-  penalty_units: str = "budget"
+  penalty_units: str = _choice("budget", PENALTY_UNITS)
   pay_reward_if_violated: bool = False  # still pay R at the end of a violating response
   # beta, cmdp's boundary term (docs/method.md): the jump of the return where the flag
   # fires ((R + n) k_h(C - d) for terminal) on the exact cost gradient, k_h the logistic
@@ -60,7 +70,7 @@ class ObjectiveConfig:
   group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
   # baseline: loo (leave-one-out group mean: unbiased) | grpo (group mean incl. the sample:
   # the expected gradient shrinks by (G-1)/G, exact terms shrink with it) | none
-  advantage: str = "loo"
+  advantage: str = _choice("loo", ADVANTAGES)
   # divide the advantages by the RMS of the group's advantages (bounded, but biased): off
   normalize_std: bool = False
   clip_eps: float = 0.2  # PPO ratio clip: ratio kept in [1 - eps, 1 + eps]
@@ -69,7 +79,7 @@ class ObjectiveConfig:
   tis_cap: float = 0.0
   # sequence_mean (sum over tokens / sequences: unbiased) | token_mean |
   # sequence_mean_token_mean (the last two divide by the sampled length: biased)
-  aggregation: str = "sequence_mean"
+  aggregation: str = _choice("sequence_mean", AGGREGATIONS)
   entropy_coef: float = 0.0  # entropy bonus weight (policy-gradient objectives)
   ref_kl_coef: float = 0.0  # grpo, *_lagrangian: weight of the k3 estimate of kl(student||ref)
   # --- Distillation baselines ---
@@ -77,7 +87,7 @@ class ObjectiveConfig:
   # --- Lagrangian baselines: reward R - lambda * C(y), C the constraint's per-sequence cost ---
   soft_lambda: float = 0.01  # soft_lagrangian: fixed lambda (reward per unit of C)
   # dual_lagrangian: mean (E[C] <= d) | rate (P(C > d) <= violation_target)
-  dual_target: str = "mean"
+  dual_target: str = _choice("mean", DUAL_TARGETS)
   violation_target: float = 0.1  # dual_lagrangian rate: the allowed violation rate delta
   lambda_init: float = 0.0  # dual_lagrangian: initial multiplier
   # dual_lagrangian: each update moves lambda * d (the penalty, in reward units, of a response
@@ -89,7 +99,7 @@ class ObjectiveConfig:
   def __post_init__(self):
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
-      kind = _KIND[f.name]
+      kind = f.metadata.get("choices") or _TYPES[f.type]
       if kind is bool:
         if not isinstance(value, bool):
           _fail(f.name, value, "must be true or false")
@@ -150,13 +160,3 @@ class ObjectiveConfig:
 
 def _fail(name, value, fix):
   raise ValueError(f"ObjectiveConfig.{name}={value!r}: {fix}.")
-
-
-_KIND = dict(
-    budget=float, cost=COSTS, constraint=CONSTRAINTS, penalty=PENALTIES, penalty_scale=float,
-    penalty_units=PENALTY_UNITS, boundary_width=float,
-    cost_discount=float, pay_reward_if_violated=bool, gamma=float, group_size=int,
-    advantage=ADVANTAGES, normalize_std=bool, clip_eps=float, aggregation=AGGREGATIONS,
-    entropy_coef=float, ref_kl_coef=float, gkd_beta=float, soft_lambda=float,
-    lambda_init=float, lambda_lr=float, lambda_max=float, lambda_warmup_steps=int,
-    chunk_size=int, temperature=float, tis_cap=float, dual_target=DUAL_TARGETS, violation_target=float)

@@ -173,7 +173,8 @@ def smoothed_flags_value(student, teacher, reward, hp, width_budgets):
   """`sum_y sg(pi(y)) sum_t sg(J_t) F_h(M_t(theta) - d)`: cmdp's boundary term is its
   gradient (docs/method.md). `M_t` is the running peak of the statistic the flag compares
   with `d` after token t, `J_t` the return's jump where the flag at t fires, `F_h` the
-  logistic CDF of width `h = width_budgets * d`; the probabilities and the jumps are
+  logistic CDF of width `h = width_budgets * d` (flat beyond 10 h, where the kernel is
+  cut off); the probabilities and the jumps are
   held fixed, the costs inside `M_t` are live."""
   h, n, total = width_budgets * hp.budget, hp.penalty_scale, 0.0
   for i, y in enumerate(RESPONSES):
@@ -196,7 +197,11 @@ def smoothed_flags_value(student, teacher, reward, hp, width_budgets):
       else:
         jump = r + (0.0 if hp.penalty == "scaled" else n) + kappa * costs[t]
       peak = jnp.max(jnp.stack(stats))
-      total = total + prob * jax.lax.stop_gradient(jump) * jax.nn.sigmoid((peak - hp.budget) / h)
+      u = (peak - hp.budget) / h
+      # F_h's derivative is the kernel inside its support (10 widths), 0 beyond.
+      cdf = jnp.where(jnp.abs(jax.lax.stop_gradient(u)) <= 10.0, jax.nn.sigmoid(u),
+                      jax.lax.stop_gradient(jax.nn.sigmoid(u)))
+      total = total + prob * jax.lax.stop_gradient(jump) * cdf
   return total
 
 
