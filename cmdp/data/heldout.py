@@ -1,8 +1,8 @@
 """The held-out problems: a task's test split cut in two parts drawn the same way, one
 evaluated (`"test"`), one that calibrates the budget (`"calibration"`).
 
-The parts are made from the first `2 max(test_size, calibration_size)` draws of the test
-split (its own seeds and questions, disjoint from the training split's: `load_task`):
+The parts are made from the first draws of the test split (its own seeds and questions,
+disjoint from the training split's: `load_task`), as many as fill both (`load_parts`):
 deduplicated by question text (`distinct`), its distinct questions ranked by how often they
 were drawn, taken in pairs down the ranking, and a hash of each pair's two texts sending one
 of them to each part (`pair_parts`). The parts are disjoint, and disjoint from training.
@@ -25,6 +25,8 @@ from __future__ import annotations
 import collections
 import hashlib
 from typing import Any, Sequence
+
+_MAX_DOUBLINGS = 6  # draws tried: 2 max(sizes), doubled up to 6 times
 
 
 def distinct(examples: Sequence) -> tuple[list, int]:
@@ -62,11 +64,12 @@ def pair_parts(draws: Sequence) -> tuple[list, list, int]:
 
 def load_parts(spec, test_size: int, calibration_size: int, seed: int,
                **options: Any) -> tuple[list, list, int]:
-  """`(test part, calibration part, repeats dropped)` (`pair_parts`) of the first
-  `2 max(test_size, calibration_size)` draws of the test split of `spec`
-  (`cmdp.data.load_task` with `seed` and `options`; a fixed-file task, GSM8K or MATH, gives
-  its whole test file), each part at most its size, in order of first occurrence: a task
-  without repeats gives each part its size.
+  """`(test part, calibration part, repeats dropped)`: the first `test_size` and
+  `calibration_size` questions (in order of first occurrence) of the parts (`pair_parts`)
+  of the first `N` draws of the test split of `spec` (`cmdp.data.load_task` with `seed` and
+  `options`), `N` the first of `2 max(test_size, calibration_size)` doubled that fills both
+  parts; a fixed-file task (GSM8K, MATH) gives its whole test file, and a task whose problem
+  space runs out, what it has. Equal sizes give two parts made alike.
 
   Raises:
     ValueError: a size that is not a positive int, or a test split with fewer than two
@@ -76,10 +79,20 @@ def load_parts(spec, test_size: int, calibration_size: int, seed: int,
   for name, size in (("test_size", test_size), ("calibration_size", calibration_size)):
     if not isinstance(size, int) or size <= 0:
       raise ValueError(f"load_parts: {name}={size!r} must be a positive int.")
-  draws = load_task(spec, split="test", size=2 * max(test_size, calibration_size), seed=seed,
-                    **options)
-  test, calibration, dropped = pair_parts(draws)
+  n, parts = 2 * max(test_size, calibration_size), None
+  for _ in range(_MAX_DOUBLINGS + 1):
+    try:
+      draws = load_task(spec, split="test", size=n, seed=seed, **options)
+    except ValueError:  # a small problem space: no more draws of the split
+      if parts is None:
+        raise
+      break
+    parts = pair_parts(draws)
+    if (len(parts[0]) >= test_size and len(parts[1]) >= calibration_size) or len(draws) < n:
+      break  # both parts full, or a file with no more problems
+    n *= 2
+  test, calibration, dropped = parts
   if not test:
-    raise ValueError(f"load_parts({spec!r}): the test split has {len(distinct(draws)[0])} "
-                     "distinct question(s); two are needed, one for each part.")
+    raise ValueError(f"load_parts({spec!r}): the test split has fewer than two distinct "
+                     "questions; one is needed for each part.")
   return test[:test_size], calibration[:calibration_size], dropped

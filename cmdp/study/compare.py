@@ -90,7 +90,7 @@ def _write_json(path: str, value) -> None:
 def test_examples(study, exp) -> list:
   """The held-out problems every model is evaluated on: the run config's (its test split's
   evaluated part, `cmdp.data.heldout`), or for a study with its own task, the evaluated part
-  of its test split (at most `study.eval.num_examples` questions); each question once."""
+  of its test split (`study.eval.num_examples` questions); each question once."""
   if "task" in study:
     return _heldout_parts(study)[0]
   return exp.test_examples
@@ -98,7 +98,7 @@ def test_examples(study, exp) -> list:
 
 def _heldout_parts(study) -> tuple[list, list, int]:
   """A study's own task: the evaluated and calibration parts of its test split
-  (`heldout.load_parts`: at most `eval.num_examples` and `run.calibration_prompts`)."""
+  (`heldout.load_parts`: `eval.num_examples` and `run.calibration_prompts` questions)."""
   return heldout.load_parts(study.run.data.test, study.eval.num_examples,
                             study.run.calibration_prompts, study.eval.data_seed,
                             **study.task.to_dict())
@@ -106,8 +106,8 @@ def _heldout_parts(study) -> tuple[list, list, int]:
 
 def calibration_examples(study, healed) -> list:
   """The held-out problems the budgets are calibrated on: the calibration part of the test
-  split every model is evaluated on (`test_examples`), at most `run.calibration_prompts`
-  questions, each once; disjoint from the training and the evaluated problems."""
+  split every model is evaluated on (`test_examples`), `run.calibration_prompts` questions,
+  each once; disjoint from the training and the evaluated problems."""
   from cmdp.training import calibration  # pylint: disable=g-import-not-at-top
   if "task" in study:
     return _heldout_parts(study)[1]

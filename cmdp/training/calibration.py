@@ -1,9 +1,9 @@
 """Budget calibration: `calibrate_budget_quantile` of the initial student's per-sequence cost
 `C(y)` on held-out problems drawn as the evaluated ones are.
 
-The problems are the test split's calibration part (`cmdp.data.heldout`): at most
+The problems are the test split's calibration part (`cmdp.data.heldout`):
 `calibration_prompts` distinct questions, disjoint from the training split and from the
-evaluated part (at most `data.test_size`), the two parts made alike from the same draws (the
+evaluated part (`data.test_size`), the two parts made alike from the same draws (the
 distinct questions paired by how often they were drawn, one of each pair to each part). The
 budget is read on the evaluated part, so it is calibrated on a sample of the same
 distribution: at quantile `q`, about a share `q` of the initial student's evaluated samples
