@@ -84,14 +84,15 @@ def calibrate(exp: experiment_lib.Experiment, params, rng) -> tuple[float, str]:
   `calibrate_budget`, and the samples' corr(R, C) and cost quantiles of right and wrong
   answers (`stats.reward_cost`)."""
   cfg = exp.config
-  examples = calibration_examples(cfg)
+  _, examples, dropped = experiment_lib.heldout_parts(cfg)
   samples = calibration_samples(exp, params, rng, examples)
   q = cfg.calibrate_budget_quantile
   budget = constraint.calibrate_budget(samples["costs"], q)
   return budget, (f"budget d = {budget:.4g} ({exp.hp.cost}, {exp.hp.constraint}): the {q:g} "
                   f"quantile of {samples['costs'].size} samples of the initial student on "
                   f"{len(examples)} held-out calibration questions; {describe(samples)}; "
-                  f"evaluation on {len(exp.test_examples)} other held-out questions")
+                  f"evaluation on {len(exp.test_examples)} other held-out questions (each "
+                  f"once: {dropped} repeated draws of the test split dropped)")
 
 
 def describe(samples: dict) -> str:
