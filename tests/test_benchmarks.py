@@ -18,6 +18,8 @@ def test_the_benchmarks_run_at_tiny_sizes():
                            "--steps", "1"),
       "objectives": _start("benchmarks/objectives.py", "--batch", "4", "--length", "16",
                            "--vocab", "64", "--layers", "1", "--width", "32", "--reps", "1"),
+      "dynamic_sampling": _start("benchmarks/dynamic_sampling.py", "--config",
+                                 "configs/tiny.py", "--steps", "1"),
       "reward": _start("benchmarks/reward.py", "--batch", "2", "--length", "16", "--vocab",
                        "64", "--chunks", "0,8", "--reward_batch", "4", "--reward_length", "32"),
   }
@@ -33,4 +35,6 @@ def test_the_benchmarks_run_at_tiny_sizes():
   for name in ("cmdp", "soft_lagrangian"):
     assert any(line.startswith(name) and "tokens/s" in line
                for line in out["objectives"].splitlines()), out["objectives"]
+  for row in ("| off | 1.00 |", "| on |", "peak memory"):
+    assert row in out["dynamic_sampling"], (row, out["dynamic_sampling"])
   assert "chunk_size=8" in out["reward"] and "chunk_size=None" in out["reward"], out["reward"]

@@ -130,7 +130,7 @@ def common_metrics(student_logits: jax.Array, teacher_logits, batch: dict,
     (negative: the student is sharper than its teacher).
   violating_cost, violating_cost_before_flag: sum over violating responses of `C(y)`, and
     of the part of it before the Sauté flag fires, per sequence of the batch (their ratio,
-    `cost_before_flag`, is formed by the trainer when some response violates).
+    `cost_before_flag`, is formed by the train step when some response violates).
   `costs` (`[B, L]`, the constraint's per-token costs) may be passed when computed.
   """
   mask = batch["mask"]

@@ -45,8 +45,10 @@ def param_shardings(cfg: models.ModelConfig, mesh, params=None):
 
 def train_step(objective: Objective, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
                optimizer, step_config: step_lib.StepConfig, mesh, state_shardings,
-               teacher_cfg: models.ModelConfig | None, teacher_mesh=None):
-  """The update `(state, teacher_params, batch) -> (state, metrics)`.
+               teacher_cfg: models.ModelConfig | None, teacher_mesh=None,
+               learning_rate=None):
+  """The update `(state, teacher_params, batch) -> (state, metrics)` (`learning_rate`: the
+  optimiser's schedule, for the step's `update_ratio`).
 
   A teacher on the student's mesh (`teacher_mesh` None or `mesh`): one jitted program, the
   teacher inside it, microbatch by microbatch. A teacher on a mesh of its own: the host
@@ -56,14 +58,16 @@ def train_step(objective: Objective, hp: ObjectiveConfig, student_cfg: models.Mo
   """
   if teacher_cfg is not None and teacher_mesh is not None and teacher_mesh is not mesh:
     build = functools.partial(host_programs, objective, hp, student_cfg, optimizer,
-                              step_config, mesh, state_shardings, teacher_cfg, teacher_mesh)
+                              step_config, mesh, state_shardings, teacher_cfg, teacher_mesh,
+                              learning_rate=learning_rate)
     return step_lib.make_host_train_step(functools.lru_cache(maxsize=4)(build), step_config,
                                          hp.group_size)
   rows = NamedSharding(mesh, sharding.batch_spec())
   fn = step_lib.make_train_step(objective, hp, student_cfg, optimizer, step_config,
                                 teacher_config=teacher_cfg,
                                 constrain_rows=_row_constraint(mesh),
-                                constrain_grads=_grad_constraint(state_shardings))
+                                constrain_grads=_grad_constraint(state_shardings),
+                                learning_rate=learning_rate)
   teacher_sh = (param_shardings(teacher_cfg, teacher_mesh or mesh) if teacher_cfg is not None
                 else None)
   return jax.jit(sharding.on_mesh(fn, mesh), in_shardings=(state_shardings, teacher_sh, rows),
@@ -91,7 +95,7 @@ def _grad_constraint(state_shardings):
 def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
                   optimizer, step_config: step_lib.StepConfig, mesh, state_shardings,
                   teacher_cfg: models.ModelConfig, teacher_mesh,
-                  micro_rows: int) -> step_lib.HostPrograms:
+                  micro_rows: int, learning_rate=None) -> step_lib.HostPrograms:
   """The compiled `step_lib.StepParts` of an update whose teacher has a mesh of its own,
   for microbatches of `micro_rows` sequences (see `step_lib.make_host_train_step`).
 
@@ -102,7 +106,8 @@ def host_programs(objective: Objective, hp: ObjectiveConfig, student_cfg: models
   """
   parts = step_lib.make_step_parts(objective, hp, student_cfg, optimizer, step_config,
                                    teacher_config=None, constrain_rows=_row_constraint(mesh),
-                                   constrain_grads=_grad_constraint(state_shardings))
+                                   constrain_grads=_grad_constraint(state_shardings),
+                                   learning_rate=learning_rate)
   parts = step_lib.StepParts(*(sharding.on_mesh(f, mesh) for f in parts))
   rep = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, sharding.batch_spec())

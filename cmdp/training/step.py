@@ -191,7 +191,8 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
                     step_config: StepConfig = StepConfig(),
                     teacher_config: models.ModelConfig | None = None,
                     constrain_rows: Callable = lambda x: x,
-                    constrain_grads: Callable = lambda g: g) -> StepParts:
+                    constrain_grads: Callable = lambda g: g,
+                    learning_rate: Callable | None = None) -> StepParts:
   """The `StepParts` of an update (arguments as `make_train_step`'s)."""
   sc = step_config
   hp = with_default_chunking(hp, student_config)
@@ -314,10 +315,11 @@ def make_step_parts(objective: Objective, hp: ObjectiveConfig,
     out.update(objective.state_metrics(state.objective_state, hp))
     if sc.ppo_epochs > 1 or m > 1:
       out["grad_norm_max"] = grad_norm
+    update_norm = optax.global_norm(jax.tree.map(jnp.subtract, params, state.params))
+    out.update(derived_metrics(out, update_norm, state, learning_rate))
     out.update(
         loss=loss, grad_norm=first_norm, skipped=sum(n["skipped"] for n in norms), param_norm=optax.global_norm(state.params),
-        update_norm=optax.global_norm(jax.tree.map(jnp.subtract, params, state.params)),
-        nonfinite=1.0 - finite.astype(jnp.float32))
+        update_norm=update_norm, nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, out
 
   return StepParts(prepare=prepare, select=select, micro=micro, zeros=zeros,
@@ -330,7 +332,8 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
                     step_config: StepConfig = StepConfig(),
                     teacher_config: models.ModelConfig | None = None,
                     constrain_rows: Callable = lambda x: x,
-                    constrain_grads: Callable = lambda g: g):
+                    constrain_grads: Callable = lambda g: g,
+                    learning_rate: Callable | None = None):
   """Returns the pure `train_step(state, teacher_params, batch) -> (state, metrics)`: one
   program, the teacher inside the accumulation scan.
 
@@ -344,6 +347,8 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
       `make_host_train_step` instead, which never holds them for the whole batch).
     constrain_rows, constrain_grads: sharding constraints for a microbatch's rows and for
       the gradients (identity off a mesh; see cmdp.training.programs).
+    learning_rate: the optimiser's schedule (of its update count), for `update_ratio`;
+      None: not logged.
 
   Args of the returned function:
     state: a `TrainState` (donated by the compiled program).
@@ -356,7 +361,7 @@ def make_train_step(objective: Objective, hp: ObjectiveConfig,
   sc = step_config
   group = hp.group_size
   parts = make_step_parts(objective, hp, student_config, optimizer, step_config,
-                          teacher_config, constrain_rows, constrain_grads)
+                          teacher_config, constrain_rows, constrain_grads, learning_rate)
 
   def minibatch_update(params, opt_state, teacher_params, objective_state, rows, shared):
     n = sc.grad_accum_steps
@@ -531,6 +536,38 @@ def make_grad_fn(objective: Objective, hp: ObjectiveConfig,
     grads = pullback(g)[0] if params_grad else None
     return loss, metrics, signal, grads
   return grad_fn
+
+
+# Metrics that exist only where they are defined: NaN otherwise, and then not logged.
+OPTIONAL_METRICS = ("cost_before_flag", "update_ratio")
+
+
+def derived_metrics(metrics: dict, update_norm, state: TrainState,
+                    learning_rate: Callable | None) -> dict:
+  """Ratios of the step's measurements, formed inside the step (NaN where undefined):
+
+  cost_before_flag: `violating_cost_before_flag / violating_cost`, the share of the
+    violating responses' cost before the Sauté flag fires (undefined when none violates);
+  update_ratio: `update_norm / (lr sqrt(P))`, `P` the student's parameters and `lr` the
+    schedule's rate at the optimiser's update count (its first update of the step; the
+    count does not move on a skipped update): 1 when Adam moves every weight by about lr
+    (its first step, or a steady gradient sign), about `sqrt((1 - b1) / (1 + b1))` = 0.23
+    at `b1 = 0.9` under pure noise (undefined at lr = 0).
+  """
+  out = {}
+  if "violating_cost" in metrics:
+    v = metrics["violating_cost"]
+    out["cost_before_flag"] = jnp.where(
+        v > 0, metrics["violating_cost_before_flag"] / jnp.where(v > 0, v, 1.0), jnp.nan)
+  if learning_rate is not None:
+    counts = [s.count for s in jax.tree.leaves(
+        state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+              if isinstance(s, optax.ScaleByScheduleState)]
+    lr = learning_rate(counts[0] if counts else state.step)
+    root_p = sum(x.size for x in jax.tree.leaves(state.params)) ** 0.5
+    out["update_ratio"] = jnp.where(lr > 0, update_norm / (jnp.where(lr > 0, lr, 1.0) * root_p),
+                                    jnp.nan)
+  return out
 
 
 def has_gradient(grads) -> jax.Array:

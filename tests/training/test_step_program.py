@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cmdp import models, sharding
 from cmdp.objectives import ObjectiveConfig, get_objective
+from cmdp.training import optimizer as optimizer_lib
 from cmdp.training import programs
 from cmdp.training import step as step_lib
 from cmdp.training import trainer, experiment
@@ -178,7 +179,9 @@ def test_a_teacher_on_its_own_devices_gives_the_inside_step(disjoint, monkeypatc
                                        exp.teacher.config)
   inside = programs.train_step(exp.objective, exp.hp, exp.student.config, exp.optimizer,
                                exp.step_config, exp.student_mesh, shardings,
-                               exp.teacher.config)
+                               exp.teacher.config, learning_rate=optimizer_lib.
+                               learning_rate_schedule(exp.config.optimizer,
+                                                      exp.config.num_steps))
   want_state, want = inside(jax.tree.map(jnp.copy, state), teacher_here, batch)
   got_state, got = host(jax.tree.map(jnp.copy, state), exp.step_teacher_params, batch)
   c = exp.config
@@ -187,14 +190,17 @@ def test_a_teacher_on_its_own_devices_gives_the_inside_step(disjoint, monkeypatc
   assert not whole, whole
   assert set(got) == set(want)
   for key, value in want.items():
-    assert float(got[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+    assert float(got[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7, nan_ok=True), key
   assert int(got_state.step) == int(want_state.step) == 1
   for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("objective, overrides", [
-    ("cmdp", {"loss.tis_cap": 2.0, "ppo_epochs": 2, "ppo_minibatches": 2}),
+    # Without the boundary term this batch's first minibatch has no gradient, so the second
+    # minibatch's KL rows are scored by the params the scorer reads (the quantiles below).
+    ("cmdp", {"loss.tis_cap": 2.0, "ppo_epochs": 2, "ppo_minibatches": 2,
+              "loss.boundary_width": 0.0}),
     ("gkd", {}),
     ("dual_lagrangian", {"grad_accum_steps": 2})])
 def test_logits_over_the_response_window_give_the_whole_step(objective, overrides):
@@ -217,7 +223,7 @@ def test_logits_over_the_response_window_give_the_whole_step(objective, override
   (got_state, got), (want_state, want) = results
   assert float(want["kl_seq"]) > 0
   for key, value in want.items():
-    assert float(got[key]) == pytest.approx(float(value), rel=2e-5, abs=1e-6), key
+    assert float(got[key]) == pytest.approx(float(value), rel=2e-5, abs=1e-6, nan_ok=True), key
   for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     # Adam divides by the gradients' scale: float noise moves parameters ~1e-6
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
