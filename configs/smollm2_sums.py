@@ -7,8 +7,10 @@ SmolLM2 figures (bfloat16 weights) with that in mind.
 Main job (the README's), on its embedded default: sums of one- and two-digit numbers, a
 20-layer student (every third teacher layer from layer 1 dropped) refitted by layer-wise
 least squares on 256 teacher samples (the heal stage, cached in <workdir>/heal), the
-proposed `cmdp` objective with a budget calibrated on 512 samples of the refitted student,
-and the teacher, the initial and the trained student evaluated on 200 held-out problems:
+proposed `cmdp` objective with a budget calibrated on 4 samples of the refitted student for
+each of 200 held-out calibration questions (the test split's calibration part,
+`cmdp.data.heldout`), and the teacher, the initial and the trained student evaluated on 200
+other held-out questions, each once:
 
     python -m cmdp.train --config configs/smollm2_sums.py --workdir /tmp/cmdp_smollm2
 
@@ -121,12 +123,24 @@ def get_config(arg=None):
   c.loss.group_size = 4  # samples per prompt (leave-one-out baseline)
   c.loss.budget = 30.0  # nats per response; replaced by calibration below
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
-  c.calibration_prompts = 128  # x group_size = 512 samples
-  c.calibration_batch_size = 64  # 8 passes of 64 samples (passes of 16 took 1.2x as long)
+  # As many calibration questions as evaluated ones (test_size), so the two parts of the
+  # test split are made alike (cmdp.data.heldout: half its draws are a few one-digit sums,
+  # split evenly between them); x group_size = 800 samples.
+  c.calibration_prompts = 200
+  c.calibration_batch_size = 64  # passes of 64 samples (passes of 16 took 1.2x as long)
   # The penalty is cmdp's default, chosen by argument before any comparison ran
   # (docs/method.md): Sauté's constant unsafe reward, -1 once when the budget runs out.
   c.probe_every = 5  # re-score a fixed set of 8 x 4 initial samples every 5 steps
   c.batch_size = 16  # 4 prompts x 4 samples
+  # Dynamic sampling: a step trains only on groups with contrast (a row with a nonzero
+  # gradient of the loss), resampling generation batches of 4 prompts, at most 4 a step.
+  # Under cmdp's boundary term every group with a sample within 10 kernel widths of d (any
+  # cost up to 2d) carries a gradient, so most steps need one generation batch; under grpo
+  # (`objective=grpo`) only groups whose answers differ do (a third of them at the start).
+  # Its 30 steps without it had 20 without any gradient (docs/main-job.md).
+  c.dynamic_sampling.enabled = True
+  c.dynamic_sampling.generation_prompts = 4
+  c.dynamic_sampling.max_generation_batches = 4
   c.num_steps = arg.steps
   c.log_every = 1
   # 3e-6, not 1e-5: the refitted student sits close to its teacher (median sampled KL 0.2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 
 from cmdp import data
@@ -45,9 +46,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(
       {k: v for k, v in dataclasses.asdict(ObjectiveConfig()).items() if k != "temperature"})
   # Budget calibration (method.md): if > 0, set loss.budget to this quantile of the initial
-  # student's per-sequence cost against the teacher, measured on `calibration_prompts`.
+  # student's per-sequence cost against the teacher, measured on held-out problems drawn as
+  # the evaluated ones are (`calibration_prompts`; cmdp.training.calibration).
   c.calibrate_budget_quantile = 0.0
-  c.calibration_prompts = 16  # prompts (x group_size samples) used for calibration
+  # questions of the test split's calibration part (cmdp.data.heldout: disjoint from the
+  # training and the evaluated problems; made alike with data.test_size equal), each x
+  # group_size samples
+  c.calibration_prompts = 16
   c.calibration_batch_size = 0  # sequences sampled and scored per pass (0 = batch_size)
   c.format_reward_weight = 0.0  # task reward = correct + this * well-formed '#### n' line
 
@@ -92,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       train="reasoning_gym:basic_arithmetic",  # see cmdp.data.load_task
       test="reasoning_gym:basic_arithmetic",  # evaluation task (disjoint seed / split)
       train_size=1_000,  # procedural tasks: examples generated (ignored for files)
-      test_size=64,  # examples evaluated
+      test_size=64,  # questions evaluated (the test split's evaluated part, data.heldout)
       task_kwargs=ml_collections.ConfigDict(),  # extra reasoning-gym task arguments
       system_prompt="",  # "" = cmdp.data default (step by step, final line '#### <n>')
       few_shot=(),  # (question, worked solution) pairs shown before each question
@@ -114,6 +119,17 @@ def base_config() -> ml_collections.ConfigDict:
       sft_source="reference",  # off-policy sequences: reference solutions | teacher samples
       teacher_logits_dtype="float32",  # teacher logits passed to the loss: float32 | bfloat16
   ))
+  # Dynamic sampling (DAPO's filter_groups): a step trains only on prompt groups with
+  # contrast, groups whose rows give the objective's loss a nonzero gradient (docs/method.md);
+  # generation batches are sampled and filtered until the step's batch is full.
+  c.dynamic_sampling = ml_collections.ConfigDict(dict(
+      enabled=False,  # on: fill each step with groups that carry a gradient
+      generation_prompts=0,  # prompts per generation batch (0 = the step's prompts)
+      max_generation_batches=4,  # cap on generation batches per step
+      # at the cap without a full batch: proceed (fill the rest with the step's first groups
+      # without contrast, which add nothing to the update; logged) | error
+      at_cap="proceed",
+  ))
 
   c.batch_size = 8  # sequences per step (prompts x loss.group_size)
   c.grad_accum_steps = 1  # microbatches per optimiser update (each holds whole groups)
@@ -130,6 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
       b2=0.999,  # Adam second-moment decay
       eps=1e-8,  # Adam denominator epsilon
       grad_clip_norm=1.0,  # global-norm clipping; 0 = off
+      # an update whose gradient is exactly zero (no group with contrast) leaves the params
+      # and the optimiser state bitwise unchanged, counted as `skipped`; False: Adam's
+      # momentum moves the params on a zero gradient
+      skip_zero_grad=True,
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(
@@ -308,6 +328,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.schedule", f"{config.optimizer.schedule!r}; use constant, cosine or linear.")
   if config.optimizer.learning_rate < 0:
     fail("optimizer.learning_rate", "must be >= 0.")
+  ds = config.dynamic_sampling
+  if ds.generation_prompts < 0 or (ds.generation_prompts and jax.process_count() > 1 and
+                                   ds.generation_prompts % jax.process_count()):
+    fail("dynamic_sampling.generation_prompts", f"{ds.generation_prompts} must be 0 (the "
+         "step's prompts) or a positive number of prompts that splits over the processes.")
+  if ds.max_generation_batches < 1:
+    fail("dynamic_sampling.max_generation_batches", "must be >= 1.")
+  if ds.enabled and not get_objective(config.objective).on_policy:
+    fail("dynamic_sampling.enabled", f"objective {config.objective!r} trains on reference "
+         "text, not on rollouts to filter; set dynamic_sampling.enabled=False.")
+  if (ds.enabled and config.rollout.on_policy_fraction < 1 and ds.generation_prompts
+      and ds.generation_prompts != config.batch_size // g):
+    fail("dynamic_sampling.generation_prompts", f"{ds.generation_prompts}: with off-policy "
+         "steps (rollout.on_policy_fraction < 1) a generation batch is also an off-policy "
+         f"step's prompts; use 0 or the step's {config.batch_size // g}.")
+  if ds.at_cap not in ("proceed", "error"):
+    fail("dynamic_sampling.at_cap", f"{ds.at_cap!r}; use 'proceed' or 'error'.")
   if config.data.max_prompt_len < 1:
     fail("data.max_prompt_len", "must be >= 1.")
   if config.eval.pass_k < 0:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cmdp import data, sharding
+from cmdp.data import heldout
 from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.training import config as config_lib
 from cmdp.training import models as model_lib
@@ -136,7 +137,8 @@ class Experiment:
                                teacher_logits_dtype=c.rollout.teacher_logits_dtype,
                                response_start=0 if references else self.response_start,
                                shared_prefix=self.shared_prefix,
-                               group_prefix=0 if references else self.group_prefix)
+                               group_prefix=0 if references else self.group_prefix,
+                               skip_zero_grad=c.optimizer.skip_zero_grad)
 
   @property
   def group_prefix(self) -> int:
@@ -165,7 +167,9 @@ class Experiment:
     `self.step_config`): the step's layout, e.g. without the group prefix for a benchmark."""
     return programs.train_step(self.objective, hp, self.student.config, self.optimizer,
                                step_config or self.step_config, self.student_mesh,
-                               state_shardings, self.teacher.config, self.teacher_mesh)
+                               state_shardings, self.teacher.config, self.teacher_mesh,
+                               optimizer_lib.learning_rate_schedule(self.config.optimizer,
+                                                                    self.config.num_steps))
 
   @property
   def step_teacher_params(self):
@@ -240,6 +244,26 @@ class Experiment:
       scores = jax.device_put(scores, self.batch_sharding())
     return processes.process_rows(scores)
 
+  def row_signal(self, params, batch: dict, objective_state) -> np.ndarray:
+    """Host bool `[B]`: which rows of a training batch (`make_batch`'s, with its
+    `task_reward`) give the objective's loss a nonzero gradient for the student `params`
+    (`step.make_grad_fn`'s signal: the loss's gradient with respect to the logits, no
+    backward pass through the model); this process's rows, as `score_sequences`."""
+    batch = dict(batch)
+    teacher_params = self.teacher.params if self.teacher_inside_step else None
+    if teacher_params is None and self.objective.needs_teacher:
+      batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
+    sc = self.step_config
+    fn = programs.row_signal(self.config.objective, self.hp, self.student.config,
+                             self.teacher.config if teacher_params is not None else None,
+                             sc.teacher_logits_dtype, sc.response_start,
+                             tuple(sorted(sc.prefixes(self.hp.group_size).items())),
+                             self.student_mesh)
+    signal = fn(params, teacher_params, batch, objective_state)
+    if jax.process_count() > 1:
+      signal = jax.device_put(signal, self.batch_sharding())
+    return np.asarray(processes.process_rows(signal), bool)
+
   # ---- prompts ----
 
   def prompt_text(self, question: str) -> str:
@@ -288,26 +312,40 @@ def stop_token_ids(tokenizer, stops) -> list[int]:
 
 
 def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
+  """The examples of "train", or of the test split's "test" or "calibration" part
+  (`cmdp.data.heldout.load_parts`: `data.test_size` and `calibration_prompts` distinct
+  questions)."""
   d = config.data
   spec = d.train if which == "train" else d.test
   size = d.train_size if which == "train" else d.test_size
+  field = "train" if which == "train" else "test"  # the config field of its task
   task = spec.get("task") if hasattr(spec, "get") else spec
   kind = str(task).split(":", 1)[0]
   if d.task_kwargs and kind in ("gsm8k", "math"):  # a file task after a reasoning-gym config
-    raise ValueError(f"config.data.{which}={task!r} is a {kind} file, which takes none of "
+    raise ValueError(f"config.data.{field}={task!r} is a {kind} file, which takes none of "
                      f"config.data.task_kwargs {sorted(d.task_kwargs)} (reasoning-gym task "
                      "arguments): clear them with --config.data.task_kwargs='{}'.")
   # Procedural tasks keep train and test questions apart; files have their splits.
   try:
-    examples = data.load_task(spec, split=which, size=size, seed=config.seed,
-                              **d.task_kwargs.to_dict())
+    if which == "train":
+      examples = data.load_task(spec, split=which, size=size, seed=config.seed,
+                                **d.task_kwargs.to_dict())
+    else:
+      examples = heldout_parts(config)[0 if which == "test" else 1]
   except (FileNotFoundError, RuntimeError) as e:  # a missing directory, an unreachable hub
-    raise FileNotFoundError(f"config.data.{which}={spec!r}: {e}") from e
-  if which == "test":
-    examples = examples[:d.test_size]
+    raise FileNotFoundError(f"config.data.{field}={spec!r}: {e}") from e
   if not examples:
-    raise ValueError(f"config.data.{which}: the {which} split of {spec!r} is empty.")
+    raise ValueError(f"config.data.{field}: the {which} examples of {spec!r} are empty.")
   return examples
+
+
+def heldout_parts(config: ml_collections.ConfigDict) -> tuple[list, list, int]:
+  """`(evaluated, calibration, repeats dropped)`: the parts of `config.data.test`'s test
+  split (`cmdp.data.heldout.load_parts`), `data.test_size` and `calibration_prompts`
+  questions."""
+  d = config.data
+  return heldout.load_parts(d.test, d.test_size, config.calibration_prompts, config.seed,
+                            **d.task_kwargs.to_dict())
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:

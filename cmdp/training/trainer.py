@@ -30,15 +30,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cmdp import constraint, data, evaluation, models, sharding
+from cmdp import data, evaluation, models, sharding
 from cmdp.training import batch as batch_lib
+from cmdp.training import calibration
 from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment as experiment_lib
 from cmdp.training import logging as log_lib
-from cmdp.training import optimizer as optimizer_lib
 from cmdp.training import step as step_lib
+from cmdp.training import rollouts
 from cmdp.training.rollouts import make_batch
 from cmdp.training.processes import process_shard, rows_over_processes
 
@@ -97,33 +98,9 @@ def refit_student(exp: experiment_lib.Experiment, rng) -> tuple[dict, list]:
                           ridge=cfg.student.refit_ridge, batch_size=rows)
 
 
-def calibration_costs(exp: experiment_lib.Experiment, params, rng) -> np.ndarray:
-  """The per-sequence costs `C(y)` of `calibration_prompts x group_size` samples of the
-  student `params` at the training temperature (the constraint of `exp.hp`; docs/method.md).
-
-  In a multi-process run each process samples and scores its own rows of every batch; the
-  costs of every process are returned, so all processes get the same array.
-  """
-  cfg = exp.config
-  n = max(cfg.calibration_prompts, 1)
-  costs = []
-  rows = cfg.calibration_batch_size or cfg.batch_size  # per sampling and scoring pass
-  it = data.PromptIterator(exp.train_examples, rows // exp.hp.group_size,
-                           seed=cfg.seed + 7, shard=process_shard())
-  # Placed as the train state's key is, so the rollouts reuse the training sampler's program.
-  rng = jax.device_put(rng, jax.sharding.NamedSharding(exp.student_mesh, P()))
-  while len(costs) < n * exp.hp.group_size:
-    batch, _ = make_batch(exp, params, it.next_batch(), jax.random.fold_in(rng, len(costs)), True)
-    local = exp.score_sequences(params, batch)["sequence_cost"]
-    costs.extend(rows_over_processes(local).tolist())
-  return np.asarray(costs)
-
-
-def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
-  """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)`
-  (`calibration_costs`)."""
-  return float(constraint.calibrate_budget(calibration_costs(exp, params, rng),
-                                           exp.config.calibrate_budget_quantile))
+# Budget calibration on held-out problems: cmdp.training.calibration (the names stay here).
+calibration_costs = calibration.calibration_costs
+calibrate_budget = calibration.calibrate_budget
 
 
 def probe_batch(exp: experiment_lib.Experiment, params, seed: int) -> dict:
@@ -220,7 +197,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
                   f"({time.perf_counter() - t0:.0f} s)")
   state, shardings = create_state(exp, params)
   del params
-  it = data.PromptIterator(exp.train_examples, config.batch_size // hp.group_size,
+  it = data.PromptIterator(exp.train_examples, rollouts.draw_prompts(config),
                            seed=config.seed, shard=process_shard())
   if not start_fresh:
     state, meta = checkpointer.restore(state, exp.student.config)
@@ -232,12 +209,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
       state = state.replace(params=initial_params(exp, state))
     if config.calibrate_budget_quantile > 0:
       t0 = time.perf_counter()
-      budget = calibrate_budget(exp, state.params, jax.random.PRNGKey(config.seed + 1))
+      budget, said = calibration.calibrate(exp, state.params,
+                                           jax.random.PRNGKey(config.seed + 1))
       hp = hp.replace(budget=budget)
-      samples = config.calibration_prompts * hp.group_size
-      log_lib.stage("calibrate", f"budget d = {budget:.4g} ({hp.cost}, {hp.constraint}): the "
-                    f"{config.calibrate_budget_quantile:g} quantile of {samples} samples of "
-                    f"the initial student ({time.perf_counter() - t0:.0f} s)")
+      log_lib.stage("calibrate", f"{said} ({time.perf_counter() - t0:.0f} s)")
   exp = exp.with_hp(hp)  # the calibrated or restored budget
   if start_fresh and (config.eval.include_teacher or config.eval.include_initial_student):
     t0 = time.perf_counter()
@@ -256,11 +231,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   start = int(state.step)
   probe = (probe_batch(exp, initial_params(exp, state) if start else state.params, config.seed)
            if config.probe_every else None)
-  # update_ratio = update_norm / (lr sqrt(P)): Adam moves each weight by about lr when its
-  # gradient's sign is steady (1 at its first step), by about lr sqrt((1 - b1) / (1 + b1))
-  # (0.23 at b1 = 0.9) under pure noise.
-  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_steps)
-  root_p = float(np.sqrt(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))))
   writer = log_lib.MetricWriter(workdir, start_step=start)
   if probe is not None and start == 0:
     writer.write(0, probe_metrics(exp, state.params, probe, hp))
@@ -275,15 +245,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
         on_policy = objective.on_policy and (
             np.random.default_rng((config.seed, step)).random()
             < config.rollout.on_policy_fraction)
-        rng = jax.random.fold_in(state.rng, step)
-        batch, host = make_batch(exp, state.params, it.next_batch(), rng, on_policy)
+        batch, host = rollouts.next_batch(exp, state, it, step, on_policy)
         t1 = time.perf_counter()
         state, metrics = train_step(state, exp.step_teacher_params, batch)
         metrics = jax.device_get(metrics)
         t2 = time.perf_counter()
         if metrics["nonfinite"]:
           checkpointer.save(step, state, _meta(exp, it, hp), wait=True)
-          bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+          bad = sorted(k for k, v in metrics.items()
+                       if not np.isfinite(v) and k not in step_lib.OPTIONAL_METRICS)
           raise FloatingPointError(
               f"Step {step}: non-finite {bad}; the update was skipped and the last good state "
               f"saved in {checkpointer.directory}. Lower optimizer.learning_rate, tighten "
@@ -292,16 +262,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
                  "sat": metrics["constraint_satisfaction"]}
         if "penalty" in metrics:  # the constraint's price in reward units, beside the reward
           shown["pen"] = metrics["penalty"]
+        if "generation_batches" in host:  # dynamic sampling: rollouts this step took
+          shown["gen"] = host["generation_batches"]
         tokens_per_s = progress.update(host["new_tokens"], shown)
-        row = {f"train/{k}": v for k, v in metrics.items()}
-        if "accuracy" in host:
-          row["train/accuracy"] = host["accuracy"]
-        if metrics.get("violating_cost", 0) > 0:  # the share of it before the Sauté flag
-          row["train/cost_before_flag"] = float(
-              metrics["violating_cost_before_flag"] / metrics["violating_cost"])
-        lr = float(schedule(step))
-        if lr > 0:
-          row["train/update_ratio"] = float(metrics["update_norm"]) / (lr * root_p)
+        # Every figure is measured inside the step; one undefined at this step (NaN) is left out.
+        row = {f"train/{k}": v for k, v in metrics.items()
+               if not (k in step_lib.OPTIONAL_METRICS and np.isnan(v))}
+        row.update({f"train/{k}": v for k, v in host.items() if k != "new_tokens"})
         row.update({"train/budget": hp.budget,
                     "perf/rollout_and_scoring_s": t1 - t0, "perf/update_s": t2 - t1,
                     "perf/step_s": t2 - t0, "perf/tokens_per_s": tokens_per_s,
