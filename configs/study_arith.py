@@ -76,7 +76,7 @@ def get_config(arg=None):
       "samples (at 5e-5 for 60 steps grpo lost 10 points on the problems without a "
       "multiplication, at 2e-5 under 1); 40 steps, set by the study's 90-minute limit. The "
       "budgets follow the protocol (the 0.5 and 0.9 quantiles). " +
-      protocol.settled_rerun_note("5c78892", "arith"))
+      protocol.settled_rerun_note("5c78892", "arith") + " " + protocol.signal_note("22d7149"))
   # Where the report goes: "" = <workdir>/results; the committed report was written with
   # `--output_dir docs/results` (python -m cmdp.study --help).
   c.output_dir = ""
@@ -134,6 +134,10 @@ def get_config(arg=None):
   r.rollout.max_new_tokens = 72
   r.rollout.temperature = 0.7
   r.batch_size = 64  # 8 prompts x 8 samples
+  # Dynamic sampling: a step trains on 8 groups with contrast, from generation batches of 8
+  # prompts, at most 4 a step (docs/method.md).
+  r.dynamic_sampling.enabled = True
+  r.dynamic_sampling.max_generation_batches = 4
   r.num_steps = 40
   r.calibration_prompts = 64  # x 8 = 512 samples
   r.calibration_batch_size = 0

@@ -77,7 +77,8 @@ def get_config(arg=None):
       "samples, on sums of one- and two-digit numbers (reasoning-gym basic_arithmetic) as "
       "plain completion prompts.")
   c.protocol = PROTOCOL
-  c.settings_note = protocol.settled_rerun_note("b0ff3da", "smollm2")
+  c.settings_note = (protocol.settled_rerun_note("b0ff3da", "smollm2") + " "
+                     + protocol.signal_note("22d7149"))  # its runs: the main job's sampling
   c.output_dir = ""  # "" = <workdir>/results; the committed report: --output_dir docs/results
   c.seeds = int(arg.seeds)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache: compile once

@@ -56,6 +56,8 @@ DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
                ("train/cost_before_flag", "cost before flag", 100.0),
                ("train/kl_seq_q50", "batch KL q50", 1.0),
                ("train/update_ratio", "update / (lr sqrt P)", 1.0),
+               ("train/generation_batches", "generation batches / step", 1.0),
+               ("train/skipped", "updates skipped", 100.0),
                ("train/lambda", "lambda", 1.0))
 
 

@@ -46,6 +46,7 @@ def sft_config(study: ml_collections.ConfigDict, role: str) -> ml_collections.Co
   c.loss = ml_collections.ConfigDict(dataclasses.asdict(
       ObjectiveConfig(group_size=1, aggregation="token_mean")))
   set_objective(c, "sft")
+  c.dynamic_sampling.enabled = False  # reference solutions: no rollouts to filter
   c.tokenizer = "char"
   c.teacher.path = ""
   c.teacher.random_init = model_fields(**_DUMMY_TEACHER)

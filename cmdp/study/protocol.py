@@ -44,6 +44,16 @@ def settled_rerun_note(first_commit: str, name: str) -> str:
           f"exploratory tables against grpo were added after the results were read.")
 
 
+def signal_note(commit: str) -> str:
+  """The report's line on the runs made after dynamic sampling, the no-op step and cmdp's
+  boundary term landed (written before any such run)."""
+  return (f"From commit {commit} on, runs of this config sample dynamically (a step trains "
+          f"only on prompt groups that carry a gradient; generation batches per step in the "
+          f"diagnostics), an update without gradient leaves the student unchanged, and "
+          f"`cmdp` carries its boundary term (boundary_width 0.1; docs/method.md): reports "
+          f"made before are dated records of the earlier code, not comparable run for run.")
+
+
 def budget_name(quantile: float) -> str:
   """`q50` for the 0.5 quantile."""
   return f"q{round(100 * quantile):d}"

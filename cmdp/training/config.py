@@ -244,6 +244,7 @@ def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   h.loss.group_size = 1
   h.loss.budget = config.loss.budget
   h.rollout.on_policy_fraction = 0.0
+  h.dynamic_sampling.enabled = False  # teacher samples: nothing to filter
   h.rollout.sft_source = "teacher"
   h.batch_size = config.heal.batch_size
   h.grad_accum_steps = h.ppo_epochs = h.ppo_minibatches = 1

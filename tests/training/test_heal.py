@@ -17,6 +17,7 @@ from cmdp.training import checkpoint as ckpt_lib
 from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment
+from cmdp.training import rollouts
 from cmdp.training import step as step_lib
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
@@ -39,11 +40,13 @@ def _final_params(config, workdir):
 
 def test_heal_config_is_forward_kl_on_teacher_samples():
   config = tiny_config(**{"heal.steps": 5, "heal.batch_size": 4, "heal.learning_rate": 3e-4,
-                          "loss.budget": 7.0})
+                          "loss.budget": 7.0, "dynamic_sampling.enabled": True,
+                          "dynamic_sampling.generation_prompts": 2})
   h = config_lib.heal_config(config)
   config_lib.validate(h)  # a valid run of its own (no field the objective ignores)
   assert (h.objective, h.loss.gkd_beta, h.loss.budget) == ("gkd", 0.0, 7.0)
   assert (h.rollout.on_policy_fraction, h.rollout.sft_source) == (0.0, "teacher")
+  assert not h.dynamic_sampling.enabled  # teacher samples: nothing to filter (the run's on)
   assert (h.num_steps, h.batch_size, h.optimizer.learning_rate) == (5, 4, 3e-4)
   assert (h.heal.steps, h.calibrate_budget_quantile, h.eval_at_end) == (0, 0.0, False)
   assert h.rollout.temperature == config.rollout.temperature
@@ -110,19 +113,19 @@ def test_heal_and_init_workdir_are_exclusive():
 def test_sigterm_during_the_heal_stops_the_run_and_resumes_there(tmp_path, monkeypatch):
   overrides = {"heal.steps": 2, "heal.batch_size": 8, "num_steps": 1}
   workdir = str(tmp_path / "run")
-  real, calls = trainer.make_batch, []
+  real, calls = rollouts.make_batch, []
 
   def preempted(*args, **kwargs):
     calls.append(1)
     if len(calls) == 1:  # during the heal's first step
       os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
-  monkeypatch.setattr(trainer, "make_batch", preempted)
+  monkeypatch.setattr(rollouts, "make_batch", preempted)
   assert trainer.train(tiny_config(**overrides), workdir, evaluate_fn=_no_eval) == {}
   heal_dir = os.path.join(workdir, "heal")
   assert ckpt_lib.Checkpointer(heal_dir).latest_step() == 1
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # the run never began
-  monkeypatch.setattr(trainer, "make_batch", real)
+  monkeypatch.setattr(rollouts, "make_batch", real)
   trainer.train(tiny_config(**overrides), workdir, evaluate_fn=_no_eval)
   assert [r["step"] for r in read_metrics(heal_dir)] == [1, 2]
   assert [r["step"] for r in read_metrics(workdir)] == [1]
