@@ -158,6 +158,8 @@ def get_config(arg=None):
 
   if arg.small:
     c.num_steps = 2
+    # Random tiny models' groups rarely have contrast: two generation batches still resample.
+    c.dynamic_sampling.max_generation_batches = 2
     c.heal.steps = min(c.heal.steps, 1)
     c.student.refit_samples = min(c.student.refit_samples, 8)
     c.heal.batch_size = 4

@@ -168,6 +168,7 @@ def _small(c):
   c.title += " (small smoke run)"
   c.output_dir = ""
   c.seeds = 1
+  c.run.dynamic_sampling.max_generation_batches = 2  # still resamples, at half the rollouts
   c.task.max_ops = 3
   for role, width in (("teacher", 32), ("student", 16)):
     p = c.pretrain[role]

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 import cmdp.models as M
+from cmdp.models import presets
 from cmdp.models.bundled import smollm2_gguf_path
 from tests.training.tiny import run_train
 
@@ -58,8 +59,8 @@ def test_config_facts(smollm2):
   per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d  # q,o + k,v + MLP + 2 norms
   assert n_params == v * d + layers * per_layer + d == 134_515_008
   # The weightless preset (timings where the GGUF is not at hand) is this architecture.
-  assert M.presets.get("preset:smollm2-135m") == config.replace(dtype="float32")
-  assert M.presets.for_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") == config.replace(
+  assert presets.get("preset:smollm2-135m") == config.replace(dtype="float32")
+  assert presets.for_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") == config.replace(
       dtype="float32")
 
 

@@ -149,18 +149,26 @@ def test_dynamic_sampling_at_the_cap(monkeypatch):
     rollouts.next_batch(exp, state, it, 0, True)
 
 
+def _kept_and_trained(monkeypatch, layout):
+  """The step's kept prompts, the sampler's host figures and the params after its update."""
+  exp, state, it = _dynamic(monkeypatch, **{"dynamic_sampling.max_generation_batches": 16},
+                            **layout)
+  batch, host = rollouts.next_batch(exp, state, it, 0, True)
+  state, shardings = trainer.create_state(exp, exp.student.params)
+  state, _ = exp.make_train_step(exp.hp, shardings)(state, exp.step_teacher_params, batch)
+  return _prompts(exp, batch), host, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    return _kept_and_trained(monkeypatch, {"mesh.num_devices": 1})
+
+
 @pytest.mark.parametrize("mesh", [{"mesh.data": 1, "mesh.fsdp": 8},
                                   {"mesh.data": 2, "mesh.fsdp": 4}])
-def test_dynamic_sampling_on_a_mesh_equals_one_device(monkeypatch, mesh):
-  results = []
-  for layout in ({"mesh.num_devices": 1}, mesh):
-    exp, state, it = _dynamic(monkeypatch, **{"dynamic_sampling.max_generation_batches": 16},
-                              **layout)
-    batch, host = rollouts.next_batch(exp, state, it, 0, True)
-    state, shardings = trainer.create_state(exp, exp.student.params)
-    state, _ = exp.make_train_step(exp.hp, shardings)(state, exp.step_teacher_params, batch)
-    results.append((_prompts(exp, batch), host, jax.device_get(state.params)))
-  (p1, h1, w1), (p8, h8, w8) = results
+def test_dynamic_sampling_on_a_mesh_equals_one_device(monkeypatch, mesh, one_device):
+  (p1, h1, w1), (p8, h8, w8) = one_device, _kept_and_trained(monkeypatch, mesh)
   np.testing.assert_array_equal(p8, p1)
   assert h8 == h1
   for a, b in zip(jax.tree.leaves(w8), jax.tree.leaves(w1)):
