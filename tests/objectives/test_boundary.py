@@ -21,7 +21,7 @@ import pytest
 from cmdp.objectives import ObjectiveConfig, cmdp_reward, get_objective
 from tests.objectives import brute_force as bf
 from tests.objectives import reference as ref
-from tests.objectives.test_exact_gradient import expected_estimator_grad, true_grad, with_budget
+from tests.objectives.test_exact_gradient import expected_estimator_grad, with_budget
 from tests.objectives.test_losses import B, G, MASK, cmdp_reference, make_batch, run, seq_sum
 
 

@@ -24,7 +24,7 @@ CONTRAST = np.asarray([1, 0, 0, 0, 1, 1, 0, 1], np.float32)  # groups of 2: yes,
 TIED = np.asarray([1, 1, 0, 0, 1, 1, 0, 0], np.float32)  # every group tied
 
 
-def _fresh(exp, state, shardings):
+def _fresh(state, shardings):
   """A copy of `state` (the step donates its argument)."""
   return jax.device_put(jax.device_get(state), shardings)
 
@@ -50,13 +50,13 @@ def _tree_equal(a, b) -> bool:
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_a_step_without_gradient_leaves_params_and_optimiser_state_bitwise(optimizer):
   exp, state, shardings, batch, step = _setup(optimizer)
-  moved, m1 = step(_fresh(exp, state, shardings), exp.step_teacher_params,
+  moved, m1 = step(_fresh(state, shardings), exp.step_teacher_params,
                    _with_rewards(exp, batch, CONTRAST))
   assert m1["skipped"] == 0 and m1["grad_norm"] > 0
   # By hand: rows 0, 1 and 6, 7 have a nonzero leave-one-out advantage, rows 2-5 none.
   assert m1["rows_with_gradient"] == pytest.approx(0.5)
   assert m1["groups_with_contrast"] == pytest.approx(0.5)
-  after, m2 = step(_fresh(exp, moved, shardings), exp.step_teacher_params,
+  after, m2 = step(_fresh(moved, shardings), exp.step_teacher_params,
                    _with_rewards(exp, batch, TIED))
   assert m2["skipped"] == 1 and m2["grad_norm"] == 0 and m2["update_norm"] == 0
   assert m2["rows_with_gradient"] == 0 and m2["groups_with_contrast"] == 0
@@ -66,12 +66,12 @@ def test_a_step_without_gradient_leaves_params_and_optimiser_state_bitwise(optim
 
   # Without the switch Adam's momentum moves the params on the same zero gradient, and an
   # update with a gradient is the same as with it.
-  exp_off, _, _, _, step_off = _setup(optimizer, skip=False)
-  moved_off, _ = step_off(_fresh(exp, state, shardings), exp.step_teacher_params,
+  _, _, _, _, step_off = _setup(optimizer, skip=False)
+  moved_off, _ = step_off(_fresh(state, shardings), exp.step_teacher_params,
                           _with_rewards(exp, batch, CONTRAST))
   assert _tree_equal(moved_off.params, moved.params)
   assert _tree_equal(moved_off.opt_state, moved.opt_state)
-  drifted, m3 = step_off(_fresh(exp, moved_off, shardings), exp.step_teacher_params,
+  drifted, m3 = step_off(_fresh(moved_off, shardings), exp.step_teacher_params,
                          _with_rewards(exp, batch, TIED))
   assert m3["grad_norm"] == 0 and m3["update_norm"] > 0 and m3["skipped"] == 0
   assert not _tree_equal(drifted.params, moved.params)
