@@ -114,7 +114,10 @@ def test_two_processes_match_one(tmp_path):
     assert r["num_examples"] == r["num_greedy"] == r["num_sampled"] == TEST_SIZE
     assert r["budget"] == pytest.approx(budget)
     for key, value in r.items():
-      assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+      if value is None:  # a correlation where R or C is constant over the test set
+        assert g[key] is None, (name, key)
+      else:
+        assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
   # The orbax checkpoint of the last step, written by both processes together.
   assert os.path.isdir(os.path.join(two, "checkpoints", str(STEPS)))
 
