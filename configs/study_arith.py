@@ -30,10 +30,13 @@ CI smoke test).
 import ml_collections
 
 from cmdp.study import protocol
-from cmdp.training.config import base_config, model_fields, parse_arg
+from cmdp.training.config import base_config, config_module, model_fields, parse_arg
 
 GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: every family
 QUANTILES = (0.5, 0.9)  # the budgets: these quantiles of the initial student's sampled C(y)
+# The dated notes on this study's runs, printed in its report (`settings_note`): those of
+# configs/study_smollm2.py, whose protocol this study runs.
+SMOLLM2 = config_module(__file__, "study_smollm2.py")
 PROTOCOL = """\
 * **Cost and units.** `C(y)` = the sum over response tokens of the exact KL(student || teacher)
   (characters), in nats per sequence, on the deployed student, at the states of samples at
@@ -75,8 +78,8 @@ def get_config(arg=None):
       "sampled against 51% greedy); learning rate 2.5e-5 with batches of 8 prompts x 8 "
       "samples (at 5e-5 for 60 steps grpo lost 10 points on the problems without a "
       "multiplication, at 2e-5 under 1); 40 steps, set by the study's 90-minute limit. The "
-      "budgets follow the protocol (the 0.5 and 0.9 quantiles). " +
-      protocol.settled_rerun_note("5c78892", "arith") + " " + protocol.signal_note("22d7149"))
+      "budgets follow the protocol (the 0.5 and 0.9 quantiles). "
+      + SMOLLM2.rerun_note("5c78892", "arith") + " " + SMOLLM2.SIGNAL_NOTE)
   # Where the report goes: "" = <workdir>/results; the committed report was written with
   # `--output_dir docs/results` (python -m cmdp.study --help).
   c.output_dir = ""

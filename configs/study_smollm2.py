@@ -15,16 +15,35 @@ Arguments: `small` (a smoke run of the whole pipeline on the same task with a ti
 teacher and character tokens in place of SmolLM2: refit, calibration, 2-step runs of 2
 methods, one seed, the report; the CI test, about a minute), `seeds=N` (default 3).
 """
-import importlib.util
-import os
-
 import ml_collections
 
 from cmdp.study import protocol
-from cmdp.training.config import model_fields, parse_arg
+from cmdp.training.config import config_module, model_fields, parse_arg
 
 GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: the same for every family
 QUANTILES = (0.5, 0.9)  # the budgets: these quantiles of the initial student's sampled C(y)
+
+# Dated notes on this study's runs, printed in its report (`settings_note`), each written
+# before the runs it describes; configs/study_arith.py, on this protocol, carries them too.
+def rerun_note(first_commit: str, name: str) -> str:
+  """The note on the `cmdp` runs made again after the estimator change of 2026-12-06
+  (docs/method.md, settled tokens); the first runs' report at `first_commit`."""
+  return ("The `cmdp` runs (terminal penalty) were made again on 2026-12-06, after its "
+          "estimator gave no advantage to the tokens whose state fixes their return to go "
+          "(docs/method.md, settled tokens: unbiased, lower variance). That change was made "
+          "after reading the first runs' results; no protocol, grid, rule or setting was "
+          "changed, and no other method's estimator changed, so their runs stand. The first "
+          f"runs' report: `git show {first_commit}:docs/results/{name}.md`. The exploratory "
+          "tables against grpo were added after the results were read.")
+
+
+# The runs after dynamic sampling, the no-op step and cmdp's boundary term landed.
+SIGNAL_NOTE = (
+    "From commit 22d7149 on, runs of this config sample dynamically (a step trains only on "
+    "prompt groups that carry a gradient; generation batches per step in the diagnostics), an "
+    "update without gradient leaves the student unchanged, and `cmdp` carries its boundary "
+    "term (boundary_width 0.1; docs/method.md): reports made before are dated records of the "
+    "earlier code, not comparable run for run.")
 
 PROTOCOL = """\
 * **Cost and units.** `C(y)` = the sum over response tokens of the exact KL(student || teacher)
@@ -58,11 +77,7 @@ PROTOCOL = """\
 
 def _main_job(arg: str):
   """configs/smollm2_sums.py's config (the main job) with `arg`."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_sums.py")
-  spec = importlib.util.spec_from_file_location("smollm2_sums", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_module(__file__, "smollm2_sums.py").get_config(arg)
 
 
 def get_config(arg=None):
@@ -77,8 +92,8 @@ def get_config(arg=None):
       "samples, on sums of one- and two-digit numbers (reasoning-gym basic_arithmetic) as "
       "plain completion prompts.")
   c.protocol = PROTOCOL
-  c.settings_note = (protocol.settled_rerun_note("b0ff3da", "smollm2") + " "
-                     + protocol.signal_note("22d7149"))  # its runs: the main job's sampling
+  c.settings_note = (rerun_note("b0ff3da", "smollm2") + " "
+                     + SIGNAL_NOTE)  # its runs: the main job's sampling
   c.output_dir = ""  # "" = <workdir>/results; the committed report: --output_dir docs/results
   c.seeds = int(arg.seeds)
   c.compilation_cache = True  # JAX's persistent cache in <workdir>/jax_cache: compile once

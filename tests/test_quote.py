@@ -77,8 +77,7 @@ def test_the_docs_quote_the_committed_json(name):
 def _study():
   """Two seeds of two cmdp settings, one soft Lagrangian setting and grpo at budget q50;
   the initial student: 50% accurate, 50% of samples within d."""
-  methods = [m for m in protocol.methods((1, 3), (0.5,), cmdp_forms=("cmdp",), hinge=False,
-                                         dual=False, anchors=("grpo",))
+  methods = [m for m in protocol.methods((1, 3), (0.5,), ("cmdp", "soft_lagrangian", "grpo"))
              if m["name"] != "soft_lagrangian@3/q50"]
   values = {"cmdp@1/q50": ((0.60, 0.62), (0.49, 0.50)),  # holds, the most accurate holding
             "cmdp@3/q50": ((0.55, 0.55), (0.60, 0.62)),  # holds

@@ -200,10 +200,9 @@ def run_config(study, healed, method: dict, seed: int, budgets: dict):
   c.loss.budget = d
   for key, value in method.get("per_budget", {}).items():
     c.loss[key] = float(value) / d  # e.g. soft_lambda = (lambda d) / d
-  if method["objective"] == "dual_lagrangian" and c.loss.dual_target == "rate":
-    # the initial violation rate at this budget: the dual holds the initial satisfaction
-    q = {protocol.budget_name(q): q for q in study.budget_quantiles}[name]
-    c.loss.violation_target = round(1.0 - q, 6)
+  quantile = {protocol.budget_name(q): q for q in study.budget_quantiles}[name]
+  for key, value in protocol.rate_fields(method, quantile).items():
+    c.loss[key] = value  # e.g. the dual's violation_target: the initial rate 1 - q
   c.eval_at_end = True
   c.eval_every = 0
   c.lock()

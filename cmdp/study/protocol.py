@@ -3,12 +3,14 @@ budgets it is run at, and the decision rules, all fixed in the study's config be
 
 The constraint is read as `P(C(y) <= d) >= 1 - delta` on the deployed student's samples at
 the training temperature, so a method's satisfaction is the share of sampled responses
-within `d`. Every constrained family gets the same grid of knobs in budget units (`g`):
+within `d`. Every constrained family gets the same grid of knobs in budget units (`g`);
+`FAMILIES` says how each family reads it:
 
-* `cmdp` per penalty form: `penalty_scale = g` (`penalty_units = "budget"`);
-* `cmdp_hinge`: `penalty_scale = g`;
+* `cmdp` per penalty form, and `cmdp_hinge`: `penalty_scale = g` (`penalty_units =
+  "budget"`, the default);
 * `soft_lagrangian`: `lambda d = g`, i.e. `soft_lambda = g / d` (`per_budget`);
-* `dual_lagrangian`: the rate target, `P(C > d) <= violation_target`;
+* `dual_lagrangian`: no knob; the rate target `P(C > d) <= violation_target`, the initial
+  violation rate `1 - q` at the budget's quantile `q`;
 
 and the anchors (`grpo`, `gkd`) do not read `d`: they are trained once per seed and
 measured at every budget.
@@ -27,31 +29,38 @@ from __future__ import annotations
 
 import numpy as np
 
-# Families of constrained methods and the objective and penalty that define them.
-CMDP_FORMS = {"cmdp": dict(penalty="terminal"), "cmdp_scaled": dict(penalty="scaled")}
-LAGRANGIAN_FAMILIES = ("soft_lagrangian", "dual_lagrangian")
+# The method families, one row each; `methods` builds the grid from them (a new family is a
+# new row). A row:
+#   objective: the registered objective its methods train;
+#   loss: the loss fields every method of the family sets;
+#   knob: the loss field the grid's value g sets (None: one method per budget, no knob);
+#   units: the knob's units: "budget" (the field is g, read by the objective in budget
+#     units) or "per_d" (the field is g / d: g is given as lambda d, `per_budget`);
+#   rate_field: a loss field set to the budget's initial violation rate 1 - q (or None);
+#   role: "cmdp" (a contender the *beats* rule judges), "lagrangian" (its rivals) or
+#     "anchor" (no budget: trained once per seed, read at every budget).
+FAMILIES = {
+    "cmdp": dict(objective="cmdp", loss=dict(penalty="terminal"), knob="penalty_scale",
+                 units="budget", rate_field=None, role="cmdp"),
+    "cmdp_scaled": dict(objective="cmdp", loss=dict(penalty="scaled"), knob="penalty_scale",
+                        units="budget", rate_field=None, role="cmdp"),
+    "cmdp_hinge": dict(objective="cmdp_hinge", loss={}, knob="penalty_scale", units="budget",
+                       rate_field=None, role="cmdp"),
+    "soft_lagrangian": dict(objective="soft_lagrangian", loss={}, knob="soft_lambda",
+                            units="per_d", rate_field=None, role="lagrangian"),
+    "dual_lagrangian": dict(objective="dual_lagrangian", loss=dict(dual_target="rate"),
+                            knob=None, units=None, rate_field="violation_target",
+                            role="lagrangian"),
+    "grpo": dict(objective="grpo", loss={}, knob=None, units=None, rate_field=None,
+                 role="anchor"),
+    "gkd": dict(objective="gkd", loss={}, knob=None, units=None, rate_field=None,
+                role="anchor"),
+}
 
 
-def settled_rerun_note(first_commit: str, name: str) -> str:
-  """The report's line on the `cmdp` runs made again after the estimator change of
-  2026-12-06 (docs/method.md, settled tokens), written before they ran."""
-  return (f"The `cmdp` runs (terminal penalty) were made again on 2026-12-06, after its "
-          f"estimator gave no advantage to the tokens whose state fixes their return to go "
-          f"(docs/method.md, settled tokens: unbiased, lower variance). That change was made "
-          f"after reading the first runs' results; no protocol, grid, rule or setting was "
-          f"changed, and no other method's estimator changed, so their runs stand. The "
-          f"first runs' report: `git show {first_commit}:docs/results/{name}.md`. The "
-          f"exploratory tables against grpo were added after the results were read.")
-
-
-def signal_note(commit: str) -> str:
-  """The report's line on the runs made after dynamic sampling, the no-op step and cmdp's
-  boundary term landed (written before any such run)."""
-  return (f"From commit {commit} on, runs of this config sample dynamically (a step trains "
-          f"only on prompt groups that carry a gradient; generation batches per step in the "
-          f"diagnostics), an update without gradient leaves the student unchanged, and "
-          f"`cmdp` carries its boundary term (boundary_width 0.1; docs/method.md): reports "
-          f"made before are dated records of the earlier code, not comparable run for run.")
+def of_role(role: str) -> tuple[str, ...]:
+  """The families of `FAMILIES` with `role`, in the table's order."""
+  return tuple(f for f, row in FAMILIES.items() if row["role"] == role)
 
 
 def budget_name(quantile: float) -> str:
@@ -59,36 +68,43 @@ def budget_name(quantile: float) -> str:
   return f"q{round(100 * quantile):d}"
 
 
-def methods(grid, quantiles, *, cmdp_forms=tuple(CMDP_FORMS), hinge: bool = True,
-            soft: bool = True, dual: bool = True, anchors=("grpo", "gkd")) -> list[dict]:
+def _method(family: str, row: dict, g: float | None, budget: str | None) -> dict:
+  """One method of `family` (its `FAMILIES` row) at knob `g` and `budget`."""
+  knob = {} if g is None else {row["knob"]: float(g)}
+  name = family + ("" if g is None else f"@{g:g}") + ("" if budget is None else f"/{budget}")
+  per_d = row["units"] == "per_d"
+  return dict(name=name, objective=row["objective"], family=family,
+              loss=dict(row["loss"], **({} if per_d else knob)),
+              per_budget=knob if per_d else {}, budget=budget)
+
+
+def methods(grid, quantiles, families=None) -> list[dict]:
   """The methods of a comparison: every constrained family at every knob `g` of `grid` (in
-  budget units) and at every budget quantile, and the anchors once.
+  budget units; one method for a family without a knob) and at every budget quantile, then
+  the anchors once; `families` names the rows of `FAMILIES` to use (default: all), in the
+  table's order.
 
   A method is `{name, objective, family, loss, per_budget, budget}`: `loss` fields set as
   given, `per_budget` fields set to value / d, `budget` the quantile's name (None for the
   anchors, which do not read d).
   """
+  rows = [(f, row) for f, row in FAMILIES.items() if families is None or f in families]
   out = []
   for q in quantiles:
-    b = budget_name(q)
-    for form in cmdp_forms:
-      out += [dict(name=f"{form}@{g:g}/{b}", objective="cmdp", family=form,
-                   loss=dict(CMDP_FORMS[form], penalty_scale=float(g)), per_budget={},
-                   budget=b) for g in grid]
-    if hinge:
-      out += [dict(name=f"cmdp_hinge@{g:g}/{b}", objective="cmdp_hinge", family="cmdp_hinge",
-                   loss=dict(penalty_scale=float(g)), per_budget={}, budget=b) for g in grid]
-    if soft:
-      out += [dict(name=f"soft_lagrangian@{g:g}/{b}", objective="soft_lagrangian",
-                   family="soft_lagrangian", loss={}, per_budget=dict(soft_lambda=float(g)),
-                   budget=b) for g in grid]
-    if dual:
-      out.append(dict(name=f"dual_lagrangian/{b}", objective="dual_lagrangian",
-                      family="dual_lagrangian", loss=dict(dual_target="rate"), per_budget={},
-                      budget=b))
-  out += [dict(name=a, objective=a, family=a, loss={}, per_budget={}, budget=None)
-          for a in anchors]
-  return out
+    for family, row in rows:
+      if row["role"] != "anchor":
+        knobs = grid if row["knob"] else (None,)
+        out += [_method(family, row, g, budget_name(q)) for g in knobs]
+  return out + [_method(f, row, None, None) for f, row in rows if row["role"] == "anchor"]
+
+
+def rate_fields(method: dict, quantile: float) -> dict:
+  """The loss fields `method` sets from its budget's quantile `q`: its family's `rate_field`
+  at the initial violation rate `1 - q` (the dual then holds the initial satisfaction)."""
+  row = FAMILIES.get(method.get("family"))
+  if row is None or row["rate_field"] is None:
+    return {}
+  return {row["rate_field"]: round(1.0 - quantile, 6)}
 
 
 def _seeds(per_seed: dict, name: str, key: str) -> np.ndarray:
@@ -140,8 +156,8 @@ def decide(per_seed: dict, methods_: list[dict], initial: dict, budget: str, *,
                     else None)
   by_name = {m["name"]: m for m in here}
   beats = {}
-  rivals = [best.get(f) for f in LAGRANGIAN_FAMILIES if best.get(f)]
-  for family in [f for f in families if f.startswith("cmdp")]:
+  rivals = [best.get(f) for f in of_role("lagrangian") if best.get(f)]
+  for family in [f for f in families if f in of_role("cmdp")]:
     mine = best[family]
     verdict = dict(best=mine, rivals=rivals)
     if mine is None:

@@ -7,6 +7,8 @@ is locked, so a misspelt key (in a file or a `--config.x=...` override) fails at
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import jax
 import ml_collections
@@ -394,3 +396,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f"config argument {key}={value.strip()!r}: {kind.__name__} expected, "
                          f"like its default {defaults[key]!r}.") from None
   return ml_collections.ConfigDict(out)
+
+
+def config_module(path: str, name: str | None = None):
+  """The module of the config file `path` (run once, not registered as an import), e.g. a
+  config reading another one's constants or `get_config`; `name` relative to the directory
+  of `path` when given (`config_module(__file__, "smollm2_sums.py")`: a sibling file)."""
+  if name is not None:
+    path = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"configs_{stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -99,3 +99,38 @@ def test_every_method_of_the_smollm2_study_makes_a_valid_run_config():
       assert hp.soft_lambda * d == pytest.approx(m["per_budget"]["soft_lambda"])
     if m["family"] == "dual_lagrangian":
       assert (hp.dual_target, hp.violation_target) == ("rate", 0.5 if d == 0.2 else 0.1)
+
+
+def test_a_family_row_in_the_table_puts_its_methods_on_the_grid(monkeypatch):
+  """A new family is one row of `protocol.FAMILIES`: its methods appear at every knob and
+  budget (its knob in budget units or per d), and the rules judge it by its role."""
+  monkeypatch.setitem(protocol.FAMILIES, "cmdp_new", dict(
+      objective="cmdp_hinge", loss={}, knob="penalty_scale", units="budget", rate_field=None,
+      role="cmdp"))
+  monkeypatch.setitem(protocol.FAMILIES, "soft_new", dict(
+      objective="soft_lagrangian", loss={}, knob="soft_lambda", units="per_d",
+      rate_field=None, role="lagrangian"))
+  methods = protocol.methods(GRID, (0.5, 0.9))
+  new = [m for m in methods if m["family"] in ("cmdp_new", "soft_new")]
+  assert [m["name"] for m in new] == [
+      "cmdp_new@0.3/q50", "cmdp_new@3/q50", "soft_new@0.3/q50", "soft_new@3/q50",
+      "cmdp_new@0.3/q90", "cmdp_new@3/q90", "soft_new@0.3/q90", "soft_new@3/q90"]
+  assert new[1] == dict(name="cmdp_new@3/q50", objective="cmdp_hinge", family="cmdp_new",
+                        loss=dict(penalty_scale=3.0), per_budget={}, budget="q50")
+  assert new[2]["loss"] == {} and new[2]["per_budget"] == dict(soft_lambda=0.3)
+  assert [m["name"] for m in methods[-2:]] == ["grpo", "gkd"]  # the anchors last, once
+  only = protocol.methods(GRID, (0.5,), ("cmdp_new", "grpo"))
+  assert [m["name"] for m in only] == ["cmdp_new@0.3/q50", "cmdp_new@3/q50", "grpo"]
+  per_seed = _runs(**{"cmdp_new@0.3/q50": [(0.6, 0.5)], "soft_new@0.3/q50": [(0.5, 0.5)],
+                      "grpo": [(0.7, 0.3)]})
+  got = protocol.decide(per_seed, methods, INITIAL, "q50", hold_margin=0.02,
+                        stress_points=0.05)
+  assert got["beats"]["cmdp_new"]["rivals"] == ["soft_new@0.3/q50"]
+  assert got["beats"]["cmdp_new"]["beats"]
+
+
+def test_the_dual_targets_the_initial_violation_rate_at_its_budget():
+  dual = [m for m in protocol.methods(GRID, (0.9,)) if m["family"] == "dual_lagrangian"]
+  assert [m["name"] for m in dual] == ["dual_lagrangian/q90"]
+  assert protocol.rate_fields(dual[0], 0.9) == {"violation_target": 0.1}
+  assert protocol.rate_fields(dict(name="grpo", family="grpo"), 0.9) == {}

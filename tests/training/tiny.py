@@ -1,5 +1,4 @@
 """configs/tiny.py with dotted-key overrides, as the command line would apply them."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,11 +22,8 @@ def run_train(config: str, workdir: str, *flags: str,
 
 
 def load_config_file(name: str, arg: str | None = None):
-  path = os.path.join(_ROOT, "configs", name)
-  spec = importlib.util.spec_from_file_location(f"configs_{name[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from cmdp.training.config import config_module  # pylint: disable=g-import-not-at-top
+  return config_module(os.path.join(_ROOT, "configs", name)).get_config(arg)
 
 
 def tiny_config(objective: str = "cmdp", **overrides):
