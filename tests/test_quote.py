@@ -8,7 +8,7 @@ import pytest
 
 from cmdp import quote
 from cmdp.plan import quote as plan_quote
-from cmdp.study import protocol
+from cmdp.study import analysis, protocol
 from cmdp.study import quote as study_quote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,11 +87,12 @@ def _study():
            "metrics": {"accuracy_greedy": acc[seed], "satisfaction_sampled@q50": sat[seed]}}
           for name, (acc, sat) in values.items() for seed in (0, 1)]
   initial = {"accuracy": 0.5, "satisfaction_sampled@q50": 0.5}
-  per_seed = study_quote.per_budget({"methods": methods, "runs": runs}, "q50")
-  decision = protocol.decide(per_seed, methods, initial, "q50", hold_margin=0.02,
-                             stress_points=0.05)
+  rules = {"hold_margin": 0.02, "stress_points": 0.05}
+  per_seed = analysis.per_budget(methods, runs, "q50")
+  decision = protocol.decide(per_seed, methods, initial, "q50", **rules)
   return {"methods": methods, "runs": runs, "budgets": {"q50": 0.25},
-          "initial": {"student": initial}, "decisions": {"q50": decision}}
+          "initial": {"student": initial}, "decisions": {"q50": decision},
+          "config": {"rules": rules}}
 
 
 def test_results_summary_states_the_studys_findings():
@@ -133,8 +134,8 @@ def test_a_rise_in_grpos_satisfaction_reads_as_a_gain():
   payload["runs"] = [dict(r, metrics={**r["metrics"], "satisfaction_sampled@q50": 0.53})
                      if r["method"] == "grpo" else r for r in payload["runs"]]
   payload["decisions"]["q50"] = protocol.decide(
-      study_quote.per_budget(payload, "q50"), payload["methods"],
-      payload["initial"]["student"], "q50", hold_margin=0.02, stress_points=0.05)
+      analysis.per_budget(payload["methods"], payload["runs"], "q50"), payload["methods"],
+      payload["initial"]["student"], "q50", **payload["config"]["rules"])
   assert study_quote.summary(payload, short=True).startswith(
       "- q50 (d = 0.25): not stressed: grpo gains 3.0 points of sampled satisfaction; ")
   assert "grpo gains 3.0 points of sampled satisfaction (from 50.0%): the budget is not " \

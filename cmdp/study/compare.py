@@ -1,6 +1,7 @@
 """A pre-registered comparison (`cmdp.study.protocol`): one teacher and initial student, one
-calibration shared by every run, the protocol's methods x seeds, and a report with Pareto
-fronts, diagnostics and the verdict by its rules.
+calibration shared by every run, the protocol's methods x seeds, then their analysis
+(`cmdp.study.analysis`) and its report (`cmdp.study.report`: Pareto fronts, diagnostics and
+the verdict by the rules).
 
     python -m cmdp.study --config configs/study_smollm2.py --workdir DIR
     python -m cmdp.study --config configs/study_arith.py --workdir DIR
@@ -32,34 +33,10 @@ from cmdp import constraint as constraint_lib
 from cmdp.data import heldout
 from cmdp.evaluation import stats as eval_stats
 from cmdp.study import evaluate as eval_lib
-from cmdp.study import pretrain, protocol, report, runner, stats
+from cmdp.study import analysis, pretrain, protocol, report, runner
 from cmdp.training import config as config_lib
 from cmdp.training import logging as log_lib
 from cmdp.training.config import set_objective
-
-# (metric key, column title, scale): the results table (columns no run has are left out)
-COLUMNS = (("accuracy_greedy", "accuracy greedy %", 100.0),
-           ("accuracy_sampled", "accuracy sampled %", 100.0),
-           ("satisfaction_sampled", "satisfaction sampled %", 100.0),
-           ("satisfaction_greedy", "satisfaction greedy %", 100.0),
-           ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
-           ("kl_seq_sampled_q90", "KL sampled q90", 1.0),
-           ("accuracy_greedy_mul", "accuracy with x %", 100.0),
-           ("accuracy_greedy_nomul", "accuracy without x %", 100.0))
-# Per-step training diagnostics, averaged over a run's steps (docs/metrics.md).
-DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
-               ("train/groups_violating", "violating groups", 100.0),
-               ("train/groups_tied", "tied groups", 100.0),
-               ("train/penalty", "penalty (reward units)", 1.0),
-               ("train/task_reward", "task reward", 1.0),
-               ("train/entropy_gap", "entropy gap (nats/token)", 1.0),
-               ("train/cost_before_flag", "cost before flag", 100.0),
-               ("train/kl_seq_q50", "batch KL q50", 1.0),
-               ("train/update_ratio", "update / (lr sqrt P)", 1.0),
-               ("train/generation_batches", "generation batches / step", 1.0),
-               ("train/skipped", "updates skipped", 100.0),
-               ("train/lambda", "lambda", 1.0))
-
 
 def base_config(study: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
   """`study.run` (with the pretrained models when the study has a supervised stage), the
@@ -210,11 +187,11 @@ def run_config(study, healed, method: dict, seed: int, budgets: dict):
 
 
 def diagnostics(run_dir: str) -> dict:
-  """A run's training diagnostics: the mean over its logged steps of each DIAGNOSTICS key,
-  and its probe's first and last satisfaction and KL median."""
+  """A run's training diagnostics: the mean over its logged steps of each key of
+  `report.DIAGNOSTICS`, and its probe's first and last satisfaction and KL median."""
   rows = log_lib.read_metrics(run_dir)
   out = {}
-  for key, _, _ in DIAGNOSTICS:
+  for key, _, _ in report.DIAGNOSTICS:
     values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
     if values:
       out[key] = float(np.mean(values))
@@ -302,86 +279,9 @@ def report_dir(study, workdir: str) -> str:
 
 
 def write_report(study, workdir, methods, results, budgets, initial, command, wall_s) -> dict:
-  """The report: `<name>.md`, `<name>.png` and `<name>.json` in the output directory."""
-  from cmdp.study import plot as plot_lib  # pylint: disable=g-import-not-at-top
-  out_dir = report_dir(study, workdir)
-  os.makedirs(out_dir, exist_ok=True)
-  by_name = {m["name"]: m for m in methods}
-  # The sub-type columns (with / without a multiplication) where some problem has one.
-  columns = COLUMNS if any(r["metrics"].get("num_mul") for r in results) else tuple(
-      c for c in COLUMNS if not c[0].endswith("mul"))
-  sections, decisions, summaries, exploratory = [], {}, {}, {}
-  for q in study.budget_quantiles:
-    b = protocol.budget_name(q)
-    per_seed = {}
-    for r in results:
-      m = by_name[r["method"]]
-      if m["budget"] in (b, None):
-        metrics = protocol.at_budget(r["metrics"], b)
-        metrics.update(r["diagnostics"])
-        per_seed.setdefault(r["method"], {})[r["seed"]] = metrics
-    rules = study.rules
-    decision = protocol.decide(per_seed, methods, initial["student"], b,
-                               hold_margin=rules.hold_margin, stress_points=rules.stress_points)
-    summary = stats.summarize(per_seed, tuple(
-        k for k, _, _ in columns + DIAGNOSTICS + report.REWARD_COST_COLUMNS))
-    decisions[b], summaries[b] = decision, summary
-    paired, paired_table = report.paired_against(per_seed)
-    exploratory[b] = paired
-    sections.append(budget_section(b, budgets[b], initial, summary, decision, columns,
-                                   paired_table))
-  png = os.path.join(out_dir, f"{study.name}.png")
-  plot_lib.fronts(summaries, methods, initial["student"], png, study.rules.hold_margin)
-  text = markdown(study, command, budgets, initial, sections, results,
-                  os.path.basename(png))
-  with open(os.path.join(out_dir, f"{study.name}.md"), "w") as f:
-    f.write(text)
-  payload = dict(budgets=budgets, initial=initial, methods=methods, runs=results,
-                 decisions=decisions, paired_vs_grpo=exploratory, command=command,
-                 wall_time_s=wall_s,
-                 config=json.loads(study.to_json_best_effort()))
-  report.write_json(os.path.join(out_dir, f"{study.name}.json"), payload)
-  return payload
-
-
-def budget_section(b: str, d: float, initial: dict, summary: dict, decision: dict,
-                   columns: tuple = COLUMNS, paired_table: str = "") -> str:
-  """One budget's tables (results: `columns`, diagnostics), the verdict by the rules and,
-  after it, the exploratory paired differences from grpo (`report.paired_against`)."""
-  s = initial["student"]
-  holds = decision["holds"]
-  marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
-  lines = [f"### Budget {b}: d = {d:.4g} nats per sequence", "",
-           f"Initial student: {100 * s['accuracy']:.1f}% greedy, "
-           f"{100 * s[f'satisfaction_sampled@{b}']:.1f}% of sampled responses within d "
-           f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
-           "over seeds.", "", report.results_table(marked, columns),
-           "Training diagnostics (the mean over each run's steps, then over seeds):", "",
-           report.results_table(summary, DIAGNOSTICS), report.reward_cost_table(summary),
-           report.verdict_text(b, decision)]
-  if paired_table:
-    lines += ["Exploratory, read by no declared rule (not part of the declared protocol): "
-              "each setting's paired difference from grpo (which ignores the budget) over the "
-              "same seeds, mean ± 95% t-interval.",
-              "", paired_table]
-  return "\n".join(lines)
-
-
-def markdown(study, command, budgets, initial, sections, results, png) -> str:
-  t, s = initial["teacher"], initial["student"]
-  run_min = sum(r["wall_s"] for r in results) / 60
-  seeds = sorted({r["seed"] for r in results})
-  stage = initial.get("pretrain") or {}
-  trained = "".join(
-      f" The {role}: {info['num_params']:,} parameters, trained from scratch in "
-      f"{info['wall_s'] / 60:.1f} min." for role, info in stage.items())
-  return "\n".join([
-      f"# {study.title}", "", study.description, "", "## Protocol (declared before the runs)",
-      "", study.protocol, "", *([study.settings_note, ""] if study.get("settings_note") else []),
-      f"Command: `{command}`. {len(results)} runs ({run_min:.0f} min of training and "
-      f"evaluation, summed over the runs, which may span invocations), seeds {seeds}.", "",
-      f"Teacher: {100 * t['accuracy']:.1f}% greedy, {100 * t['accuracy_sampled']:.1f}% sampled; "
-      f"initial student: {100 * s['accuracy']:.1f}% greedy, {100 * s['accuracy_sampled']:.1f}% "
-      f"sampled, on {s['num_examples']} held-out problems. Budgets: "
-      + ", ".join(f"{k}: d = {v:.4g}" for k, v in budgets.items()) + "." + trained, "",
-      f"![accuracy against satisfaction]({png})", "", "## Results", "", *sections])
+  """The analysis of the runs (`analysis.analyse`) and its report (`report.write`):
+  `<name>.md`, `<name>.png` and `<name>.json` in the output directory; returns the JSON
+  payload."""
+  found = analysis.analyse(study, methods, results, budgets, initial)
+  return report.write(study, report_dir(study, workdir), found, methods, results, budgets,
+                      initial, command, wall_s)

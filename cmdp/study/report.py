@@ -1,16 +1,43 @@
-"""The study's written outputs: markdown tables of seed intervals and a JSON file of raw
-per-seed numbers (the report's text is `cmdp.study.compare`'s).
+"""The study's written outputs, rendered from its analysis (`cmdp.study.analysis`): the
+markdown report (per budget, tables of seed intervals, the verdict and the exploratory paired
+differences from grpo), its figure (`cmdp.study.plot`) and a JSON file of the raw per-seed
+numbers with the decisions.
 
-Pure functions of the aggregated numbers (`cmdp.study.stats`), tested on hand-made inputs.
+The text is a pure function of the analysis and the study's inputs (`markdown`), tested on
+hand-made inputs; `write` writes the three files.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Mapping, Sequence
 
 from cmdp.evaluation.stats import Interval
-from cmdp.study import stats
+from cmdp.study import analysis
+
+# (metric key, column title, scale): the results table (columns no run has are left out)
+COLUMNS = (("accuracy_greedy", "accuracy greedy %", 100.0),
+           ("accuracy_sampled", "accuracy sampled %", 100.0),
+           ("satisfaction_sampled", "satisfaction sampled %", 100.0),
+           ("satisfaction_greedy", "satisfaction greedy %", 100.0),
+           ("kl_seq_sampled_q50", "KL sampled q50", 1.0),
+           ("kl_seq_sampled_q90", "KL sampled q90", 1.0),
+           ("accuracy_greedy_mul", "accuracy with x %", 100.0),
+           ("accuracy_greedy_nomul", "accuracy without x %", 100.0))
+# Per-step training diagnostics, averaged over a run's steps (docs/metrics.md).
+DIAGNOSTICS = (("train/groups_mixed", "mixed groups", 100.0),
+               ("train/groups_violating", "violating groups", 100.0),
+               ("train/groups_tied", "tied groups", 100.0),
+               ("train/penalty", "penalty (reward units)", 1.0),
+               ("train/task_reward", "task reward", 1.0),
+               ("train/entropy_gap", "entropy gap (nats/token)", 1.0),
+               ("train/cost_before_flag", "cost before flag", 100.0),
+               ("train/kl_seq_q50", "batch KL q50", 1.0),
+               ("train/update_ratio", "update / (lr sqrt P)", 1.0),
+               ("train/generation_batches", "generation batches / step", 1.0),
+               ("train/skipped", "updates skipped", 100.0),
+               ("train/lambda", "lambda", 1.0))
 
 
 def fmt_interval(iv: Interval | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -57,44 +84,22 @@ def reward_cost_table(summary: Mapping[str, Mapping[str, Interval]]) -> str:
           "seeds:\n\n" + results_table(summary, REWARD_COST_COLUMNS))
 
 
-PAIRED_COLUMNS = (("satisfaction_sampled", "satisfaction sampled, minus grpo (points)", 100.0),
-                  ("accuracy_greedy", "accuracy greedy, minus grpo (points)", 100.0))
+PAIRED_COLUMNS = tuple((k, f"{k.replace('_', ' ')}, minus {analysis.REFERENCE} (points)", 100.0)
+                       for k in analysis.PAIRED)
 
 
-def paired_against(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]],
-                   reference: str = "grpo") -> tuple[dict, str]:
-  """Each method's paired difference from `reference` over their shared seeds
-  (`stats.paired_differences` on `PAIRED_COLUMNS`), and its table, each row labelled with
-  the seeds in which its sampled satisfaction fell below the reference's. Exploratory: no
-  declared rule reads it. `({}, "")` without the reference."""
-  if reference not in per_seed:
-    return {}, ""
-  paired = stats.paired_differences(per_seed, reference, [k for k, _, _ in PAIRED_COLUMNS])
-  ref, key = per_seed[reference], PAIRED_COLUMNS[0][0]
-  labelled = {}
-  for method, ivs in paired.items():
-    shared = sorted(set(per_seed[method]) & set(ref))
-    below = sum(per_seed[method][s][key] < ref[s][key] for s in shared)
-    labelled[f"{method} (below {reference} in {below} of {len(shared)} seeds)"] = ivs
-  return paired, results_table(labelled, PAIRED_COLUMNS)
-
-
-def to_jsonable(obj):
-  """Intervals as dicts, NaN as None: a structure `json.dump` writes."""
-  if isinstance(obj, Interval):
-    return {k: to_jsonable(v) for k, v in obj._asdict().items()}
-  if isinstance(obj, Mapping):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, float) and math.isnan(obj):
-    return None
-  return obj
+def paired_table(paired: Mapping, below: Mapping) -> str:
+  """The analysis' paired differences from grpo (`analysis.paired_against`) as a table, each
+  row labelled with the seeds in which the setting's sampled satisfaction fell below grpo's."""
+  ref = analysis.REFERENCE
+  labelled = {f"{m} (below {ref} in {below[m]['below']} of {below[m]['seeds']} seeds)": ivs
+              for m, ivs in analysis.intervals(paired).items()}
+  return results_table(labelled, PAIRED_COLUMNS)
 
 
 def write_json(path: str, payload: Mapping) -> None:
   with open(path, "w") as f:
-    json.dump(to_jsonable(payload), f, indent=2)
+    json.dump(analysis.plain(payload), f, indent=2)
 
 
 def grpo_change(decision: dict) -> str:
@@ -103,7 +108,7 @@ def grpo_change(decision: dict) -> str:
   One decimal, or two where one would round a loss across the declared threshold
   (`stress_points`): 4.98 points is written `4.98`, not `5.0`, beside "not stressed".
   """
-  loss = 100 * decision["grpo_loss"]
+  loss = 100 * (math.nan if decision["grpo_loss"] is None else decision["grpo_loss"])
   threshold = 100 * decision.get("stress_points", float("nan"))
   digits = 2 if (round(loss, 1) >= threshold) != decision["informative"] else 1
   return f"grpo {'loses' if loss >= 0 else 'gains'} {abs(loss):.{digits}f} points"
@@ -127,3 +132,82 @@ def verdict_text(b: str, decision: dict) -> str:
                + f" the Lagrangians: {v['reason']}"
                + ("" if decision["informative"] else " (not informative)") + ".")
   return "\n\n".join(out) + "\n"
+
+
+def budget_section(b: str, found: dict, initial: dict, columns: tuple = COLUMNS) -> str:
+  """One budget's tables (results: `columns`, diagnostics), the verdict by the rules and,
+  after it, the exploratory paired differences from grpo; `found` is the budget's analysis
+  (`analysis.analyse`)."""
+  s = initial["student"]
+  summary, decision = analysis.intervals(found["summary"]), found["decision"]
+  holds = decision["holds"]
+  marked = {(f"{k} (holds)" if holds.get(k) else k): v for k, v in summary.items()}
+  lines = [f"### Budget {b}: d = {found['d']:.4g} nats per sequence", "",
+           f"Initial student: {100 * s['accuracy']:.1f}% greedy, "
+           f"{100 * s[f'satisfaction_sampled@{b}']:.1f}% of sampled responses within d "
+           f"({100 * s[f'satisfaction_greedy@{b}']:.1f}% greedy). Mean ± 95% t-interval "
+           "over seeds.", "", results_table(marked, columns),
+           "Training diagnostics (the mean over each run's steps, then over seeds):", "",
+           results_table(summary, DIAGNOSTICS), reward_cost_table(summary),
+           verdict_text(b, decision)]
+  if analysis.REFERENCE in found["per_seed"]:  # the exploratory table needs grpo's runs
+    lines += ["Exploratory, read by no declared rule (not part of the declared protocol): "
+              "each setting's paired difference from grpo (which ignores the budget) over the "
+              "same seeds, mean ± 95% t-interval.",
+              "", paired_table(found["paired"], found["below"])]
+  return "\n".join(lines)
+
+
+def columns_of(results: Sequence[Mapping]) -> tuple:
+  """`COLUMNS`, less the sub-type columns (with / without a multiplication) where no problem
+  has one."""
+  if any(r["metrics"].get("num_mul") for r in results):
+    return COLUMNS
+  return tuple(c for c in COLUMNS if not c[0].endswith("mul"))
+
+
+def markdown(study, found: dict, results: Sequence[Mapping], budgets: Mapping, initial: dict,
+             command: str, png: str) -> str:
+  """The report's text: the study's title, description, protocol and notes, the command and
+  runs, the teacher and initial student, the figure `png`, and each budget's section
+  (`budget_section`) of the analysis `found` (`analysis.analyse`)."""
+  t, s = initial["teacher"], initial["student"]
+  run_min = sum(r["wall_s"] for r in results) / 60
+  stage = initial.get("pretrain") or {}
+  trained = "".join(
+      f" The {role}: {info['num_params']:,} parameters, trained from scratch in "
+      f"{info['wall_s'] / 60:.1f} min." for role, info in stage.items())
+  columns = columns_of(results)
+  sections = [budget_section(b, per, initial, columns) for b, per in found["budgets"].items()]
+  return "\n".join([
+      f"# {study.title}", "", study.description, "", "## Protocol (declared before the runs)",
+      "", study.protocol, "", *([study.settings_note, ""] if study.get("settings_note") else []),
+      f"Command: `{command}`. {len(results)} runs ({run_min:.0f} min of training and "
+      f"evaluation, summed over the runs, which may span invocations), seeds {found['seeds']}.",
+      "", f"Teacher: {100 * t['accuracy']:.1f}% greedy, {100 * t['accuracy_sampled']:.1f}% "
+      f"sampled; initial student: {100 * s['accuracy']:.1f}% greedy, "
+      f"{100 * s['accuracy_sampled']:.1f}% sampled, on {s['num_examples']} held-out problems. "
+      "Budgets: " + ", ".join(f"{k}: d = {v:.4g}" for k, v in budgets.items()) + "."
+      + trained, "", f"![accuracy against satisfaction]({png})", "", "## Results", "",
+      *sections])
+
+
+def write(study, out_dir: str, found: dict, methods: list, results: list, budgets: dict,
+          initial: dict, command: str, wall_s: float) -> dict:
+  """The report of the analysis `found` in `out_dir`: `<name>.md`, `<name>.png` and
+  `<name>.json` (the runs, the decisions and the paired differences from grpo); returns the
+  JSON payload."""
+  from cmdp.study import plot as plot_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  png = os.path.join(out_dir, f"{study.name}.png")
+  per = found["budgets"]
+  plot_lib.fronts({b: analysis.intervals(x["summary"]) for b, x in per.items()}, methods,
+                  initial["student"], png, study.rules.hold_margin)
+  with open(os.path.join(out_dir, f"{study.name}.md"), "w") as f:
+    f.write(markdown(study, found, results, budgets, initial, command, os.path.basename(png)))
+  payload = dict(budgets=budgets, initial=initial, methods=methods, runs=results,
+                 decisions={b: x["decision"] for b, x in per.items()},
+                 paired_vs_grpo={b: x["paired"] for b, x in per.items()}, command=command,
+                 wall_time_s=wall_s, config=json.loads(study.to_json_best_effort()))
+  write_json(os.path.join(out_dir, f"{study.name}.json"), payload)
+  return payload

@@ -9,7 +9,7 @@ from cmdp import evaluation
 from cmdp.data import Example
 from cmdp.evaluation.stats import Interval
 from cmdp.objectives import ObjectiveConfig
-from cmdp.study import evaluate, plot, report, stats
+from cmdp.study import analysis, evaluate, plot, report, stats
 
 
 def test_summarize_and_paired_differences_by_hand():
@@ -81,7 +81,7 @@ def test_results_table_and_json():
   assert table.splitlines()[0] == "| method | seeds | accuracy greedy % | KL greedy mean |"
   assert "| cmdp | 5 | 50.0 ± 10.0 | 4.00 ± 0.50 |" in table
   assert "| soft_lagrangian@0.01 | 5 | 52.0 ± 5.0 | – |" in table
-  assert report.to_jsonable({"a": _iv(1.0, float("nan"), 1)})["a"]["half"] is None
+  assert analysis.plain({"a": _iv(1.0, float("nan"), 1)})["a"]["half"] is None
 
 
 def test_pareto_front_and_figure(tmp_path):
@@ -120,12 +120,14 @@ def test_paired_against_grpo_by_hand():
   sat = {"cmdp": [0.40, 0.50, 0.44], "grpo": [0.45, 0.46, 0.50, 0.9]}
   per_seed = {m: {s: {"satisfaction_sampled": v, "accuracy_greedy": 0.5}
                   for s, v in enumerate(vals)} for m, vals in sat.items()}
-  paired, table = report.paired_against(per_seed)
-  iv = paired["cmdp"]["satisfaction_sampled"]
+  paired, below = analysis.paired_against(per_seed)
+  iv = analysis.interval(paired["cmdp"]["satisfaction_sampled"])
   half = 4.302653 * np.std([-0.05, 0.04, -0.06], ddof=1) / math.sqrt(3)
   assert iv.n == 3 and iv.mean == pytest.approx(-0.07 / 3) and iv.half == pytest.approx(half, 1e-5)
+  assert below == {"cmdp": {"below": 2, "seeds": 3}}
+  table = report.paired_table(paired, below)
   assert "| cmdp (below grpo in 2 of 3 seeds) | 3 | -2.3 ± 13.7 | 0.0 ± 0.0 |" in table
-  assert report.paired_against({"cmdp": per_seed["cmdp"]}) == ({}, "")
+  assert analysis.paired_against({"cmdp": per_seed["cmdp"]}) == ({}, {})
 
 
 def test_reward_cost_table_per_method():
