@@ -60,7 +60,7 @@ def calibration_samples(exp: experiment_lib.Experiment, params, rng,
   for p in range(passes):
     block = padded[p * per_pass:(p + 1) * per_pass][index * part:(index + 1) * part]
     batch, _ = make_batch(exp, params, block, jax.random.fold_in(rng, p * rows), True)
-    costs.append(rows_over_processes(exp.score_sequences(params, batch)["sequence_cost"]))
+    costs.append(rows_over_processes(exp.score_sequences(params, batch, grouped=True)["sequence_cost"]))
     rewards.append(rows_over_processes(np.asarray(process_rows(batch["task_reward"]))))
   return {"costs": np.concatenate(costs)[:n * g].astype(np.float64),
           "rewards": np.concatenate(rewards)[:n * g].astype(np.float64),

@@ -157,18 +157,20 @@ def teacher_logits(cfg: models.ModelConfig, mesh, dtype: str, rows: int | None =
 @functools.lru_cache(maxsize=16)
 def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp: ObjectiveConfig,
            teacher_dtype: str = "float32", response_start: int = 0,
-           shared_prefix: int = 0):
+           prefixes: tuple = ()):
   """`(student_params, teacher_params, batch) -> cmdp.objectives.sequence_scores` of the
   deployed student (the constraint's cost, satisfaction, KL, length per sequence), over
   the `step.response_window` from `response_start` on (sampler rollouts:
-  max_prompt_len - 1), the first `shared_prefix` columns run once; a large vocabulary's
-  terms chunked (`step.with_default_chunking`)."""
+  max_prompt_len - 1), the prompt columns shared as `prefixes` says (`StepConfig.prefixes`'s
+  items: the first `shared_prefix` columns run once per batch and, for a batch of prompt
+  groups, the first `group_prefix` once per group of `group_size` rows, as the step runs
+  them); a large vocabulary's terms chunked (`step.with_default_chunking`)."""
   hp = step_lib.with_default_chunking(hp, student_cfg)
 
   def fn(params, teacher_params, batch):
     logits, teacher, batch = step_lib.window_logits(student_cfg, teacher_cfg, teacher_dtype,
                                                     response_start, params, teacher_params,
-                                                    batch, dict(shared_prefix=shared_prefix))
+                                                    batch, dict(prefixes))
     return objectives.sequence_scores(logits, teacher, batch, hp)
   return jax.jit(fn)
 

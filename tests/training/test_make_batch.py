@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cmdp import data
+from cmdp.models.transformer import prefix_levels
 from cmdp.training import batch as batch_lib
 from cmdp.training import experiment, trainer
 from tests.training.tiny import tiny_config
@@ -99,24 +100,29 @@ def test_prompts_are_checked_on_the_host():
 
 def test_shared_prompt_prefix_changes_no_number():
   """`data.share_prompt_prefix` (on by default) runs the prompts' common start once per
-  batch, on the 8-device mesh: the rollouts, the sequence scores and one update equal
-  those of the plain left-padded layout."""
+  batch, on the 8-device mesh: the rollouts, the sequence scores (also with each group's
+  prompt run once, `grouped=True`) and one update equal those of the plain left-padded
+  layout."""
   on = experiment.build(tiny_config())
   off = experiment.build(tiny_config(**{"data.share_prompt_prefix": False}))
+  one = experiment.build(tiny_config(**{"mesh.num_devices": 1}))  # groups run once here
   assert off.shared_prefix == 0 and on.shared_prefix > 10
   prefix = on.tokenizer.decode(list(on.prompt_prefix))
   assert all(on.prompt_text(ex.question).startswith(prefix) for ex in on.test_examples)
   examples = on.train_examples[:4]
-  results = []
-  for exp in (on, off):
+  results, grouped = [], []
+  for exp in (on, off, one):
     state, _ = trainer.create_state(exp, exp.student.params)
     batch, host = trainer.make_batch(exp, state.params, examples, jax.random.PRNGKey(3), True)
     scores = exp.score_sequences(state.params, batch)
+    grouped.append((scores, exp.score_sequences(state.params, batch, grouped=True)))
     step = exp.make_train_step(exp.hp, trainer.create_state(exp, exp.student.params)[1])
     _, metrics = step(state, exp.step_teacher_params, batch)
     real = np.asarray(batch["input_mask"])
     results.append((jax.device_get(batch), scores, jax.device_get(metrics), real))
-  (b_on, s_on, m_on, r_on), (b_off, s_off, m_off, r_off) = results
+  (b_on, s_on, m_on, r_on), (b_off, s_off, m_off, r_off), _ = results
+  assert one.group_prefix > one.shared_prefix and len(prefix_levels(
+      len(r_on), r_on.shape[1], one.shared_prefix, one.group_prefix, one.hp.group_size)) == 2
   # The same real tokens in each row, in order; responses in the same columns.
   for i in range(len(r_on)):
     np.testing.assert_array_equal(b_on["inputs"][i][r_on[i]], b_off["inputs"][i][r_off[i]])
@@ -124,5 +130,7 @@ def test_shared_prompt_prefix_changes_no_number():
   np.testing.assert_allclose(b_on["old_logprobs"], b_off["old_logprobs"], atol=1e-5)
   for k in s_off:
     np.testing.assert_allclose(s_on[k], s_off[k], rtol=1e-4, atol=1e-4, err_msg=k)
+    for plain, by_group in grouped:
+      np.testing.assert_allclose(by_group[k], plain[k], rtol=1e-4, atol=1e-4, err_msg=k)
   for k in ("loss", "grad_norm", "update_norm"):
     np.testing.assert_allclose(m_on[k], m_off[k], rtol=1e-4, err_msg=k)
