@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cmdp.objectives import available_objectives
-from tests.training.tiny import _ROOT, load_config_file, save_untrained_checkpoint
+from tests.training.tiny import _ROOT, save_untrained_checkpoint
 
 
 def _env() -> dict:
@@ -137,8 +137,3 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   _one_line(done["other_objective"], "objective state", "'dual_lagrangian'",
             "config.json")
   assert not os.path.exists(tmp_path / "missing")  # nothing created for a mistake
-
-
-def test_the_study_config_writes_its_report_into_the_workdir():
-  # The committed report is regenerated with --output_dir docs/results, never by default.
-  assert load_config_file("study_arith.py").output_dir == ""
