@@ -67,9 +67,9 @@ def main():
     config = load_config(args.config, args.arg, args.set)
     config.dynamic_sampling.enabled = mode == "on"
     results[mode] = run(config, args.steps)
-  ds = config.dynamic_sampling
+  ds, g = config.dynamic_sampling, config.rollout.group_size
   print(f"\nconfig {args.config}:{args.arg or ''}  objective {config.objective}, "
-        f"{config.batch_size // config.loss.group_size} prompts x {config.loss.group_size} "
+        f"{config.batch_size // g} prompts x {g} "
         f"a step; generation batches of {ds.generation_prompts or 'the step'} prompts, at most "
         f"{ds.max_generation_batches}; {args.steps} steps a mode, devices {jax.device_count()} "
         f"({jax.devices()[0].platform})")

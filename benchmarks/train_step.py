@@ -2,7 +2,7 @@ r"""Times one training step by phase and the update's model-FLOPs utilisation.
 
     python benchmarks/train_step.py --config configs/tiny.py
     python benchmarks/train_step.py --config configs/smollm2_sums.py \
-        --set batch_size=64 --set loss.group_size=8 --steps 3
+        --set batch_size=64 --set rollout.group_size=8 --steps 3
     ... --no_group_sharing   # every row's prompt run on its own, for comparison
 
 Phases: student rollout (KV-cache sampler), reward (decode + verifier, host), teacher

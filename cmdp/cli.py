@@ -21,6 +21,10 @@ HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 # FileNotFoundError. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
+# Config fields that moved, {old dotted name: new one}: an override of an old one is
+# refused naming the new one, and so is a config that sets it (cmdp.training.config).
+MOVED_FIELDS = {"loss.group_size": "rollout.group_size"}
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,6 +46,11 @@ def config_summaries() -> list[tuple[str, str]]:
       doc = ast.get_docstring(ast.parse(f.read())) or ""
     out.append((path, doc.strip().splitlines()[0] if doc.strip() else ""))
   return out
+
+
+def moved_field(old: str) -> str:
+  """The one-line refusal of `old`, a moved config field (a key of MOVED_FIELDS)."""
+  return f"config.{old} moved to config.{MOVED_FIELDS[old]}; set that instead."
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -73,6 +82,8 @@ def error_line(err: BaseException, argv: list[str] = ()) -> str:
     name, close = misspelt.groups()
     named = (re.match(rf"(--config(?:\.\w+)*?\.{name})(?:[.=]|$)", a) for a in argv)
     flag = next((m.group(1) for m in named if m), None)
+    if flag and flag.removeprefix("--config.") in MOVED_FIELDS:
+      return moved_field(flag.removeprefix("--config."))
     if flag or close:
       return ((f"{flag}: " if flag else "") + f"the config has no field {name!r}"
               + (f"; did you mean \"{close}\"?" if close else "")

@@ -67,7 +67,7 @@ def get_config(arg=None):
   c.rollout.max_new_tokens = 512  # response cap
   c.rollout.teacher_logits_dtype = "bfloat16"  # halves the [B, L, 128k] teacher logits
 
-  c.loss.group_size = 8  # samples per prompt
+  c.rollout.group_size = 8  # samples per prompt
   c.calibrate_budget_quantile = 0.5  # budget = median sequence cost of the initial student
   c.calibration_prompts = 64
   # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).

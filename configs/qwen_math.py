@@ -95,7 +95,7 @@ def get_config(arg=None):
   c.rollout.max_new_tokens = 512
   c.rollout.teacher_logits_dtype = "bfloat16"  # halves the [B, L, 152k] teacher logits
 
-  c.loss.group_size = 8
+  c.rollout.group_size = 8
   c.calibrate_budget_quantile = 0.5  # budget = median sequence cost of the initial student
   c.calibration_prompts = 64
   # cmdp's penalty: the default, Sauté's terminal one (-1 once when the budget runs out).

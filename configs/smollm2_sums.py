@@ -120,7 +120,7 @@ def get_config(arg=None):
   c.data.test_size = 200
   c.data.sft_max_len = c.data.max_prompt_len + c.rollout.max_new_tokens
 
-  c.loss.group_size = 4  # samples per prompt (leave-one-out baseline)
+  c.rollout.group_size = 4  # samples per prompt (leave-one-out baseline)
   c.loss.budget = 30.0  # nats per response; replaced by calibration below
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
   # As many calibration questions as evaluated ones (test_size), so the two parts of the

@@ -133,7 +133,7 @@ def get_config(arg=None):
   r.rollout.sft_source = "teacher"  # sft: sequence-level distillation on teacher samples
   r.data.max_prompt_len = 128
   r.data.sft_max_len = 176
-  r.loss.group_size = 8  # samples per prompt (the reward is sparse: 8 give most groups a 1)
+  r.rollout.group_size = 8  # samples per prompt (the reward is sparse: 8 give most groups a 1)
   r.rollout.max_new_tokens = 72
   r.rollout.temperature = 0.7
   r.batch_size = 64  # 8 prompts x 8 samples
@@ -187,7 +187,7 @@ def _small(c):
   c.run.mesh.num_devices = 1  # one device even where tests simulate 8
   c.run.data.train_size = 64
   c.run.rollout.max_new_tokens = 24
-  c.run.loss.group_size = 4
+  c.run.rollout.group_size = 4
   c.run.batch_size = 8
   c.run.num_steps = 2
   c.run.log_every = 1

@@ -104,7 +104,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(batch_size=100, pass_k=2))
 
   run = _main_job("small" if arg.small else None)
-  run.loss.group_size = 8  # G = 8 samples per prompt
+  run.rollout.group_size = 8  # G = 8 samples per prompt
   run.batch_size = 64  # 8 prompts x 8 samples
   run.num_steps = 12
   run.calibration_prompts = 128  # x 8 = 1,024 samples
@@ -125,7 +125,7 @@ def get_config(arg=None):
     run.mesh.num_devices = 1  # one device even where tests simulate 8
     run.data.max_prompt_len = 112  # characters of the plain prompt
     run.data.sft_max_len = 128
-    run.loss.group_size = 2
+    run.rollout.group_size = 2
     run.batch_size = 4
     run.num_steps = 2
     run.calibration_prompts = 4

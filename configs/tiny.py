@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.data.max_prompt_len = 96  # characters: the chat-templated question fits
   c.data.sft_max_len = 128
 
-  c.loss.group_size = 2
+  c.rollout.group_size = 2
   # Random models sit near these, so some responses violate and the constraint is live:
   # reverse KL summed over the response (about 0.02 nats/token x 12 tokens), or, for
   # worst_case, the teacher's NLL per token (about log 104 = 4.64 nats: near uniform).

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cmdp.objectives import available_objectives
-from tests.training.tiny import _ROOT, load_config_file, save_untrained_checkpoint
+from tests.training.tiny import _ROOT, save_untrained_checkpoint
 
 
 def _env() -> dict:
@@ -96,6 +96,7 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
       "misspelt": _start([*train, *tiny, "--config.los.budget=1"]),
       "misspelt_leaf": _start([*train, *tiny, "--config.loss.budgt=1"]),
       "unknown_leaf": _start([*train, *tiny, "--config.loss.xyzzy=1"]),
+      "moved": _start([*train, *tiny, "--config.loss.group_size=4"]),
       "argument": _start([*train, "--config", "configs/tiny.py:objectiv=grpo"]),
       "argument_type": _start([*train, "--config", "configs/tiny.py:steps=ten"]),
       "quote_root": _start([sys.executable, "-m", "cmdp.quote", "--root", str(tmp_path)]),
@@ -113,12 +114,14 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
       "no_config_json": _start([*evaluate, "--workdir", str(tmp_path)]),
       "other_objective": _start([*evaluate, *tiny, "--workdir", dual_checkpoint]),
   })
-  _one_line(done["value"], "config.batch_size", "loss.group_size")
+  _one_line(done["value"], "config.batch_size", "rollout.group_size")
   assert done["value_verbose"][0] != 0 and "Traceback" in done["value_verbose"][2]
   _one_line(done["misspelt"], "'los'", '"loss"')
   _one_line(done["misspelt_leaf"], "--config.loss.budgt:", "'budgt'", 'did you mean "budget"?',
             "docs/configuration.md")
   _one_line(done["unknown_leaf"], "--config.loss.xyzzy:", "no field 'xyzzy'")
+  _one_line(done["moved"], "config.loss.group_size moved to config.rollout.group_size; "
+            "set that instead.")
   _one_line(done["argument"], "'objectiv'", "objective")
   _one_line(done["argument_type"], "steps='ten'", "int expected")
   _one_line(done["quote_root"], "--root=", "README.md")
@@ -134,8 +137,3 @@ def test_a_users_mistake_is_one_line(tmp_path, dual_checkpoint):
   _one_line(done["other_objective"], "objective state", "'dual_lagrangian'",
             "config.json")
   assert not os.path.exists(tmp_path / "missing")  # nothing created for a mistake
-
-
-def test_the_study_config_writes_its_report_into_the_workdir():
-  # The committed report is regenerated with --output_dir docs/results, never by default.
-  assert load_config_file("study_arith.py").output_dir == ""

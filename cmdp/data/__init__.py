@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from cmdp import sources
 from cmdp.data.example import Example
 from cmdp.data.arith import load_arith
 from cmdp.data.gsm8k import load_gsm8k
@@ -19,7 +20,7 @@ from cmdp.data import reasoning_gym_tasks
 from cmdp.data.reasoning_gym_tasks import TEST_SEED_OFFSET, load_reasoning_gym, split_seed
 
 DEFAULT_REASONING_GYM_SIZE = 1_000  # examples per split when a spec gives no `size`
-_FILE_TASK_OPTIONS = {"gsm8k": ("strip_calculator",), "math": ("subjects", "levels")}
+_FILE_TASK_OPTIONS = {sources.GSM8K: ("strip_calculator",), sources.MATH: ("subjects", "levels")}
 
 
 def _file_task_options(kind: str, task: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +67,8 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
     spec = spec.to_dict()
   options = {**(dict(spec) if isinstance(spec, Mapping) else {"task": spec}), **options}
   task = options.pop("task", None)
-  task = "arith:" if task == "arith" else task  # the arith generator needs no target
+  # the arith generator needs no target
+  task = f"{sources.ARITH}:" if task == sources.ARITH else task
   if not isinstance(task, str) or ":" not in task:
     raise ValueError(f"load_task: task={task!r}; write 'gsm8k:<path or hub id>', "
                      "'math:<path or hub id>' or 'reasoning_gym:<task name>'.")
@@ -75,13 +77,13 @@ def load_task(spec: str | Mapping[str, Any], *, split: str | None = None,
   options.pop("split", None)
   limit = options.pop("limit", None)
   if kind in _FILE_TASK_OPTIONS:
-    loader = load_gsm8k if kind == "gsm8k" else load_math
+    loader = load_gsm8k if kind == sources.GSM8K else load_math
     examples = loader(target, split, **_file_task_options(kind, task, options))
-  elif kind == "reasoning_gym":
+  elif kind == sources.REASONING_GYM:
     size = options.pop("size", DEFAULT_REASONING_GYM_SIZE)
     seed = options.pop("seed", 0)
     examples = reasoning_gym_tasks.load_split(target, size, seed, split, **options)
-  elif kind == "arith":  # generated word problems (cmdp.data.arith): size, seed, its kwargs
+  elif kind == sources.ARITH:  # generated word problems (cmdp.data.arith): size, seed, its kwargs
     examples = load_arith(options.pop("size", DEFAULT_REASONING_GYM_SIZE),
                           split_seed(options.pop("seed", 0), split), split, **options)
   else:

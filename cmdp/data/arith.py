@@ -35,10 +35,10 @@ import hashlib
 import random
 from typing import Sequence
 
+from cmdp import sources
 from cmdp.data.example import Example
 
 OPS = ("add", "sub", "mul")
-SOURCE = "arith"  # Example.source: scored by the GSM8K '####' answer check
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou")
 ITEMS = ("pens", "cups", "eggs", "cards", "coins", "books", "shells", "rocks")
 _ADD = ("Buys {n} more.", "Finds {n} more.", "Gets {n} more.")
@@ -209,8 +209,8 @@ def load_arith(size: int, seed: int, split: str = "train", *, min_ops: int = 2,
     seen.add(key)
     question, solution, answer = render(rng, start, ops, operands, as_add)
     examples.append(Example(
-        uid=f"arith/{split}/{seed}/{len(examples)}", question=question, answer=str(answer),
-        solution=solution, source=SOURCE,
+        uid=f"{sources.ARITH}/{split}/{seed}/{len(examples)}", question=question,
+        answer=str(answer), solution=solution, source=sources.ARITH,
         entry={"start": start, "ops": list(ops), "operands": list(operands),
                "has_mul": "mul" in ops, "key": key},
         task_kwargs=kwargs))

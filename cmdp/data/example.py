@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from cmdp import sources
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -13,7 +15,8 @@ class Example:
   answer: str  # gold final answer, e.g. "18" (GSM8K, commas removed) or "\\frac{\\sqrt3}{2}"
   solution: str | None = None  # reference worked solution (GSM8K: ends "#### <answer>";
   # MATH: contains "\\boxed{<answer>}"), or None
-  source: str = "gsm8k"  # "gsm8k", "math" or "reasoning_gym/<task name>": picks the reward
+  # "gsm8k", "math", "arith" or "reasoning_gym/<task name>" (cmdp.sources): picks the reward
+  source: str = sources.GSM8K
   entry: Mapping[str, Any] | None = None  # reasoning-gym: raw entry, passed to its verifier;
   # MATH: {"subject", "level", "unique_id"}
   task_kwargs: Mapping[str, Any] | None = None  # reasoning-gym config kwargs of the entry

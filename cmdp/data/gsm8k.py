@@ -10,6 +10,7 @@ import os
 import re
 from typing import Any
 
+from cmdp import sources
 from cmdp.data.example import Example
 from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 
@@ -48,7 +49,7 @@ def parse_gsm8k_record(record: Any, where: str, *, strip_calculator: bool = True
   if strip_calculator:
     solution = strip_calculator_annotations(solution)
   return Example(uid=uid, question=record["question"].strip(), answer=gold,
-                 solution=solution.strip(), source="gsm8k")
+                 solution=solution.strip(), source=sources.GSM8K)
 
 
 def _resolve_files(path: str, split: str) -> list[str]:
@@ -119,5 +120,5 @@ def load_gsm8k(path_or_id: str, split: str = "train", *,
     raise ValueError(f"load_gsm8k: split {split!r} of {source} holds no records; check the "
                      "path and that the file is not empty.")
   return [parse_gsm8k_record(record, where, strip_calculator=strip_calculator,
-                             uid=f"gsm8k/{split}/{i}")
+                             uid=f"{sources.GSM8K}/{split}/{i}")
           for i, (where, record) in enumerate(records)]

@@ -17,6 +17,7 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from cmdp import sources
 from cmdp.data.example import Example
 from cmdp.data.records import jsonl_records, parquet_records, require_text_fields, shorten
 from cmdp.text import last_boxed
@@ -97,7 +98,7 @@ def parse_math_record(record: Any, where: str, *, uid: str, subject: str | None 
            "level": parse_level(record.get("level"), where),
            "unique_id": unique_id if isinstance(unique_id, str) else None}
   return Example(uid=uid, question=record["problem"].strip(), answer=answer.strip(),
-                 solution=record["solution"].strip(), source="math", entry=entry)
+                 solution=record["solution"].strip(), source=sources.MATH, entry=entry)
 
 
 def _json_records(path: str) -> Iterator[tuple[str, Any]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from cmdp import sources
 from cmdp.data.example import Example
 
 TEST_SEED_OFFSET = 1_000_000_000  # test seeds start here above the train seed
@@ -86,12 +87,12 @@ def load_reasoning_gym(name: str, size: int, seed: int, **task_kwargs: Any) -> l
     raise ValueError(
         f"load_reasoning_gym: cannot create task {name!r} with kwargs {task_kwargs}: {e}. "
         "Check the task name (reasoning_gym.factory.DATASETS) and its config fields.") from e
-  examples = []
+  examples, source = [], sources.reasoning_gym(name)
   for i, entry in enumerate(dataset):
     metadata = entry.get("metadata") or {}
     solution = metadata.get("answer_cot")
     examples.append(Example(
-        uid=f"reasoning_gym/{name}/{seed}/{i}", question=str(entry["question"]),
+        uid=f"{source}/{seed}/{i}", question=str(entry["question"]),
         answer=str(entry["answer"]), solution=solution if isinstance(solution, str) else None,
-        source=f"reasoning_gym/{name}", entry=entry, task_kwargs=dict(task_kwargs)))
+        source=source, entry=entry, task_kwargs=dict(task_kwargs)))
   return examples

@@ -67,7 +67,9 @@ class ObjectiveConfig:
   # Costs, the constraint and the distillation losses read the deployed student (logits / 1).
   temperature: float = 1.0
   gamma: float = 1.0  # return discount: G_t = sum_{k>=t} gamma^(k-t) r_k
-  group_size: int = 8  # samples per prompt; rows come in contiguous groups of this size
+  # samples per prompt; rows come in contiguous groups of this size. The trainer sets it
+  # from rollout.group_size (a batch-shape setting, not the objective's).
+  group_size: int = 8
   # baseline: loo (leave-one-out group mean: unbiased) | grpo (group mean incl. the sample:
   # the expected gradient shrinks by (G-1)/G, exact terms shrink with it) | none
   advantage: str = _choice("loo", ADVANTAGES)
@@ -122,7 +124,7 @@ class ObjectiveConfig:
         ("temperature", self.temperature > 0, "must be > 0 (set rollout.temperature)"),
         ("violation_target", 0 <= self.violation_target < 1, "must be in [0, 1)"),
         ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
-        ("group_size", self.group_size >= 1, "must be >= 1"),
+        ("group_size", self.group_size >= 1, "must be >= 1 (set rollout.group_size)"),
         ("chunk_size", self.chunk_size >= 0, "must be >= 0 (0 = unchunked)"),
         ("clip_eps", self.clip_eps > 0, "must be > 0 (e.g. 0.2)"),
         ("tis_cap", self.tis_cap == 0 or self.tis_cap >= 1, "must be 0 (off) or >= 1 (e.g. 2)"),

@@ -147,7 +147,7 @@ def _check_groups(rows: int, group_size: int, advantage: str) -> None:
                      f"group_size={group_size}: a (micro)batch must hold whole groups.")
   if group_size < 2:
     raise ValueError(f"advantage={advantage!r} needs group_size >= 2 (got {group_size}): "
-                     "a group of one has no baseline; set group_size or advantage='none'.")
+                     "a group of one has no baseline; set rollout.group_size or advantage='none'.")
 
 
 def group_rms_scale(adv: jax.Array, mask: jax.Array, group_size: int) -> jax.Array:

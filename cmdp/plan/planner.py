@@ -285,7 +285,7 @@ def _meshes(n: int, base: dict) -> list[dict]:
 
 def _accum_options(config, shards: int) -> list[int]:
   """Larger grad_accum_steps that split the batch into whole groups, whole rows per device."""
-  b, g = config.batch_size, config.loss.group_size
+  b, g = config.batch_size, config.rollout.group_size
   return [a for a in (2 ** k for k in range(1, 12))
           if a > config.grad_accum_steps and b % (a * g) == 0 and (b // a) % shards == 0]
 
@@ -338,7 +338,7 @@ def search_alternatives(plan: Plan, devices: list, budget: int) -> list[Alternat
 def _accum_for(config, shards: int) -> int | None:
   """The largest grad_accum_steps up to the config's whose microbatches are whole groups
   and give each of `shards` row shards whole rows (None: the batch cannot split so)."""
-  b, g = config.batch_size, config.loss.group_size
+  b, g = config.batch_size, config.rollout.group_size
   for a in range(config.grad_accum_steps, 0, -1):
     if b % (a * g) == 0 and (b // a) % shards == 0:
       return a

@@ -60,9 +60,9 @@ def to_text(plan: Plan, config_name: str) -> str:
       f"student {s_cfg} params (stored {s_store}, computed {c.student.dtype}"
       f"{', remat' if c.student.remat else ''}), objective {c.objective}",
       f"mesh     student {_mesh(plan.mesh)}; teacher {teacher_mesh}",
-      f"step     {c.batch_size} sequences ({c.batch_size // c.loss.group_size} prompts x "
-      f"{c.loss.group_size}), prompts {c.data.max_prompt_len} + {c.rollout.max_new_tokens} new "
-      f"tokens, grad_accum_steps={c.grad_accum_steps}",
+      f"step     {c.batch_size} sequences ({c.batch_size // c.rollout.group_size} prompts x "
+      f"{c.rollout.group_size}), prompts {c.data.max_prompt_len} + "
+      f"{c.rollout.max_new_tokens} new tokens, grad_accum_steps={c.grad_accum_steps}",
       "",
       f"{f'per device ({unit})':<18}" + "".join(f"{m.phase:>17}" for m in plan.memory),
   ]

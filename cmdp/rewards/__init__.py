@@ -1,11 +1,11 @@
 """Task rewards: final-answer checking for GSM8K and MATH, and reasoning-gym verifiers.
 
 `score_completions` is the batch entry point used by rollouts: one float per completion,
-dispatched on `Example.source`: "math" -> last `\\boxed{}` answer, symbolic equality
-(`math_symbolic`); "reasoning_gym/<name>" -> that task's verifier; "gsm8k" or any other
-source -> numeric answer check (`math_answer`). Scoring never raises on model output and
-runs in bounded time in any thread; failures score 0 and their reason is kept in
-`Score.reason`.
+dispatched on `Example.source` (the names of `cmdp.sources`): "math" -> last `\\boxed{}`
+answer, symbolic equality (`math_symbolic`); "reasoning_gym/<name>" -> that task's
+verifier; "gsm8k", "arith" or any other source -> numeric answer check (`math_answer`).
+Scoring never raises on model output and runs in bounded time in any thread; failures score
+0 and their reason is kept in `Score.reason`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+from cmdp import sources
 from cmdp.rewards.format import boxed_format_reward, format_reward
 from cmdp.rewards.math_answer import (Check, answers_match, check_answer, extract_answer,
                                       math_reward, parse_number)
@@ -24,9 +25,6 @@ from cmdp.text import last_boxed
 
 if TYPE_CHECKING:
   from cmdp.data import Example
-
-REASONING_GYM_PREFIX = "reasoning_gym/"
-MATH_SOURCE = "math"
 
 
 class Score(NamedTuple):
@@ -42,12 +40,12 @@ def score_one(completion: str, example: "Example", *, format_weight: float = 0.0
               partial_credit: bool = False) -> Score:
   """Scores one completion against its example (see `score_completions`)."""
   source = example.source
-  if source.startswith(REASONING_GYM_PREFIX):
-    name = source[len(REASONING_GYM_PREFIX):]
+  name = sources.reasoning_gym_task(source)
+  if name is not None:
     result = reasoning_gym_score(completion, example.entry or {}, name, example.task_kwargs,
                                  partial_credit=partial_credit)
     task, extracted, reason = result.score, result.extracted, result.reason
-  elif source == MATH_SOURCE:
+  elif source == sources.MATH:
     extracted = extract_math_answer(completion)
     check = check_math_answer(extracted, example.answer)
     task, reason = (1.0 if check.correct else 0.0), check.reason
@@ -55,7 +53,7 @@ def score_one(completion: str, example: "Example", *, format_weight: float = 0.0
     extracted = extract_answer(completion)
     check = check_answer(extracted, example.answer)
     task, reason = (1.0 if check.correct else 0.0), check.reason
-  format_fn = boxed_format_reward if source == MATH_SOURCE else format_reward
+  format_fn = boxed_format_reward if source == sources.MATH else format_reward
   fmt = format_fn(completion) if format_weight else 0.0
   return Score(task + format_weight * fmt, task, fmt, extracted, reason)
 
@@ -92,7 +90,7 @@ def score_completions(completions: Sequence[str], examples: Sequence["Example"],
 
 
 __all__ = [
-    "Check", "MATH_SOURCE", "Score", "TaskScore", "answers_match", "boxed_format_reward",
+    "Check", "Score", "TaskScore", "answers_match", "boxed_format_reward",
     "check_answer", "check_math_answer", "extract_answer", "extract_final_answer",
     "extract_math_answer", "format_reward", "get_dataset", "last_boxed", "math_reward",
     "math_symbolic_reward", "normalize_math_answer", "parse_number", "reasoning_gym_score",

@@ -10,7 +10,6 @@ is reused, so a second study run skips the stage. (The trainer needs some teache
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from cmdp import models
 from cmdp.objectives import ObjectiveConfig
-from cmdp.training.config import model_fields, set_objective
+from cmdp.training.config import loss_fields, model_fields, set_objective
 
 ROLES = ("teacher", "student")
 _DUMMY_TEACHER = dict(hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
@@ -43,8 +42,8 @@ def sft_config(study: ml_collections.ConfigDict, role: str) -> ml_collections.Co
   # sft reads aggregation and group_size only. Supervised pretraining averages over tokens
   # (the usual language-model loss; with the default per-sequence sum every step of a
   # from-scratch model would be clipped by optimizer.grad_clip_norm).
-  c.loss = ml_collections.ConfigDict(dataclasses.asdict(
-      ObjectiveConfig(group_size=1, aggregation="token_mean")))
+  c.loss = loss_fields(ObjectiveConfig(aggregation="token_mean"))
+  c.rollout.group_size = 1
   set_objective(c, "sft")
   c.dynamic_sampling.enabled = False  # reference solutions: no rollouts to filter
   c.tokenizer = "char"

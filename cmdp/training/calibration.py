@@ -10,7 +10,7 @@ distribution: at quantile `q`, about a share `q` of the initial student's evalua
 fall within it, up to the sampling error of both samples (tested). The training prompts, with
 their repeats and their other questions, are not such a sample.
 
-Each question is sampled `loss.group_size` times at the training temperature, in passes of
+Each question is sampled `rollout.group_size` times at the training temperature, in passes of
 `calibration_batch_size` (else `batch_size`) samples; in a multi-process run each process
 samples and scores its own block of every pass and every process gets all the samples.
 """
@@ -35,7 +35,7 @@ def calibration_examples(config: ml_collections.ConfigDict) -> list:
 
 def calibration_samples(exp: experiment_lib.Experiment, params, rng,
                         examples: list | None = None) -> dict:
-  """`loss.group_size` samples of the student `params` on each of `examples` (default the
+  """`rollout.group_size` samples of the student `params` on each of `examples` (default the
   calibration problems, `calibration_examples`): `{"costs", "rewards", "question"}`, one
   entry per sample, the cost `C(y)` of the constraint of `exp.hp`, the task reward and the
   index of the sample's problem in `examples`. The same on every process."""

@@ -14,7 +14,12 @@ import jax
 import ml_collections
 
 from cmdp import data
+from cmdp.cli import MOVED_FIELDS, moved_field
 from cmdp.objectives import ObjectiveConfig, available_objectives, get_objective
+
+# The ObjectiveConfig fields the rollout sets (the sampling policy's temperature, the
+# samples per prompt): `config.rollout`'s, not `config.loss`'s.
+ROLLOUT_FIELDS = ("temperature", "group_size")
 
 
 def model_fields(**overrides) -> ml_collections.ConfigDict:
@@ -43,17 +48,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = "cmdp"  # registered objective: see cmdp.objectives.available_objectives()
 
   # The objective's hyper-parameters: the fields of cmdp.objectives.ObjectiveConfig (its
-  # `temperature` comes from rollout.temperature). Set the objective with `set_objective`,
-  # which applies its preset (e.g. worst_case's cost and constraint).
-  c.loss = ml_collections.ConfigDict(
-      {k: v for k, v in dataclasses.asdict(ObjectiveConfig()).items() if k != "temperature"})
+  # `temperature` and `group_size` come from the rollout's). Set the objective with
+  # `set_objective`, which applies its preset (e.g. worst_case's cost and constraint).
+  c.loss = loss_fields()
   # Budget calibration (method.md): if > 0, set loss.budget to this quantile of the initial
   # student's per-sequence cost against the teacher, measured on held-out problems drawn as
   # the evaluated ones are (`calibration_prompts`; cmdp.training.calibration).
   c.calibrate_budget_quantile = 0.0
   # questions of the test split's calibration part (cmdp.data.heldout: disjoint from the
   # training and the evaluated problems; made alike with data.test_size equal), each x
-  # group_size samples
+  # rollout.group_size samples
   c.calibration_prompts = 16
   c.calibration_batch_size = 0  # sequences sampled and scored per pass (0 = batch_size)
   c.format_reward_weight = 0.0  # task reward = correct + this * well-formed '#### n' line
@@ -112,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.rollout = ml_collections.ConfigDict(dict(
+      # responses sampled per prompt (G); a batch's rows come in contiguous groups of this
+      # size (the objectives' group baseline, dynamic sampling's groups)
+      group_size=8,
       max_new_tokens=128,  # response length cap
       temperature=1.0,  # sampling temperature for training rollouts
       top_k=0,  # 0 = off
@@ -133,7 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
       at_cap="proceed",
   ))
 
-  c.batch_size = 8  # sequences per step (prompts x loss.group_size)
+  c.batch_size = 8  # sequences per step (prompts x rollout.group_size)
   c.grad_accum_steps = 1  # microbatches per optimiser update (each holds whole groups)
   c.ppo_epochs = 1  # passes over each rollout batch (GRPO's mu, purejaxrl's UPDATE_EPOCHS)
   c.ppo_minibatches = 1  # optimiser updates per pass, each on 1/ppo_minibatches of the groups
@@ -165,12 +172,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every = 1  # steps between metrics.jsonl / TensorBoard rows
   c.eval_every = 0  # steps between evaluations (0 = only at the end when eval_at_end)
-  # A fixed probe set: `probe_prompts` training prompts x group_size responses sampled once
-  # by the initial student, re-scored by the current student every `probe_every` steps
-  # (probe/... metrics: KL and satisfaction on the same responses, a noise-free trend);
-  # 0 = off.
+  # A fixed probe set: `probe_prompts` training prompts x rollout.group_size responses
+  # sampled once by the initial student, re-scored by the current student every
+  # `probe_every` steps (probe/... metrics: KL and satisfaction on the same responses, a
+  # noise-free trend); 0 = off.
   c.probe_every = 0
-  c.probe_prompts = 8  # prompts of the probe set (x loss.group_size responses)
+  c.probe_prompts = 8  # prompts of the probe set (x rollout.group_size responses)
   c.eval_at_end = True  # evaluate the final student
   c.checkpoint_every = 50  # steps between checkpoints (0 = only final)
   c.keep_checkpoints = 3  # how many recent checkpoints to keep
@@ -202,7 +209,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict, *, mesh=(-1, 1, 1), **model) ->
   c.data.train_size, c.data.test_size = 16, 4
   c.data.max_prompt_len = 160
   c.rollout.max_new_tokens = c.eval.max_new_tokens = 8
-  c.loss.group_size, c.batch_size, c.grad_accum_steps = 2, 8, 2
+  c.rollout.group_size, c.batch_size, c.grad_accum_steps = 2, 8, 2
   c.calibration_prompts = 2
   c.num_steps, c.eval_every, c.eval.batch_size, c.eval.pass_k = 2, 0, 8, 2
   c.eval.include_teacher = c.eval.include_initial_student = False
@@ -243,7 +250,7 @@ def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   h.loss = base_config().loss
   set_objective(h, "gkd")
   h.loss.gkd_beta = 0.0
-  h.loss.group_size = 1
+  h.rollout.group_size = 1
   h.loss.budget = config.loss.budget
   h.rollout.on_policy_fraction = 0.0
   h.dynamic_sampling.enabled = False  # teacher samples: nothing to filter
@@ -264,11 +271,31 @@ def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(h.to_dict())
 
 
+def loss_fields(hp: ObjectiveConfig = ObjectiveConfig()) -> ml_collections.ConfigDict:
+  """The `config.loss` of `hp`: its fields but those the rollout sets (`ROLLOUT_FIELDS`)."""
+  return ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(hp).items()
+                                    if k not in ROLLOUT_FIELDS})
+
+
+def refuse_moved(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the new place of a field that `config` still sets at its old
+  one (`cmdp.cli.MOVED_FIELDS`, e.g. loss.group_size, now rollout.group_size)."""
+  for old in MOVED_FIELDS:
+    node = config
+    for part in old.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        break
+      node = node[part]
+    else:
+      raise ValueError(moved_field(old))
+
+
 def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
-  """The `ObjectiveConfig` of a run: `config.loss` plus the policy's temperature (the
-  rollout's); bad fields raise naming them."""
+  """The `ObjectiveConfig` of a run: `config.loss` plus the policy's temperature and the
+  group size (the rollout's, `ROLLOUT_FIELDS`); bad or moved fields raise naming them."""
+  refuse_moved(config)
   return ObjectiveConfig.from_dict({**config.loss.to_dict(),
-                                    "temperature": config.rollout.temperature})
+                                    **{k: config.rollout[k] for k in ROLLOUT_FIELDS}})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -279,11 +306,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.objective not in available_objectives():
     fail("objective", f"{config.objective!r} is not registered; use one of "
          f"{sorted(available_objectives())}.")
-  g = config.loss.group_size
+  refuse_moved(config)
+  g = config.rollout.group_size
+  if g < 1:
+    fail("rollout.group_size", f"must be >= 1, got {g}.")
   if config.batch_size <= 0:
     fail("batch_size", f"must be positive, got {config.batch_size}.")
   if config.batch_size % g:
-    fail("batch_size", f"{config.batch_size} is not a multiple of loss.group_size={g}: "
+    fail("batch_size", f"{config.batch_size} is not a multiple of rollout.group_size={g}: "
          "each prompt is sampled group_size times.")
   if config.ppo_epochs < 1:
     fail("ppo_epochs", "must be >= 1.")
@@ -300,7 +330,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("calibrate_budget_quantile", "must be in [0, 1); 0 turns calibration off.")
   if config.calibration_batch_size < 0 or config.calibration_batch_size % g:
     fail("calibration_batch_size", f"{config.calibration_batch_size} must be 0 (batch_size) "
-         f"or a positive multiple of loss.group_size={g}.")
+         f"or a positive multiple of rollout.group_size={g}.")
   if config.rollout.max_new_tokens < 1:
     fail("rollout.max_new_tokens", "must be >= 1.")
   if config.rollout.temperature <= 0:

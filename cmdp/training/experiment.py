@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cmdp import data, sharding
+from cmdp import data, sharding, sources
 from cmdp.data import heldout
 from cmdp.objectives import ObjectiveConfig, get_objective
 from cmdp.training import config as config_lib
@@ -329,7 +329,7 @@ def _load_split(config: ml_collections.ConfigDict, which: str) -> list:
   field = "train" if which == "train" else "test"  # the config field of its task
   task = spec.get("task") if hasattr(spec, "get") else spec
   kind = str(task).split(":", 1)[0]
-  if d.task_kwargs and kind in ("gsm8k", "math"):  # a file task after a reasoning-gym config
+  if d.task_kwargs and kind in (sources.GSM8K, sources.MATH):  # a file task after a reasoning-gym config
     raise ValueError(f"config.data.{field}={task!r} is a {kind} file, which takes none of "
                      f"config.data.task_kwargs {sorted(d.task_kwargs)} (reasoning-gym task "
                      "arguments): clear them with --config.data.task_kwargs='{}'.")

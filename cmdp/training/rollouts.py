@@ -74,7 +74,7 @@ def draw_prompts(config) -> int:
   """Prompts the training iterator serves per draw: a generation batch's under dynamic
   sampling, else the step's."""
   ds = config.dynamic_sampling
-  step_prompts = config.batch_size // config.loss.group_size
+  step_prompts = config.batch_size // config.rollout.group_size
   return (ds.generation_prompts or step_prompts) if ds.enabled else step_prompts
 
 

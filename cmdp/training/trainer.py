@@ -134,7 +134,7 @@ def _check_processes(config: ml_collections.ConfigDict, default_eval: bool) -> N
   n = jax.process_count()
   if n == 1:
     return
-  prompts = config.batch_size // config.loss.group_size
+  prompts = config.batch_size // config.rollout.group_size
   if prompts % n:
     raise ValueError(f"config.batch_size: {prompts} prompts per step do not split over {n} "
                      "processes; use a multiple of the process count.")

@@ -88,7 +88,7 @@ def test_train_step_needs_every_teacher_layer_added():
   q, kv = H * HD, KVH * HD
   # One device: each group's prompt (the first `group_prefix` columns) runs once, over
   # itself; every row's own columns attend over the whole length.
-  groups, p = rows // config.loss.group_size, exp.step_config.group_prefix
+  groups, p = rows // config.rollout.group_size, exp.step_config.group_prefix
   assert p == config.data.max_prompt_len - 1 and groups < rows
   matmuls = lambda tokens: 2 * tokens * (D * q + 2 * D * kv + q * D + 3 * D * F)
   layer = (matmuls(groups * p + rows * (t - p)) + 4 * H * HD * groups * p * p

@@ -17,7 +17,7 @@ def test_small_llm_study_end_to_end(tmp_path):
   # Each held-out calibration question (at most calibration_prompts draws) group_size times.
   assert 0 < cal["num_questions"] <= study.run.calibration_prompts
   assert len(cal["costs"]) == len(cal["rewards"]) == (
-      cal["num_questions"] * study.run.loss.group_size)
+      cal["num_questions"] * study.run.rollout.group_size)
   runs = {r["method"]: r for r in payload["runs"]}
   assert set(runs) == {m["name"] for m in study.methods}
   # cmdp's penalty in budget units, the knobs of every method: test_protocol.py

@@ -41,7 +41,7 @@ def calibrated():
   QUANTILES (one calibration, one evaluation)."""
   config = tiny_config(calibrate_budget_quantile=0.5, calibration_prompts=96,
                        calibration_batch_size=96, **{
-                           "loss.group_size": 4, "data.test_size": 96, "eval.pass_k": 4,
+                           "rollout.group_size": 4, "data.test_size": 96, "eval.pass_k": 4,
                            "eval.batch_size": 96})
   exp = experiment.build(config)
   state, _ = trainer.create_state(exp, exp.student.params)

@@ -13,7 +13,7 @@ from tests.training.tiny import load_config_file, run_train, tiny_config
 
 
 @pytest.mark.parametrize("overrides, field", [
-    ({"batch_size": 7}, "config.batch_size: 7 is not a multiple of loss.group_size=2"),
+    ({"batch_size": 7}, "config.batch_size: 7 is not a multiple of rollout.group_size=2"),
     ({"grad_accum_steps": 3}, "config.grad_accum_steps"),
     ({"loss.budget": 0.0}, "budget"),
     ({"loss.budget": -1.0}, "budget"),
@@ -39,6 +39,23 @@ def test_unknown_keys_fail():
     config.loss.budgt = 1.0
   with pytest.raises(ValueError, match="unknown config argument|config argument 'objectiv'"):
     load_config_file("tiny.py", "objectiv=grpo")
+
+
+def test_group_size_is_the_rollouts_and_its_old_field_is_refused():
+  """The samples per prompt are `rollout.group_size` (the objectives read them from their
+  hyper-parameters); a config that still sets `loss.group_size` is refused, naming the new
+  field, before anything reads it."""
+  assert "group_size" not in config_lib.base_config().loss
+  config = tiny_config(**{"rollout.group_size": 4})
+  assert config_lib.objective_config(config).group_size == 4
+  config_lib.validate(config)
+  moved = r"^config\.loss\.group_size moved to config\.rollout\.group_size; set that instead\.$"
+  old = tiny_config(**{"loss.group_size": 4})  # a config file sets it before the lock
+  for check in (config_lib.validate, config_lib.objective_config):
+    with pytest.raises(ValueError, match=moved):
+      check(old)
+  with pytest.raises(ValueError, match=r"config\.rollout\.group_size: must be >= 1"):
+    config_lib.validate(tiny_config(**{"rollout.group_size": 0}))
 
 
 def test_unknown_override_on_the_command_line_fails():

@@ -84,7 +84,7 @@ def test_teacher_samples_and_reference_sequences(setup):
   config = reference.config
   seqs = [data.encode_sft(exp.tokenizer, exp.prompt_text(ex.question),
                           ex.solution or f"#### {ex.answer}", config.data.sft_max_len)
-          for ex in examples for _ in range(config.loss.group_size)]
+          for ex in examples for _ in range(config.rollout.group_size)]
   assert_equal(exp, batch, numpy_shift(*(np.stack(x) for x in zip(*seqs))))
 
 
