@@ -110,9 +110,10 @@ def refit_cut(config: ModelConfig, teacher_params: dict, keep: tuple[int, ...],
       student = teacher
       continue
     layer = _layer(teacher_params, k)
+    passes = apply(student, layer)
     gram, cross, total = map(sum, zip(*(
         _statistics(hidden, attn_residual, target)
-        for (_, attn_residual, hidden), target in zip(apply(student, layer), teacher))))
+        for (_, attn_residual, hidden), target in zip(passes, teacher))))
     w0 = kernels[j].astype(np.float64)
     lam = ridge * np.trace(gram) / gram.shape[0]
     w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), cross + lam * w0)
@@ -120,8 +121,9 @@ def refit_cut(config: ModelConfig, teacher_params: dict, keep: tuple[int, ...],
                                       0.0) / total))
     fits.append(LayerFit(j, k, nxt - 1, err(w0), err(w)))
     kernels[j] = w.astype(np.float32)
-    layer["mlp"]["down_proj"]["kernel"] = jnp.asarray(kernels[j])
-    student = [out for out, _, _ in apply(student, layer)]
+    # The layer's output with the fitted kernel, from the pass above: the residual after
+    # attention plus the MLP's hidden activations through it (no second pass).
+    student = [a.plus_product(z, kernels[j]) for _, a, z in passes]
   params = cut(teacher_params, keep)
   params["layers"]["mlp"]["down_proj"]["kernel"] = jnp.asarray(np.stack(kernels))
   return params, fits
@@ -178,6 +180,13 @@ class _Stream(NamedTuple):
     return (self._replace(head=h_out, rows=out), self._replace(head=h_a, rows=a),
             self._replace(head=h_z, rows=z))
 
+  def plus_product(self, hidden: "_Stream", kernel) -> "_Stream":
+    """This stream plus `hidden @ kernel` (`[F, D]`), token by token: a layer's output from
+    its residual after attention and its MLP's hidden activations."""
+    kernel = jnp.asarray(kernel)
+    head = None if self.head is None else _add_product(self.head, hidden.head, kernel)
+    return self._replace(head=head, rows=_add_product(self.rows, hidden.rows, kernel))
+
   def parts(self):
     """`(head, rows)` arrays with their token weights (1 on real tokens, else 0)."""
     rows = (self.rows, self.mask.astype(jnp.float32))
@@ -203,3 +212,8 @@ def _sums(z, a, y, m):
   hi = jax.lax.Precision.HIGHEST
   return (jnp.einsum("btf,btg->fg", zw, zw, precision=hi),
           jnp.einsum("btf,btd->fd", zw, rw, precision=hi), jnp.sum(rw * rw))
+
+
+@jax.jit
+def _add_product(a, z, kernel):
+  return a + jnp.einsum("btf,fd->btd", z, kernel)
