@@ -11,6 +11,8 @@ would; process 0 alone writes eval.json, eval.md and the report.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from cmdp import evaluation
 from cmdp.objectives import ObjectiveConfig
 from cmdp.training import batch as batch_lib
@@ -80,9 +82,34 @@ def final_report(workdir: str, hp: ObjectiveConfig, *, kl_is_cost: bool) -> str:
   questions = max((r.get("num_questions", r.get("num_examples", 0))
                    for r in results.values()), default=0)
   joint = report.reward_cost_table(results)
+  steps = training_summary(log_lib.read_metrics(workdir))
   return (f"\nResults ({workdir}; budget d = {hp.budget:.4g}; {questions} distinct questions; "
           "95% intervals over questions):\n\n"
           + report.table(results) + "\n" + report.constraint_verdict(results)
+          + (f"{steps}\n" if steps else "")
           + (f"\nTask reward R and cost C(y) of the same responses:\n\n{joint}\n"
              if joint else "")
           + f"Curves: {png}\n")
+
+
+def training_summary(rows: list[dict]) -> str:
+  """One line on what the logged steps trained on (`metrics.jsonl` rows): updates skipped
+  for want of any gradient, the groups with contrast and, under dynamic sampling, the
+  generation batches it took; "" without logged steps."""
+  steps = [r for r in rows if "train/skipped" in r]
+  if not steps:
+    return ""
+  n = len(steps)
+  skipped = sum(r["train/skipped"] > 0 for r in steps)
+  full = sum(r.get("train/groups_with_contrast", 0.0) == 1.0 for r in steps)
+  line = (f"Training: {n} logged step{'s' * (n != 1)}, {skipped} skipped (no gradient: "
+          f"params and optimiser state unchanged); every group had contrast in {full} of {n}")
+  drawn = [r for r in steps if "train/generation_batches" in r]
+  if drawn:
+    batches = [r["train/generation_batches"] for r in drawn]
+    kept = sum(r["train/groups_kept"] for r in drawn)
+    share = float(np.mean([r["train/contrast_drawn"] for r in drawn]))
+    line += (f"; dynamic sampling: {np.mean(batches):.2f} generation batches a step (at most "
+             f"{max(batches):.0f}), {kept:.0f} groups kept, {share:.1%} of the groups drawn "
+             "had contrast")
+  return line + "."

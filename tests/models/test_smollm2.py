@@ -154,6 +154,8 @@ def test_the_main_job_small_runs_end_to_end(tmp_path):
             if line.split() and line.split()[0] in names]
   assert stages == ["load", "refit", "heal", "calibrate", "evaluate", "evaluate"], stages
   assert "refitted on 8 teacher samples" in proc.stdout
+  assert "Training: 2 logged steps, " in proc.stdout
+  assert "generation batches a step" in proc.stdout
   for row in ("| teacher |", "| initial student |", "| student |", "95% intervals"):
     assert row in proc.stdout
   assert os.path.exists(os.path.join(workdir, "run.png"))
