@@ -7,7 +7,7 @@ SmolLM2 figures (bfloat16 weights) with that in mind.
 Main job (the README's), on its embedded default: sums of one- and two-digit numbers, a
 20-layer student (every third teacher layer from layer 1 dropped) refitted by layer-wise
 least squares on 256 teacher samples (the heal stage, cached in <workdir>/heal), the
-proposed `cmdp` objective with a budget calibrated on 4 samples of the refitted student for
+proposed `cmdp` objective with a budget calibrated on 2 samples of the refitted student for
 each of 200 held-out calibration questions (the test split's calibration part,
 `cmdp.data.heldout`), and the teacher, the initial and the trained student evaluated on 200
 other held-out questions, each once:
@@ -125,9 +125,11 @@ def get_config(arg=None):
   c.calibrate_budget_quantile = 0.5  # half the initial student's samples violate the budget
   # As many calibration questions as evaluated ones (test_size), so the two parts of the
   # test split are made alike (cmdp.data.heldout: half its draws are a few one-digit sums,
-  # split evenly between them); x group_size = 800 samples.
+  # split evenly between them); 2 samples of each, 400 in all: the median's sampling error
+  # counts questions (200) more than samples, and 4 of each took twice as long (158 s).
   c.calibration_prompts = 200
-  c.calibration_batch_size = 64  # passes of 64 samples (passes of 16 took 1.2x as long)
+  c.calibration_samples_per_prompt = 2
+  c.calibration_batch_size = 64  # passes of 32 questions x 2 samples
   # The penalty is cmdp's default, chosen by argument before any comparison ran
   # (docs/method.md): Sauté's constant unsafe reward, -1 once when the budget runs out.
   c.probe_every = 5  # re-score a fixed set of 8 x 4 initial samples every 5 steps

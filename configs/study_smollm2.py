@@ -108,6 +108,7 @@ def get_config(arg=None):
   run.batch_size = 64  # 8 prompts x 8 samples
   run.num_steps = 12
   run.calibration_prompts = 128  # x 8 = 1,024 samples
+  run.calibration_samples_per_prompt = 0  # group_size (8) of each, not the main job's 2
   run.calibration_batch_size = 64
   run.probe_every = 4
   c.run = run

@@ -35,12 +35,13 @@ def calibration_examples(config: ml_collections.ConfigDict) -> list:
 
 def calibration_samples(exp: experiment_lib.Experiment, params, rng,
                         examples: list | None = None) -> dict:
-  """`rollout.group_size` samples of the student `params` on each of `examples` (default the
-  calibration problems, `calibration_examples`): `{"costs", "rewards", "question"}`, one
+  """`calibration_samples_per_prompt` samples (0: `rollout.group_size`) of the student
+  `params` on each of `examples` (default the calibration problems,
+  `calibration_examples`): `{"costs", "rewards", "question"}`, one
   entry per sample, the cost `C(y)` of the constraint of `exp.hp`, the task reward and the
   index of the sample's problem in `examples`. The same on every process."""
   cfg = exp.config
-  g = exp.hp.group_size
+  g = cfg.calibration_samples_per_prompt or exp.hp.group_size
   examples = calibration_examples(cfg) if examples is None else list(examples)
   if not examples:
     raise ValueError("calibration_samples: no calibration problems.")
@@ -59,8 +60,9 @@ def calibration_samples(exp: experiment_lib.Experiment, params, rng,
   part = per_pass // count
   for p in range(passes):
     block = padded[p * per_pass:(p + 1) * per_pass][index * part:(index + 1) * part]
-    batch, _ = make_batch(exp, params, block, jax.random.fold_in(rng, p * rows), True)
-    costs.append(rows_over_processes(exp.score_sequences(params, batch, grouped=True)["sequence_cost"]))
+    batch, _ = make_batch(exp, params, block, jax.random.fold_in(rng, p * rows), True, g)
+    scores = exp.score_sequences(params, batch, group_size=g)
+    costs.append(rows_over_processes(scores["sequence_cost"]))
     rewards.append(rows_over_processes(np.asarray(process_rows(batch["task_reward"]))))
   return {"costs": np.concatenate(costs)[:n * g].astype(np.float64),
           "rewards": np.concatenate(rewards)[:n * g].astype(np.float64),

@@ -57,8 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.calibrate_budget_quantile = 0.0
   # questions of the test split's calibration part (cmdp.data.heldout: disjoint from the
   # training and the evaluated problems; made alike with data.test_size equal), each x
-  # rollout.group_size samples
+  # calibration_samples_per_prompt samples
   c.calibration_prompts = 16
+  c.calibration_samples_per_prompt = 0  # samples of each calibration question (0 = group_size)
   c.calibration_batch_size = 0  # sequences sampled and scored per pass (0 = batch_size)
   c.format_reward_weight = 0.0  # task reward = correct + this * well-formed '#### n' line
 
@@ -328,9 +329,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("num_steps", "must be >= 0.")
   if not 0.0 <= config.calibrate_budget_quantile < 1.0:
     fail("calibrate_budget_quantile", "must be in [0, 1); 0 turns calibration off.")
-  if config.calibration_batch_size < 0 or config.calibration_batch_size % g:
-    fail("calibration_batch_size", f"{config.calibration_batch_size} must be 0 (batch_size) "
-         f"or a positive multiple of rollout.group_size={g}.")
+  if config.calibration_samples_per_prompt < 0:
+    fail("calibration_samples_per_prompt", "must be >= 0 (0 = rollout.group_size).")
+  per_prompt = config.calibration_samples_per_prompt or g
+  rows = config.calibration_batch_size or config.batch_size
+  if config.calibration_batch_size < 0 or rows % per_prompt:
+    fail("calibration_batch_size", f"{rows} sequences a pass (0 = batch_size) must be a "
+         f"positive multiple of the {per_prompt} samples of each calibration question "
+         "(calibration_samples_per_prompt, 0 = rollout.group_size).")
   if config.rollout.max_new_tokens < 1:
     fail("rollout.max_new_tokens", "must be >= 1.")
   if config.rollout.temperature <= 0:

@@ -227,23 +227,23 @@ class Experiment:
     return fn(*args)
 
   def score_sequences(self, params, batch: dict, hp: ObjectiveConfig | None = None, *,
-                      grouped: bool = False) -> dict:
+                      group_size: int = 1) -> dict:
     """Host numpy per-sequence scores (`cmdp.objectives.sequence_scores`: the constraint's
     cost, satisfaction, KL(student||teacher) sum, length) of a batch from
     `batch_lib.from_rollout`, for the deployed student with `params`: of every row in a
     one-process run, else of this process's rows (`processes.process_rows`; combine them
     with `processes.rows_over_processes`).
 
-    `grouped`: the batch's rows come in groups of `group_size` with one prompt each (a
+    `group_size`: the batch's rows come in groups of this many with one prompt each (a
     `make_batch` rollout), whose prompt columns then run once per group, as in the train
-    step (the same scores for about a third less compute on short answers)."""
+    step (the same scores for about a third less compute on short answers); 1: per row."""
     batch = dict(batch)
     teacher_params = self.teacher.params if self.teacher_inside_step else None
     if teacher_params is None:
       batch["teacher_logits"] = self.teacher_logits(batch["inputs"], batch["input_mask"])
     prefixes = dict(shared_prefix=self.shared_prefix)
-    if grouped:
-      prefixes.update(group_prefix=self.group_prefix, group_size=self.hp.group_size)
+    if group_size > 1:
+      prefixes.update(group_prefix=self.response_start, group_size=group_size)
     fn = programs.scorer(self.student.config, self.teacher.config, hp or self.hp,
                          self.config.rollout.teacher_logits_dtype, self.response_start,
                          tuple(sorted(prefixes.items())))

@@ -17,15 +17,19 @@ from cmdp.training import experiment as experiment_lib
 from cmdp.training.processes import process_rows, sum_over_processes
 
 
-def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool):
+def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool,
+               group_size: int | None = None):
   """Builds one step's batch on the student's mesh; returns `(batch, host_metrics)`.
+
+  `group_size`: responses per prompt (default `rollout.group_size`; the budget's
+  calibration samples its own count).
 
   `examples` are this process's prompts (`PromptIterator(shard=...)`): every prompt of the
   step in a one-process run. The verifier scores this process's rows on its host; the
   host metrics cover every process's rows.
   """
   cfg = exp.config
-  g = exp.hp.group_size
+  g = group_size or exp.hp.group_size
   group = [ex for ex in examples for _ in range(g)]
   if on_policy or cfg.rollout.sft_source == "teacher":
     prompts = exp.encode_prompts(examples)  # host, each prompt once

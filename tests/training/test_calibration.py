@@ -74,3 +74,29 @@ def test_calibrated_quantile_reads_as_q_on_the_evaluated_problems(calibrated, q)
   satisfaction = result[f"satisfaction_sampled@{name}"]
   bound = _bound(q, *_effective(samples, budgets[name], result["num_sampled"]))
   assert abs(satisfaction - q) <= bound, (q, satisfaction, bound)
+
+
+def test_calibration_takes_its_own_samples_per_question():
+  """`calibration_samples_per_prompt` = 2 under `rollout.group_size` = 4: 2 samples of each
+  question, in passes of `calibration_batch_size` rows, each pass's costs those of its
+  batch scored row by row."""
+  config = tiny_config(calibration_prompts=5, calibration_batch_size=4,
+                       calibration_samples_per_prompt=2, **{"rollout.group_size": 4,
+                                                            "mesh.num_devices": 1})
+  exp = experiment.build(config)
+  state, _ = trainer.create_state(exp, exp.student.params)
+  examples = calibration.calibration_examples(config)[:5]
+  rng = jax.random.PRNGKey(2)
+  samples = calibration.calibration_samples(exp, state.params, rng, examples)
+  np.testing.assert_array_equal(samples["question"], np.repeat(np.arange(5), 2))
+  # By hand: passes of 2 questions x 2 samples, the last one filled up with the first
+  # question again; the rows' costs, scored one row at a time.
+  padded = examples + examples[:1]
+  costs = []
+  for p in range(3):
+    batch, _ = trainer.make_batch(exp, state.params, padded[2 * p:2 * p + 2],
+                                  jax.random.fold_in(rng, 4 * p), True, 2)
+    assert batch["mask"].shape[0] == 4
+    costs.append(exp.score_sequences(state.params, batch)["sequence_cost"])
+  np.testing.assert_allclose(samples["costs"], np.concatenate(costs)[:10], rtol=1e-5,
+                             atol=1e-6)

@@ -22,6 +22,8 @@ from tests.training.tiny import load_config_file, run_train, tiny_config
     ({"optimizer.name": "lion"}, "config.optimizer.name"),
     ({"calibrate_budget_quantile": 1.5}, "config.calibrate_budget_quantile"),
     ({"calibration_batch_size": 3}, "config.calibration_batch_size"),
+    ({"calibration_samples_per_prompt": -1}, "config.calibration_samples_per_prompt"),
+    ({"calibration_samples_per_prompt": 3}, "config.calibration_batch_size"),
 ])
 def test_impossible_values_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):

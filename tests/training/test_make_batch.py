@@ -101,7 +101,7 @@ def test_prompts_are_checked_on_the_host():
 def test_shared_prompt_prefix_changes_no_number():
   """`data.share_prompt_prefix` (on by default) runs the prompts' common start once per
   batch, on the 8-device mesh: the rollouts, the sequence scores (also with each group's
-  prompt run once, `grouped=True`) and one update equal those of the plain left-padded
+  prompt run once, `group_size=G`) and one update equal those of the plain left-padded
   layout."""
   on = experiment.build(tiny_config())
   off = experiment.build(tiny_config(**{"data.share_prompt_prefix": False}))
@@ -115,7 +115,7 @@ def test_shared_prompt_prefix_changes_no_number():
     state, _ = trainer.create_state(exp, exp.student.params)
     batch, host = trainer.make_batch(exp, state.params, examples, jax.random.PRNGKey(3), True)
     scores = exp.score_sequences(state.params, batch)
-    grouped.append((scores, exp.score_sequences(state.params, batch, grouped=True)))
+    grouped.append((scores, exp.score_sequences(state.params, batch, group_size=exp.hp.group_size)))
     step = exp.make_train_step(exp.hp, trainer.create_state(exp, exp.student.params)[1])
     _, metrics = step(state, exp.step_teacher_params, batch)
     real = np.asarray(batch["input_mask"])
