@@ -1,8 +1,9 @@
-"""The stages of a run before and after its loop, each one console line (`log_lib.stage`).
+"""The stages of a run around its loop, each a plain function; those that do work say one
+console line (`log_lib.stage`).
 
 `cmdp.training.trainer.train` composes them (the heal, a run of its own, and the loop live
-there); `cmdp.study.compare.prepare` calls the same ones for the study's shared initial
-student:
+there); `cmdp.study.compare.prepare` calls load, init_or_restore and calibrate for the
+study's shared initial student:
 
   load            the models (`experiment.build`), and what the run distils
   refit           a fresh student cut from the teacher, refitted on teacher samples
@@ -10,6 +11,7 @@ student:
                   the checkpoint's, with its budget and prompt order (`Run`)
   calibrate       budgets at quantiles of the initial student's cost on held-out problems
   baselines       the teacher and the initial student evaluated once, before training
+  write_config    the run's config.json
   report          the end-of-run report on the console
 """
 from __future__ import annotations
