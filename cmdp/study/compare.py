@@ -29,12 +29,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cmdp import constraint as constraint_lib
 from cmdp.data import heldout
 from cmdp.evaluation import stats as eval_stats
 from cmdp.study import evaluate as eval_lib
 from cmdp.study import analysis, pretrain, protocol, report, runner
-from cmdp.training import config as config_lib
 from cmdp.training import logging as log_lib
 from cmdp.training.config import set_objective
 
@@ -96,65 +94,86 @@ def calibration_examples(study, healed) -> list:
 def prepare(study, workdir: str):
   """The shared stages: the supervised stage or the heal, calibration, and the teacher's
   and initial student's evaluation. Returns `(healed config, budgets {name: d}, initial
-  {teacher, student, pretrain})`."""
-  from cmdp.training import calibration, experiment, trainer  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
+  {teacher, student, pretrain})`.
+
+  The heal, the models, the initial student and the calibration are the trainer's stages
+  (`trainer.heal`, `cmdp.training.stages`), given the study's calibration problems, seed
+  and quantiles; calibration.json and initial_eval.json keep what they found.
+  """
+  from cmdp.training import trainer  # pylint: disable=g-import-not-at-top
   stage = ({role: pretrain.run_stage(study, workdir, role) for role in pretrain.ROLES}
            if "pretrain" in study else None)
-  c = base_config(study, workdir)
-  if config_lib.heals(c) and trainer.heal(c, workdir) is None:
+  healed = trainer.heal(base_config(study, workdir), workdir)
+  if healed is None:
     raise runner.RunInterrupted("The heal stopped (SIGTERM); rerun the study to resume it.")
-  healed = trainer.healed(c, workdir)
+  start = None  # the initial student's run, built once when a cached file is missing
   cal_path = os.path.join(workdir, "calibration.json")
   cal = _json(cal_path)
-  cost, constraint = healed.loss.cost, healed.loss.constraint
-  exp = None
   if cal is None:
     t0 = time.perf_counter()
-    exp = experiment.build(_locked(healed))
-    state, _ = trainer.create_state(exp, exp.student.params)
-    params = trainer.initial_params(exp, state)
-    examples = calibration_examples(study, healed)
-    samples = calibration.calibration_samples(
-        exp, params, jax.random.PRNGKey(study.calibration.seed), examples)
-    costs = samples["costs"]
-    cal = dict(cost=cost, constraint=constraint, num_samples=int(costs.size),
-               num_questions=len(examples),
-               budgets={protocol.budget_name(q): constraint_lib.calibrate_budget(costs, q)
-                        for q in study.budget_quantiles},
-               reward_cost=eval_stats.reward_cost(samples["rewards"], costs),
-               costs=costs.tolist(), rewards=samples["rewards"].tolist(),
-               wall_s=time.perf_counter() - t0)
+    start = _initial_run(healed)
+    cal = _calibrate(study, start, calibration_examples(study, healed), t0)
     _write_json(cal_path, cal)
-    log_lib.stage("calibrate", "budgets " + ", ".join(
-        f"{k}: d = {v:.4g}" for k, v in cal["budgets"].items())
-        + f" ({cost}, {constraint}; {costs.size} samples of {len(examples)} held-out "
-        f"calibration questions; {calibration.describe(samples)}; {cal['wall_s']:.0f} s)")
   budgets = cal["budgets"]
   init_path = os.path.join(workdir, "initial_eval.json")
   initial = _json(init_path)
   if initial is None:
     t0 = time.perf_counter()
-    if exp is None:
-      exp = experiment.build(_locked(healed))
-    state, _ = trainer.create_state(exp, exp.student.params)
-    first = budgets[protocol.budget_name(study.budget_quantiles[0])]
-    hp = eval_lib.study_hp(exp.hp, cost, constraint, first)
-    kw = dict(batch_size=study.eval.batch_size, pass_k=study.eval.pass_k,
-              other_budgets=budgets)
-    examples = test_examples(study, exp)
-    initial = {"teacher": eval_lib.evaluate(exp, exp.teacher.params, "teacher", hp,
-                                            examples, **kw),
-               "student": eval_lib.evaluate(exp, trainer.initial_params(exp, state), "student",
-                                            hp, examples, **kw),
-               "pretrain": stage, "wall_s": time.perf_counter() - t0}
+    if start is None:
+      start = _initial_run(healed)
+    initial = _initial_eval(study, start, budgets)
+    initial.update(pretrain=stage, wall_s=time.perf_counter() - t0)
     _write_json(init_path, initial)
     log_lib.stage("evaluate", f"teacher {initial['teacher']['accuracy']:.1%}, initial student "
                   f"{initial['student']['accuracy']:.1%} greedy on "
                   f"{initial['student']['num_examples']} problems ({initial['wall_s']:.0f} s)")
-  del exp
+  del start
   trainer.release_host_memory()
   return healed, budgets, initial
+
+
+def _initial_run(healed):
+  """The trainer's stages "load" (silent: the study's runs say it) and "init" of the
+  healed config: the study's initial student at step 0."""
+  from cmdp.training import stages  # pylint: disable=g-import-not-at-top
+  return stages.init_or_restore(stages.load(_locked(healed), say=False))
+
+
+def _calibrate(study, start, examples: list, t0: float) -> dict:
+  """The trainer's stage "calibrate" at the study's quantiles, on `examples` with its
+  calibration seed: calibration.json's record (budgets by name, the samples, corr(R, C)),
+  `wall_s` counted from `t0`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cmdp.training import calibration, stages  # pylint: disable=g-import-not-at-top
+  names = [protocol.budget_name(q) for q in study.budget_quantiles]
+  loss = start.exp.config.loss
+
+  def say(exp, c):
+    del exp
+    return ("budgets " + ", ".join(f"{k}: d = {v:.4g}" for k, v in zip(names, c.budgets))
+            + f" ({loss.cost}, {loss.constraint}; {c.samples['costs'].size} samples of "
+            f"{c.num_questions} held-out calibration questions; "
+            f"{calibration.describe(c.samples)}; {time.perf_counter() - t0:.0f} s)")
+
+  _, c = stages.calibrate(start, study.budget_quantiles, examples=examples, say=say,
+                          rng=jax.random.PRNGKey(study.calibration.seed))
+  costs, rewards = c.samples["costs"], c.samples["rewards"]
+  return dict(cost=loss.cost, constraint=loss.constraint, num_samples=int(costs.size),
+              num_questions=c.num_questions, budgets=dict(zip(names, c.budgets)),
+              reward_cost=eval_stats.reward_cost(rewards, costs), costs=costs.tolist(),
+              rewards=rewards.tolist(), wall_s=time.perf_counter() - t0)
+
+
+def _initial_eval(study, start, budgets: dict) -> dict:
+  """The teacher and the initial student (the `start` run's params) on the study's
+  evaluated problems, measured against the first budget (`eval_lib.study_hp`)."""
+  exp = start.exp
+  hp = eval_lib.study_hp(exp.hp, exp.config.loss.cost, exp.config.loss.constraint,
+                         budgets[protocol.budget_name(study.budget_quantiles[0])])
+  kw = dict(batch_size=study.eval.batch_size, pass_k=study.eval.pass_k, other_budgets=budgets)
+  examples = test_examples(study, exp)
+  return {"teacher": eval_lib.evaluate(exp, exp.teacher.params, "teacher", hp, examples, **kw),
+          "student": eval_lib.evaluate(exp, start.state.params, "student", hp, examples, **kw)}
 
 
 def _locked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,6 +16,10 @@ samples and scores its own block of every pass and every process gets all the sa
 """
 from __future__ import annotations
 
+import dataclasses
+import time
+from typing import Sequence
+
 import jax
 import ml_collections
 import numpy as np
@@ -75,26 +79,51 @@ def calibration_costs(exp: experiment_lib.Experiment, params, rng,
   return calibration_samples(exp, params, rng, examples)["costs"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """Budgets calibrated on held-out problems: `budgets[i]` the `quantiles[i]` quantile of
+  the initial student's per-sequence costs in `samples` (`calibration_samples`) on
+  `num_questions` problems; `dropped` the repeated draws of the test split left out when
+  they are the run's own calibration part (else None); `wall_s` the time it took."""
+  quantiles: tuple[float, ...]
+  budgets: tuple[float, ...]
+  samples: dict
+  num_questions: int
+  dropped: int | None
+  wall_s: float
+
+
 def calibrate_budget(exp: experiment_lib.Experiment, params, rng) -> float:
   """`calibrate_budget_quantile` of the initial student's per-sequence cost `C(y)`
   (`calibration_costs`)."""
-  return calibrate(exp, params, rng)[0]
+  return calibrate(exp, params, rng).budgets[0]
 
 
-def calibrate(exp: experiment_lib.Experiment, params, rng) -> tuple[float, str]:
-  """`(budget d, a line that says what it was calibrated on)`: the budget of
-  `calibrate_budget`, and the samples' corr(R, C) and cost quantiles of right and wrong
-  answers (`stats.reward_cost`)."""
-  cfg = exp.config
-  _, examples, dropped = experiment_lib.heldout_parts(cfg)
+def calibrate(exp: experiment_lib.Experiment, params, rng, quantiles: Sequence[float] = (),
+              examples: list | None = None) -> Calibration:
+  """The budgets at `quantiles` (default the config's `calibrate_budget_quantile`) of
+  `calibration_samples` of the student `params` on `examples` (default the run's held-out
+  calibration part), each `constraint.calibrate_budget` of the samples' costs."""
+  t0 = time.perf_counter()
+  quantiles = tuple(quantiles) or (exp.config.calibrate_budget_quantile,)
+  dropped = None
+  if examples is None:
+    _, examples, dropped = experiment_lib.heldout_parts(exp.config)
   samples = calibration_samples(exp, params, rng, examples)
-  q = cfg.calibrate_budget_quantile
-  budget = constraint.calibrate_budget(samples["costs"], q)
-  return budget, (f"budget d = {budget:.4g} ({exp.hp.cost}, {exp.hp.constraint}): the {q:g} "
-                  f"quantile of {samples['costs'].size} samples of the initial student on "
-                  f"{len(examples)} held-out calibration questions; {describe(samples)}; "
-                  f"evaluation on {len(exp.test_examples)} other held-out questions (each "
-                  f"once: {dropped} repeated draws of the test split dropped)")
+  budgets = tuple(constraint.calibrate_budget(samples["costs"], q) for q in quantiles)
+  return Calibration(quantiles=quantiles, budgets=budgets, samples=samples,
+                     num_questions=len(examples), dropped=dropped,
+                     wall_s=time.perf_counter() - t0)
+
+
+def summary(exp: experiment_lib.Experiment, cal: Calibration) -> str:
+  """What a run's budget was calibrated on: its quantile, the samples, their corr(R, C) and
+  cost quantiles of right and wrong answers (`describe`) and the evaluated problems."""
+  return (f"budget d = {cal.budgets[0]:.4g} ({exp.hp.cost}, {exp.hp.constraint}): the "
+          f"{cal.quantiles[0]:g} quantile of {cal.samples['costs'].size} samples of the "
+          f"initial student on {cal.num_questions} held-out calibration questions; "
+          f"{describe(cal.samples)}; evaluation on {len(exp.test_examples)} other held-out "
+          f"questions (each once: {cal.dropped} repeated draws of the test split dropped)")
 
 
 def describe(samples: dict) -> str:

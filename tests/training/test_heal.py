@@ -18,6 +18,7 @@ from cmdp.training import config as config_lib
 from cmdp.training import eval_loop
 from cmdp.training import experiment
 from cmdp.training import rollouts
+from cmdp.training import stages
 from cmdp.training import step as step_lib
 from cmdp.training import trainer
 from cmdp.training.logging import read_metrics
@@ -161,12 +162,12 @@ def test_a_refit_heal_is_the_cut_refitted_on_teacher_samples(tmp_path, monkeypat
       np.testing.assert_array_equal(value, flat(plain)[path])
 
   # Reused: no refit runs again, and the run's own load has its console line.
-  monkeypatch.setattr(trainer, "refit_student", lambda *a: pytest.fail("refitted again"))
+  monkeypatch.setattr(stages, "refit_student", lambda *a: pytest.fail("refitted again"))
   capsys.readouterr()
   trainer.train(tiny_config(**overrides, **{"heal.dir": heal_dir}), str(tmp_path / "again"),
                 evaluate_fn=_no_eval)
-  stages = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
-  assert stages[:2] == ["heal", "load"], stages
+  names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+  assert names[:2] == ["heal", "load"], names
   other = tiny_config(**{**overrides, "student.refit_samples": 16, "heal.dir": heal_dir})
   with pytest.raises(ValueError, match=r"config\.heal\.dir=.*another config"):
     trainer.train(other, str(tmp_path / "other"), evaluate_fn=_no_eval)
