@@ -130,10 +130,15 @@ def refit_cut(config: ModelConfig, teacher_params: dict, keep: tuple[int, ...],
 
 
 def _layer(params: dict, i: int) -> dict:
-  """Layer i's parameters as a mutable nested dict."""
+  """Layer i's parameters as a mutable nested dict (one compiled take for every layer)."""
   def copy(tree):
-    return {k: copy(v) if isinstance(v, Mapping) else v[i] for k, v in tree.items()}
-  return copy(params["layers"])
+    return {k: copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+  return copy(_take_layer(params["layers"], i))
+
+
+@jax.jit
+def _take_layer(layers, i):
+  return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, i, keepdims=False), layers)
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,11 +165,9 @@ class _Stream(NamedTuple):
 
   @staticmethod
   def embed(params, tokens, mask, s, count_head) -> "_Stream":
-    x = params["embed_tokens"]["embedding"][tokens].astype(jnp.float32)
-    if not s:
-      return _Stream(None, x, mask, token_positions(mask), False)
-    rows_mask = mask[:, s:]
-    return _Stream(x[:1, :s], x[:, s:], rows_mask, token_positions(rows_mask, s), count_head)
+    head, rows, rows_mask, positions = _embed(params["embed_tokens"]["embedding"], tokens,
+                                              mask, s)
+    return _Stream(head, rows, rows_mask, positions, bool(s) and count_head)
 
   def apply(self, fn, layer) -> tuple["_Stream", "_Stream", "_Stream"]:
     """This stream after `layer`, and the layer's residual after attention and MLP hidden
@@ -217,3 +220,13 @@ def _sums(z, a, y, m):
 @jax.jit
 def _add_product(a, z, kernel):
   return a + jnp.einsum("btf,fd->btd", z, kernel)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _embed(table, tokens, mask, s: int):
+  """`(prefix [1, S, D] or None, rows [B, T - S, D], their mask, their positions)`."""
+  x = table[tokens].astype(jnp.float32)
+  if not s:
+    return None, x, mask, token_positions(mask)
+  rows_mask = mask[:, s:]
+  return x[:1, :s], x[:, s:], rows_mask, token_positions(rows_mask, s)

@@ -245,7 +245,7 @@ def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   and rollout temperature; the student refitted first when `student.refit_samples` asks;
   then `gkd` with gkd_beta=0 on teacher samples only (the forward KL(teacher || student) at
   every response token), `heal.steps` steps of `heal.batch_size` samples (none: the refit
-  alone, saved as step 0), no calibration and no evaluation. Its budget is
+  alone, saved as step 0), no calibration, no evaluation and no probe set. Its budget is
   `config.loss.budget` (only its logged constraint figures read it)."""
   h = ml_collections.ConfigDict(config.to_dict())
   h.loss = base_config().loss
@@ -265,6 +265,7 @@ def heal_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   h.calibrate_budget_quantile = 0.0
   h.eval_every, h.eval_at_end = 0, False
   h.eval.include_teacher = h.eval.include_initial_student = False
+  h.probe_every = 0  # the probe set is the trained run's (8 s of sampling on the main job)
   h.checkpoint_every = 0
   h.student.init_workdir = ""
   h.heal.steps = 0

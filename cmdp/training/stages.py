@@ -151,10 +151,22 @@ def init_or_restore(exp: experiment_lib.Experiment,
   if not fresh:
     state, meta = checkpointer.restore(state, exp.student.config)
     it.restore(meta["data"])
-    return dataclasses.replace(run, state=state).with_budget(meta["budget"])
+    return _without_loaded_student(
+        dataclasses.replace(run, state=state).with_budget(meta["budget"]))
   if exp.config.student.init_workdir:
-    return dataclasses.replace(run, state=state.replace(params=initial_params(exp, state)))
-  return run
+    run = dataclasses.replace(run, state=state.replace(params=initial_params(exp, state)))
+  return _without_loaded_student(run)
+
+
+def _without_loaded_student(run: Run) -> Run:
+  """The run without the loaded student's params when its student starts from another
+  run's (`student.init_workdir`, read again from there when needed): on the main job a
+  copy of 0.4 GB the state no longer shares."""
+  exp = run.exp
+  if not exp.config.student.init_workdir:
+    return run
+  return dataclasses.replace(run, exp=dataclasses.replace(
+      exp, student=exp.student._replace(params=None)))
 
 
 # A calibration's console line: `say(exp, calibration) -> str`.

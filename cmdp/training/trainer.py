@@ -78,6 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
   checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints,
                                        config.checkpoint_async)
   run = stages.init_or_restore(exp, checkpointer)
+  del exp  # the run's own from here (without a loaded student it no longer needs)
   if not run.fresh:
     log.info("Resumed from step %d of %s.", int(run.state.step), workdir)
   else:
@@ -296,7 +297,7 @@ def probe_start(run: stages.Run) -> dict | None:
 def probe_metrics(exp: experiment_lib.Experiment, params, batch: dict, hp) -> dict:
   """`probe/...`: the current student's KL (mean, q10/q50/q90) and satisfaction on the
   fixed probe responses."""
-  scores = exp.score_sequences(params, batch, hp)
+  scores = exp.score_sequences(params, batch, hp, group_size=exp.hp.group_size)
   kl = rows_over_processes(scores["kl_seq"])
   cost = rows_over_processes(scores["sequence_cost"])
   out = {"probe/kl_seq_mean": float(np.mean(kl)),

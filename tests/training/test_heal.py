@@ -40,8 +40,8 @@ def _final_params(config, workdir):
 
 
 def test_heal_config_is_forward_kl_on_teacher_samples():
-  config = tiny_config(**{"heal.steps": 5, "heal.batch_size": 4, "heal.learning_rate": 3e-4,
-                          "loss.budget": 7.0, "dynamic_sampling.enabled": True,
+  config = tiny_config(probe_every=3, **{"heal.steps": 5, "heal.batch_size": 4,
+                                         "heal.learning_rate": 3e-4, "loss.budget": 7.0, "dynamic_sampling.enabled": True,
                           "dynamic_sampling.generation_prompts": 2})
   h = config_lib.heal_config(config)
   config_lib.validate(h)  # a valid run of its own (no field the objective ignores)
@@ -50,6 +50,7 @@ def test_heal_config_is_forward_kl_on_teacher_samples():
   assert not h.dynamic_sampling.enabled  # teacher samples: nothing to filter (the run's on)
   assert (h.num_steps, h.batch_size, h.optimizer.learning_rate) == (5, 4, 3e-4)
   assert (h.heal.steps, h.calibrate_budget_quantile, h.eval_at_end) == (0, 0.0, False)
+  assert h.probe_every == 0 and config.probe_every > 0  # the probe set is the run's
   assert h.rollout.temperature == config.rollout.temperature
   assert h.data.to_dict() == config.data.to_dict()
 
