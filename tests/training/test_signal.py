@@ -186,8 +186,10 @@ def _stepped(monkeypatch, keep, layout):
   batch, _ = rollouts.next_batch(exp, state, it, 0, True)
   logits = batch.get("teacher_logits")
   state, shardings = trainer.create_state(exp, exp.student.params)
-  state, metrics = exp.make_train_step(exp.hp, shardings)(state, exp.step_teacher_params,
-                                                          batch)
+  teacher = exp.step_teacher_params
+  if keep:  # the step must not run the teacher: a zeroed one would change the update
+    teacher = jax.tree.map(lambda x: x * 0, teacher)
+  state, metrics = exp.make_train_step(exp.hp, shardings)(state, teacher, batch)
   return (_prompts(exp, batch), logits, jax.device_get(state.params),
           jax.device_get(metrics), exp)
 
