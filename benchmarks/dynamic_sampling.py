@@ -3,8 +3,12 @@ r"""The cost of a training step with dynamic sampling on and off: rollouts and u
     python benchmarks/dynamic_sampling.py --config configs/smollm2_sums.py --steps 6
     python benchmarks/dynamic_sampling.py --config configs/smollm2_sums.py --arg objective=grpo
     python benchmarks/dynamic_sampling.py --config configs/tiny.py --steps 2
+    python benchmarks/dynamic_sampling.py --config configs/tiny.py --modes on,kept
 
-Each mode runs `--steps` training steps from the config's initial student (the budget as
+Modes (`--modes`, default all three): `off`; `on` (dynamic sampling, the step running the
+teacher's forward itself); `kept` (on, with `dynamic_sampling.keep_teacher_logits`: the
+step reads the signal pass's teacher logits; for an objective that reads no teacher it is
+`on`). Each mode runs `--steps` training steps from the config's initial student (the budget as
 configured, no calibration) after one warm-up step that compiles: the batch phase
 (`cmdp.training.rollouts.next_batch`: the generation batches' rollouts, rewards and, when
 on, the row-signal program) and the update (the train step) are timed apart. Printed per
@@ -61,11 +65,13 @@ def main():
   p.add_argument("--arg", default=None)
   p.add_argument("--set", action="append", default=[])
   p.add_argument("--steps", type=int, default=4)
+  p.add_argument("--modes", default="off,on,kept", help="comma-separated: off, on, kept")
   args = p.parse_args()
   results = {}
-  for mode in ("off", "on"):
+  for mode in args.modes.split(","):
     config = load_config(args.config, args.arg, args.set)
-    config.dynamic_sampling.enabled = mode == "on"
+    config.dynamic_sampling.enabled = mode != "off"
+    config.dynamic_sampling.keep_teacher_logits = mode == "kept"
     results[mode] = run(config, args.steps)
   ds, g = config.dynamic_sampling, config.rollout.group_size
   print(f"\nconfig {args.config}:{args.arg or ''}  objective {config.objective}, "

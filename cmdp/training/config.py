@@ -139,6 +139,13 @@ def base_config() -> ml_collections.ConfigDict:
       # at the cap without a full batch: proceed (fill the rest with the step's first groups
       # without contrast, which add nothing to the update; logged) | error
       at_cap="proceed",
+      # on: the signal pass also returns the teacher's response-window logits (in
+      # rollout.teacher_logits_dtype); the kept rows' stay on the devices and the step reads
+      # them instead of running the teacher again. Holds B x W x V x bytes (W: the response
+      # window) per generation batch until the step, which otherwise never holds the whole
+      # batch's: for short windows and small batches. Refused for a teacher on devices of
+      # its own; ignored for an objective that does not read the teacher (grpo)
+      keep_teacher_logits=False,
   ))
 
   c.batch_size = 8  # sequences per step (prompts x rollout.group_size)
@@ -383,6 +390,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("dynamic_sampling.generation_prompts", f"{ds.generation_prompts}: with off-policy "
          "steps (rollout.on_policy_fraction < 1) a generation batch is also an off-policy "
          f"step's prompts; use 0 or the step's {config.batch_size // g}.")
+  if ds.enabled and ds.keep_teacher_logits and (config.mesh.teacher_disjoint
+                                                 or config.mesh.teacher_tensor > 0):
+    fail("dynamic_sampling.keep_teacher_logits", "the teacher has devices of its own "
+         "(mesh.teacher_disjoint / teacher_tensor) and hands its logits over per "
+         "microbatch; set keep_teacher_logits=False.")
   if ds.at_cap not in ("proceed", "error"):
     fail("dynamic_sampling.at_cap", f"{ds.at_cap!r}; use 'proceed' or 'error'.")
   if config.data.max_prompt_len < 1:

@@ -252,11 +252,24 @@ class Experiment:
       scores = jax.device_put(scores, self.batch_sharding())
     return processes.process_rows(scores)
 
-  def row_signal(self, params, batch: dict, objective_state) -> np.ndarray:
+  @property
+  def keeps_teacher_logits(self) -> bool:
+    """Dynamic sampling's signal pass hands the teacher's logits of the kept rows to the
+    step (`dynamic_sampling.keep_teacher_logits`; only for an objective that reads the
+    teacher, whose forward runs inside the step: otherwise the option is ignored)."""
+    ds = self.config.dynamic_sampling
+    return bool(ds.enabled and ds.keep_teacher_logits and self.teacher_inside_step
+                and self.objective.needs_teacher)
+
+  def row_signal(self, params, batch: dict, objective_state, keep_teacher_logits=False):
     """Host bool `[B]`: which rows of a training batch (`make_batch`'s, with its
     `task_reward`) give the objective's loss a nonzero gradient for the student `params`
     (`step.make_grad_fn`'s signal: the loss's gradient with respect to the logits, no
-    backward pass through the model); this process's rows, as `score_sequences`."""
+    backward pass through the model); this process's rows, as `score_sequences`.
+
+    `keep_teacher_logits` (the teacher inside the step): returns `(signal, logits)`, with
+    the teacher's window logits `[B, W, V]` of the whole batch left on the student's
+    devices, in `rollout.teacher_logits_dtype`."""
     batch = dict(batch)
     teacher_params = self.teacher.params if self.teacher_inside_step else None
     if teacher_params is None and self.objective.needs_teacher:
@@ -266,11 +279,13 @@ class Experiment:
                              self.teacher.config if teacher_params is not None else None,
                              sc.teacher_logits_dtype, sc.response_start,
                              tuple(sorted(sc.prefixes(self.hp.group_size).items())),
-                             self.student_mesh)
-    signal = fn(params, teacher_params, batch, objective_state)
+                             self.student_mesh, keep_teacher_logits)
+    signal, logits = (fn if keep_teacher_logits else lambda *a: (fn(*a), None))(
+        params, teacher_params, batch, objective_state)
     if jax.process_count() > 1:
       signal = jax.device_put(signal, self.batch_sharding())
-    return np.asarray(processes.process_rows(signal), bool)
+    signal = np.asarray(processes.process_rows(signal), bool)
+    return (signal, logits) if keep_teacher_logits else signal
 
   # ---- prompts ----
 

@@ -8,7 +8,8 @@ shardings (from `cmdp.sharding`'s rules) and donated arguments:
 | `train_step` | `(state, teacher_params, batch) -> (state, metrics)` | state: param rules; teacher: param rules on its mesh; batch rows over (data, fsdp) | state |
 | `host_programs` | a teacher on its own mesh: the train step's parts (prepare, select, zeros, accumulate, apply, finish), driven per microbatch by `step.make_host_train_step` | as the train step; a microbatch's rows over (data, fsdp) or replicated | gradient sums; state |
 | `teacher_logits` | `(teacher_params, inputs, input_mask) -> logits` (a teacher on its own mesh; a microbatch's rows, or evaluation's batch) | teacher mesh | - |
-| `row_signal` | `(student_params, teacher_params, batch, objective_state) -> [B] bool`: rows whose logits get a nonzero gradient of the loss (dynamic sampling) | rows over (data, fsdp) | - |
+| `row_signal` | `(student_params, teacher_params, batch, objective_state) -> [B] bool`: rows whose logits get a nonzero gradient of the loss (dynamic sampling; with `keep_teacher_logits`, also the teacher's window logits) | rows over (data, fsdp) | - |
+| `gather_rows` | `(arrays, rows) -> array`: rows of the arrays' concatenation (dynamic sampling's kept teacher logits) | rows over (data, fsdp) | - |
 | `scorer` | `(student_params, teacher_params, batch) -> sequence scores` | student mesh | - |
 | `sampler` | `(params, prompts, prompt_mask, rng) -> Rollout` (prefill + decode loop; prompts repeated group_size times inside) | `cmdp.rollout.make_sampler` on the mesh | - |
 | `shift_batch` | `(tokens, attention_mask, action_mask[, logprobs]) -> batch` (rollout or reference sequences -> the step's fields) | rows over (data, fsdp) | - |
@@ -178,7 +179,7 @@ def scorer(student_cfg: models.ModelConfig, teacher_cfg: models.ModelConfig, hp:
 @functools.lru_cache(maxsize=16)
 def row_signal(objective: str, hp: ObjectiveConfig, student_cfg: models.ModelConfig,
                teacher_cfg: models.ModelConfig | None, teacher_dtype: str, response_start: int,
-               prefixes: tuple, mesh):
+               prefixes: tuple, mesh, keep_teacher_logits: bool = False):
   """`(student_params, teacher_params, batch, objective_state) -> signal [B] bool`: which
   rows give the objective's loss a nonzero gradient (`step.make_grad_fn`'s signal: the
   forward passes and the loss's gradient with respect to the logits, none through the
@@ -186,7 +187,12 @@ def row_signal(objective: str, hp: ObjectiveConfig, student_cfg: models.ModelCon
   the prompt columns shared as the step shares them (`prefixes`: `StepConfig.prefixes`'s
   items). The batch is a whole step's batch shape; the PPO ratio is taken against the
   sampler's own log-probabilities (truncated importance weights of 1), which moves no
-  gradient from zero to nonzero."""
+  gradient from zero to nonzero.
+
+  `keep_teacher_logits` (a teacher given): returns `(signal, teacher_logits)`, the
+  teacher's window logits in `teacher_dtype` (`step.teacher_forward`), rows over the batch
+  axes, which a step's batch may bring as its own (dynamic sampling's
+  `keep_teacher_logits`)."""
   hp = step_lib.with_default_chunking(hp, student_cfg)
   grad_fn = step_lib.make_grad_fn(objectives.get_objective(objective), hp, student_cfg,
                                   teacher_cfg, teacher_dtype, response_start, dict(prefixes),
@@ -199,9 +205,21 @@ def row_signal(objective: str, hp: ObjectiveConfig, student_cfg: models.ModelCon
     batch["num_sequences"] = jnp.asarray(mask.shape[0], jnp.float32)
     if hp.tis_cap > 0:
       batch["trainer_logprobs"] = batch["old_logprobs"]
-    return grad_fn(params, teacher_params, batch, objective_state)[2]
+    if not keep_teacher_logits:
+      return grad_fn(params, teacher_params, batch, objective_state)[2]
+    batch["teacher_logits"] = step_lib.teacher_forward(
+        teacher_cfg, teacher_dtype, response_start, teacher_params, batch, dict(prefixes))
+    return grad_fn(params, None, batch, objective_state)[2], batch["teacher_logits"]
   rows = NamedSharding(mesh, sharding.batch_spec())
   return jax.jit(sharding.on_mesh(fn, mesh), out_shardings=rows)
+
+
+@functools.lru_cache(maxsize=4)
+def gather_rows(mesh):
+  """`(arrays, rows) -> array`: rows `rows` `[n]` (indices into the concatenation of the
+  tuple `arrays` along axis 0) on the device, rows over the batch axes; no host copy."""
+  fn = lambda arrays, rows: jnp.take(jnp.concatenate(arrays), rows, axis=0)
+  return jax.jit(fn, out_shardings=NamedSharding(mesh, sharding.batch_spec()))
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,7 +14,8 @@ import numpy as np
 from cmdp import data
 from cmdp.training import batch as batch_lib
 from cmdp.training import experiment as experiment_lib
-from cmdp.training.processes import process_rows, sum_over_processes
+from cmdp.training import programs
+from cmdp.training.processes import process_rows, rows_over_processes, sum_over_processes
 
 
 def make_batch(exp: experiment_lib.Experiment, params, examples: list, rng, on_policy: bool,
@@ -101,6 +102,10 @@ def next_batch(exp: experiment_lib.Experiment, state, it: data.PromptIterator, s
   In a multi-process run each process fills its own share of the step's groups from its
   own rows, and every process samples until all are full (the sampler is one program over
   the mesh).
+
+  With `Experiment.keeps_teacher_logits` the signal pass also returns each generation
+  batch's teacher logits, and the step's batch brings the kept rows' as `teacher_logits`,
+  gathered on the devices (`programs.gather_rows`): the step runs no teacher forward.
   """
   cfg = exp.config
   ds = cfg.dynamic_sampling
@@ -109,13 +114,18 @@ def next_batch(exp: experiment_lib.Experiment, state, it: data.PromptIterator, s
     return make_batch(exp, state.params, it.next_batch(), rng, on_policy)
   g = exp.hp.group_size
   need = cfg.batch_size // g // jax.process_count()  # this process's groups
+  keep_logits = exp.keeps_teacher_logits
   kept, spare, pools = [], [], []  # (pool, group) pairs; the generation batches' rows
+  logits = []  # with keep_teacher_logits: each generation batch's, on the devices
   tokens = right = rows = 0
   draws = 0
   while draws < ds.max_generation_batches:
     key = rng if draws == 0 else jax.random.fold_in(rng, draws)
     batch, host = make_batch(exp, state.params, it.next_batch(), key, True)
-    signal = exp.row_signal(state.params, batch, state.objective_state)
+    signal = exp.row_signal(state.params, batch, state.objective_state, keep_logits)
+    if keep_logits:
+      signal, teacher = signal
+      logits.append(teacher)
     local = process_rows(batch)
     pools.append(local)
     contrast = signal.reshape(-1, g).any(axis=-1)
@@ -144,4 +154,20 @@ def next_batch(exp: experiment_lib.Experiment, state, it: data.PromptIterator, s
   host = {"new_tokens": int(tokens), "accuracy": float(right / rows),
           "generation_batches": float(draws), "groups_kept": float(kept_groups),
           "contrast_drawn": float(contrast_drawn / drawn)}
-  return exp.put_batch(step_batch), host
+  step_batch = exp.put_batch(step_batch)
+  if keep_logits:
+    rows_of = kept_rows(kept[:need], g, len(pools[0]["mask"]))
+    step_batch["teacher_logits"] = programs.gather_rows(exp.student_mesh)(tuple(logits),
+                                                                          rows_of)
+  return step_batch, host
+
+
+def kept_rows(kept: list, group_size: int, local_rows: int) -> np.ndarray:
+  """The step's rows as indices into the generation batches' global rows, concatenated:
+  `[batch_size]` int32, every process's in process order (`kept`: this process's
+  `(generation batch, group)` pairs, its `local_rows` rows a generation batch)."""
+  total = local_rows * jax.process_count()
+  first = jax.process_index() * local_rows
+  local = np.concatenate([pool * total + first + i * group_size + np.arange(group_size)
+                          for pool, i in kept]).astype(np.int32)
+  return rows_over_processes(local)

@@ -593,17 +593,24 @@ def window_teacher_logits(teacher_config: models.ModelConfig | None,
                           teacher_logits_dtype: str, response_start: int, teacher_params,
                           batch: dict, prefixes: dict | None = None):
   """`(teacher logits or None, windowed batch)` (see `window_logits`)."""
-  prefixes = prefixes or {}
-  inputs, input_mask = batch["inputs"], batch["input_mask"]
   window = response_window(batch, response_start)
   teacher = window.get("teacher_logits")
   if teacher is None and teacher_config is not None:
-    teacher = models.forward(teacher_config, teacher_params, inputs, input_mask,
-                             response_start, **prefixes).astype(
-                                 jnp.dtype(teacher_logits_dtype))
+    teacher = teacher_forward(teacher_config, teacher_logits_dtype, response_start,
+                              teacher_params, batch, prefixes)
   if teacher is not None:
     teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
   return teacher, window
+
+
+def teacher_forward(teacher_config: models.ModelConfig, teacher_logits_dtype: str,
+                    response_start: int, teacher_params, batch: dict,
+                    prefixes: dict | None = None):
+  """The teacher's logits `[B, L - response_start, V]` of the batch's `inputs`, in
+  `teacher_logits_dtype`: what a batch brings as its own `teacher_logits`."""
+  return models.forward(teacher_config, teacher_params, batch["inputs"], batch["input_mask"],
+                        response_start, **(prefixes or {})).astype(
+                            jnp.dtype(teacher_logits_dtype))
 
 
 def student_window_logits(student_config: models.ModelConfig, response_start: int, params,

@@ -24,6 +24,10 @@ from tests.training.tiny import load_config_file, run_train, tiny_config
     ({"calibration_batch_size": 3}, "config.calibration_batch_size"),
     ({"calibration_samples_per_prompt": -1}, "config.calibration_samples_per_prompt"),
     ({"calibration_samples_per_prompt": 3}, "config.calibration_batch_size"),
+    ({"dynamic_sampling.enabled": True, "dynamic_sampling.keep_teacher_logits": True,
+      "mesh.teacher_disjoint": True}, "config.dynamic_sampling.keep_teacher_logits"),
+    ({"dynamic_sampling.enabled": True, "dynamic_sampling.keep_teacher_logits": True,
+      "mesh.teacher_tensor": 2}, "config.dynamic_sampling.keep_teacher_logits"),
 ])
 def test_impossible_values_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):

@@ -23,11 +23,12 @@ TEST_SIZE = 9  # eval batches of 8: the second holds one example, process 1's ha
 
 
 def worker(workdir: str, coordinator: str = "", num_processes: int = 1,
-           process_id: int = 0) -> None:
+           process_id: int = 0, keep_teacher_logits: bool = False) -> None:
   """One process of a run: calibrates the budget, evaluates the initial student, trains the
   tiny config for STEPS steps and evaluates the final student (the built-in evaluation,
   eval.json), logging with it a checksum of the student's parameters (a global reduction,
-  so every process takes part and process 0 logs it)."""
+  so every process takes part and process 0 logs it). `keep_teacher_logits`: under
+  dynamic sampling, the step reading the signal pass's teacher logits of the kept rows."""
   import jax  # pylint: disable=import-outside-toplevel
   if num_processes > 1:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
@@ -44,7 +45,10 @@ def worker(workdir: str, coordinator: str = "", num_processes: int = 1,
 
   config = tiny_config(num_steps=STEPS, eval_at_end=True, calibrate_budget_quantile=0.5,
                        calibration_prompts=4, **{"data.test_size": TEST_SIZE,
-                                                 "eval.include_initial_student": True})
+                                                 "eval.include_initial_student": True},
+                       **({"dynamic_sampling.enabled": True, "loss.boundary_width": 0.0,
+                           "dynamic_sampling.keep_teacher_logits": True}
+                          if keep_teacher_logits else {}))
   trainer.train(config, workdir, evaluate_fn=evaluate_and_checksum)
   assert jax.process_count() == num_processes
 
@@ -86,11 +90,12 @@ def _eval(workdir: str) -> dict:
     return json.load(f)
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("keep_teacher_logits", [False, True])
+def test_two_processes_match_one(tmp_path, keep_teacher_logits):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   coordinator = f"localhost:{_free_port()}"
-  procs = [_start(two, 1, coordinator, 2, i) for i in range(2)]
-  procs.append(_start(one, 2))
+  procs = [_start(two, 1, coordinator, 2, i, keep_teacher_logits) for i in range(2)]
+  procs.append(_start(one, 2, "", 1, 0, keep_teacher_logits))
   _finish(procs)
   ref, got = _rows(one), _rows(two)
   assert [r["step"] for r in got] == [r["step"] for r in ref] == [*range(1, STEPS + 1), STEPS]
@@ -102,6 +107,9 @@ def test_two_processes_match_one(tmp_path):
     for key in ("train/loss", "train/task_reward", "train/kl_seq", "train/grad_norm"):
       assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-7), key
     assert g["train/accuracy"] == r["train/accuracy"]
+    if keep_teacher_logits:  # the same groups kept from as many generation batches
+      assert g["train/generation_batches"] == r["train/generation_batches"]
+      assert g["train/groups_kept"] == r["train/groups_kept"]
   for key in ("check/param_abs_sum", "check/param_sq_sum"):
     assert got[-1][key] == pytest.approx(ref[-1][key], rel=1e-6), key
   # The evaluations: the same figures over the same TEST_SIZE examples, padding left out.

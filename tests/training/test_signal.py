@@ -98,9 +98,9 @@ def _constructed_rewards(completions, group, format_weight=0.0):
   return r, r
 
 
-def _dynamic(monkeypatch, rewards=_constructed_rewards, **overrides):
+def _dynamic(monkeypatch, rewards=_constructed_rewards, objective="grpo", **overrides):
   monkeypatch.setattr(batch_lib, "task_rewards", rewards)
-  config = tiny_config("grpo", **{"dynamic_sampling.enabled": True,
+  config = tiny_config(objective, **{"dynamic_sampling.enabled": True,
                                   "dynamic_sampling.generation_prompts": 4, **overrides})
   exp = experiment.build(config)
   state, _ = trainer.create_state(exp, exp.student.params)
@@ -175,11 +175,63 @@ def test_dynamic_sampling_on_a_mesh_equals_one_device(monkeypatch, mesh, one_dev
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_dynamic_sampling_resumed_equals_uninterrupted(tmp_path):
+def _stepped(monkeypatch, keep, layout):
+  """cmdp's step on a dynamically sampled batch, the teacher's logits kept from the signal
+  pass or not: the kept prompts, the batch's teacher logits, the params and metrics."""
+  exp, state, it = _dynamic(monkeypatch, objective="cmdp",
+                            **{"dynamic_sampling.max_generation_batches": 3,
+                               "dynamic_sampling.keep_teacher_logits": keep,
+                               "optimizer.name": "sgd"}, **layout)
+  assert exp.keeps_teacher_logits == keep
+  batch, _ = rollouts.next_batch(exp, state, it, 0, True)
+  logits = batch.get("teacher_logits")
+  state, shardings = trainer.create_state(exp, exp.student.params)
+  teacher = exp.step_teacher_params
+  if keep:  # the step must not run the teacher: a zeroed one would change the update
+    teacher = jax.tree.map(lambda x: x * 0, teacher)
+  state, metrics = exp.make_train_step(exp.hp, shardings)(state, teacher, batch)
+  return (_prompts(exp, batch), logits, jax.device_get(state.params),
+          jax.device_get(metrics), exp)
+
+
+@pytest.mark.parametrize("layout", [
+    {"mesh.num_devices": 1},
+    {"mesh.num_devices": 1, "grad_accum_steps": 2, "ppo_minibatches": 2},
+    {"mesh.data": 2, "mesh.fsdp": 4, "grad_accum_steps": 2, "ppo_minibatches": 2}])
+def test_kept_teacher_logits_give_the_same_update(monkeypatch, layout):
+  """The step on the signal pass's teacher logits (no teacher forward of its own) is the
+  step that runs the teacher: same kept prompts, params and metrics; the logits stay on
+  the devices, rows over the batch axes, in rollout.teacher_logits_dtype. The teacher's
+  forward over a generation batch and over a microbatch round apart (other shapes), so
+  the optimiser is sgd: Adam's first updates, about lr x the gradient's sign, would turn
+  the rounding of a near-zero gradient entry into a difference of lr."""
+  p_off, none, w_off, m_off, _ = _stepped(monkeypatch, False, layout)
+  p_on, logits, w_on, m_on, exp = _stepped(monkeypatch, True, layout)
+  assert none is None
+  np.testing.assert_array_equal(p_on, p_off)
+  vocab = exp.teacher.config.output_vocab or exp.teacher.config.vocab_size
+  # The response window: the sampler's max_new_tokens columns after the prompt.
+  assert logits.shape == (exp.config.batch_size, exp.config.rollout.max_new_tokens, vocab)
+  assert logits.dtype == np.float32
+  assert logits.sharding.is_equivalent_to(exp.batch_sharding(), logits.ndim)
+  for a, b in zip(jax.tree.leaves(w_on), jax.tree.leaves(w_off)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert m_on.keys() == m_off.keys()
+  for key in m_off:
+    np.testing.assert_allclose(m_on[key], m_off[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_kept_teacher_logits_are_ignored_for_an_objective_without_teacher(monkeypatch):
+  exp, _, _ = _dynamic(monkeypatch, **{"dynamic_sampling.keep_teacher_logits": True})
+  assert not exp.keeps_teacher_logits  # grpo reads no teacher
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_dynamic_sampling_resumed_equals_uninterrupted(tmp_path, keep):
   """cmdp on the tiny models: contrast comes from the costs (some groups straddle d)."""
   # Without the boundary term, so that some groups lack contrast and are resampled.
   flags = {"dynamic_sampling.enabled": True, "dynamic_sampling.max_generation_batches": 3,
-           "loss.boundary_width": 0.0,
+           "dynamic_sampling.keep_teacher_logits": keep, "loss.boundary_width": 0.0,
            "num_steps": 4, "checkpoint_async": False}
 
   def run(name, evaluate_fn=lambda *a: {}, **more):
