@@ -1,7 +1,8 @@
 r"""The arithmetic comparison, protocol version 2 (issue 31): cmdp with and without its
 boundary term against the hinge and the Lagrangians, at a budget a grpo-only pilot stressed.
 
-    python -m cmdp.study.pilot --config configs/study_arith.py --workdir /work/studies/arith_pilot
+    python -m cmdp.study --config configs/study_arith.py --workdir /work/studies/arith_pilot \
+        --pilot
     python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith
     python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
 
@@ -43,7 +44,7 @@ from cmdp.training.config import base_config, model_fields, parse_arg
 GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: every family
 MEDIAN = 0.5  # the upper budget: the median of the initial student's sampled C(y)
 
-# The grpo-only pilot (`python -m cmdp.study.pilot`), declared before it ran: its seeds (the
+# The grpo-only pilot (`python -m cmdp.study --pilot`), declared before it ran: its seeds (the
 # comparison's are 0-4), the candidate budgets every run is read at, the settings from least
 # to most stress, and the choice rule (`cmdp.study.pilot.analysis.choose`).
 PILOT = dict(
@@ -70,7 +71,7 @@ PROTOCOL = """\
 * **Budgets.** `d` at the 0.5 quantile and at a lower quantile `q_lo` in {0.2, 0.3, 0.4} of the
   initial student's `C(y)` on 512 samples (64 held-out calibration problems x 8), calibrated
   once; `q_lo` is the pilot's.
-* **Stress, set before the comparison by a grpo-only pilot** (`python -m cmdp.study.pilot`):
+* **Stress, set before the comparison by a grpo-only pilot** (`python -m cmdp.study --pilot`):
   seeds 1000-1002 (never the comparison's), learning rates {2.5e-5, 5e-5, 1e-4, 2e-4} at 40
   steps, each run read at q20, q30, q40 and q50. *Rule:* the learning rate is the smallest at
   which grpo's seed-mean sampled satisfaction at q50 falls by at least 8 points from the

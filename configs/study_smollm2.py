@@ -1,7 +1,8 @@
 r"""Does cmdp hold its budget on a real LLM? SmolLM2, protocol version 2 (issue 31): cmdp with
 and without its boundary term at a budget a grpo-only pilot stressed.
 
-    python -m cmdp.study.pilot --config configs/study_smollm2.py --workdir /work/studies/smollm2_pilot
+    python -m cmdp.study --config configs/study_smollm2.py --workdir /work/studies/smollm2_pilot \
+        --pilot
     python -m cmdp.study --config configs/study_smollm2.py --workdir /tmp/study_smollm2 \
         --output_dir docs/results
     python -m cmdp.study --config configs/study_smollm2.py:small --workdir /tmp/study_small
@@ -37,7 +38,7 @@ from cmdp.training.config import config_module, model_fields, parse_arg
 GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: the same for every family
 MEDIAN = 0.5  # the upper budget: the median of the initial student's sampled C(y)
 
-# The grpo-only pilot (`python -m cmdp.study.pilot`), declared before it ran: its seeds (the
+# The grpo-only pilot (`python -m cmdp.study --pilot`), declared before it ran: its seeds (the
 # comparison's are 0-2), the candidate budgets every run is read at, the settings from least
 # to most stress (cheapest first), and the choice rule (`cmdp.study.pilot.analysis.choose`).
 PILOT = dict(
@@ -64,7 +65,7 @@ PROTOCOL = """\
 * **Budgets.** `d` at the 0.5 quantile and at a lower quantile `q_lo` in {0.2, 0.3, 0.4} of the
   initial (refitted) student's `C(y)` on 1,024 samples (128 held-out calibration problems x
   8), calibrated once and shared by every run; `q_lo` is the pilot's.
-* **Stress, set before the comparison by a grpo-only pilot** (`python -m cmdp.study.pilot`):
+* **Stress, set before the comparison by a grpo-only pilot** (`python -m cmdp.study --pilot`):
   seeds 1000-1002 (never the comparison's), the settings (learning rate, steps) (3e-6, 12),
   (6e-6, 12), (3e-6, 24), (6e-6, 24) in that order (cheapest first; 3e-6 is the main job's
   rate), each run read at q20, q30, q40 and q50. *Rule:* the setting is the first in that

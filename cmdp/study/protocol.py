@@ -202,14 +202,14 @@ def at_budget(metrics: dict, budget: str) -> dict:
 def require_choice(study) -> None:
   """Refuses a comparison whose config declares a pilot (`study.pilot`) before the pilot's
   choice is recorded (`study.pilot.choice`): the lower budget and the run settings are the
-  pilot's to set (`python -m cmdp.study.pilot`); a config without a pilot passes."""
+  pilot's to set (`python -m cmdp.study --pilot`); a config without a pilot passes."""
   pilot = study.get("pilot")
   if pilot is not None and not pilot.get("choice"):
     raise ValueError(
         f"config.pilot.choice is missing: the {study.name} comparison runs at the lower budget "
         "quantile, learning rate and steps its grpo-only pilot chooses; run python -m "
-        "cmdp.study.pilot --config CONFIG --workdir DIR and record its choice in the config "
-        "first.")
+        "cmdp.study --config CONFIG --workdir DIR --pilot (a workdir of its own) and record its "
+        "choice in the config first.")
 
 
 def apply_choice(c, median: float, grid) -> None:
