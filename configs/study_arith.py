@@ -1,6 +1,8 @@
-r"""The arithmetic comparison on the SmolLM2 study's protocol: equal knob grids in budget
-units, two budgets, the same rules, 5 paired seeds.
+r"""The arithmetic comparison, protocol version 2 (issue 31): cmdp with and without its
+boundary term against the hinge and the Lagrangians, at a budget a grpo-only pilot stressed.
 
+    python -m cmdp.study --config configs/study_arith.py --workdir /work/studies/arith_pilot \
+        --pilot
     python -m cmdp.study --config configs/study_arith.py --workdir /tmp/study_arith
     python -m cmdp.study --config configs/study_arith.py:small --workdir /tmp/study_small
 
@@ -13,54 +15,91 @@ So the teacher is strong on problems without a multiplication and wrong on the 1
 one; on those a right answer needs `*`, which the teacher all but never writes, so the
 reward and the teacher pull apart.
 
-The protocol (`PROTOCOL`, `cmdp.study.protocol`) is the one of configs/study_smollm2.py,
-declared before this study ran on it. The run settings (rollout temperature 0.7, learning
-rate 2.5e-5, batches of 8 prompts x 8) come from the probes of
-docs/results/arith_tension.md (section E); 40 steps (not 50) and 500 evaluation problems
-with 2 samples each keep the 100 runs under 90 minutes by the earlier study's measured
-cost (a run took 55 s at 50 steps and 1,000 problems with 1 sample).
+Version 2 (`PROTOCOL`, written before any of its runs, the pilot's included): the families
+of `protocol.V2_FAMILIES` on one grid {0.3, 3} (`cmdp_terminal`, the terminal penalty
+without the boundary term, is the control for the term; `cmdp_scaled` is dropped), budgets
+at q50 and at the lower quantile the pilot (`PILOT`) chooses, with the learning rate it
+chooses; 5 paired seeds. The comparison refuses to run until the pilot's choice is recorded
+in `CHOICE` (`protocol.require_choice`).
 
-The earlier report of this setting (15 methods with nats-scaled penalties and lambdas, one
-budget, 30 Nov 2026) is kept as a dated record in docs/results/arith_2026-11-30.md; this
-study writes docs/results/arith.md.
+Expected compute (2 idle cores): the shared stages once (the supervised stage measured 64
+min, calibration and the first evaluations 3 min), the pilot 12 grpo runs (about 12 min),
+the comparison 100 runs (20 per seed: 9 constrained settings at each budget and the 2
+anchors) at about 55 s each (40 steps, 500 problems x 2 samples; the version-1 runs took 58
+s on average), about 95 min.
 
-Argument: `small` (tiny models, 1 seed, 2 methods, 2 steps, 48 evaluation problems: the
-CI smoke test).
+Earlier reports of this setting stay as dated records: docs/results/arith_2026-11-30.md (15
+methods, nats-scaled knobs, one budget) and docs/results/arith.md (version 1, the SmolLM2
+study's first protocol, budgets q50 and q90, 2026-12-06). Version 2 writes `arith_v2.md`
+(`.json`, `.png`) and its pilot `arith_v2_pilot.md` (`.json`).
+
+Argument: `small` (tiny models, 1 seed, 2 methods, 2 steps, 48 evaluation problems, fixed
+budgets q50 and q30 in place of the pilot's: the CI smoke test).
 """
 import ml_collections
 
 from cmdp.study import protocol
-from cmdp.training.config import base_config, config_module, model_fields, parse_arg
+from cmdp.training.config import base_config, model_fields, parse_arg
 
 GRID = (0.3, 3.0)  # n, and lambda d, in task-reward units per budget: every family
-QUANTILES = (0.5, 0.9)  # the budgets: these quantiles of the initial student's sampled C(y)
-# The dated notes on this study's runs, printed in its report (`settings_note`): those of
-# configs/study_smollm2.py, whose protocol this study runs.
-SMOLLM2 = config_module(__file__, "study_smollm2.py")
+MEDIAN = 0.5  # the upper budget: the median of the initial student's sampled C(y)
+
+# The grpo-only pilot (`python -m cmdp.study --pilot`), declared before it ran: its seeds (the
+# comparison's are 0-4), the candidate budgets every run is read at, the settings from least
+# to most stress, and the choice rule (`cmdp.study.pilot.analysis.choose`).
+PILOT = dict(
+    seeds=(1000, 1001, 1002),
+    quantiles=(0.2, 0.3, 0.4, 0.5),
+    # (learning rate, steps): 40 steps fixed by the 90-minute limit (100 runs of about 55 s)
+    settings=tuple(dict(learning_rate=lr, num_steps=40) for lr in (2.5e-5, 5e-5, 1e-4, 2e-4)),
+    target="q50",  # where grpo must lose `stress_points`: the median budget
+    lower=(0.2, 0.3, 0.4),  # the lower budget's candidates
+    stress_points=0.08,  # 8 points of sampled satisfaction, seed mean
+)
+# The pilot's choice (`quantile`, `learning_rate`, `num_steps`), recorded with its date and
+# command in `CHOICE_NOTE` after it ran; None until then (the comparison refuses to run).
+CHOICE = None
+CHOICE_NOTE = ""
+
 PROTOCOL = """\
+* **Version 2** (issue 31), declared before any of its runs, the pilot's included.
 * **Cost and units.** `C(y)` = the sum over response tokens of the exact KL(student || teacher)
   (characters), in nats per sequence, on the deployed student, at the states of samples at
   the training temperature 0.7.
 * **Reading.** `P(C(y) <= d) >= 1 - delta`: satisfaction is the share of sampled responses
   (2 per problem, 500 held-out problems) within `d`.
-* **Budgets.** `d` at the 0.5 and 0.9 quantiles of the initial student's `C(y)` on 512 sampled
-  training responses, calibrated once.
-* **Knobs, the same grid {0.3, 3} in budget units for every constrained family:** `cmdp`
-  (terminal penalty, the default), `cmdp_scaled`, `cmdp_hinge`, `soft_lagrangian` (`lambda d`),
-  and `dual_lagrangian` with the rate target `1 - q`. Anchors: `grpo`, `gkd`.
-* **Runs.** 40 steps of 8 prompts x 8 samples, learning rate 2.5e-5, temperature 0.7, 72 new
-  characters at most; 5 paired seeds; evaluation at the end, greedy and 2 samples per problem.
-* **Rules.** As configs/study_smollm2.py: *holds* (final sampled satisfaction >= initial - 2
-  points, every seed), *informative* (grpo loses >= 5 points), *beats* (a cmdp family's best
+* **Budgets.** `d` at the 0.5 quantile and at a lower quantile `q_lo` in {0.2, 0.3, 0.4} of the
+  initial student's `C(y)` on 512 samples (64 held-out calibration problems x 8), calibrated
+  once; `q_lo` is the pilot's.
+* **Stress, set before the comparison by a grpo-only pilot** (`python -m cmdp.study --pilot`):
+  seeds 1000-1002 (never the comparison's), learning rates {2.5e-5, 5e-5, 1e-4, 2e-4} at 40
+  steps, each run read at q20, q30, q40 and q50. *Rule:* the learning rate is the smallest at
+  which grpo's seed-mean sampled satisfaction at q50 falls by at least 8 points from the
+  initial student's; `q_lo` is the quantile of {0.2, 0.3, 0.4} with the largest seed-mean
+  fall at that rate (ties: the higher quantile). If no rate reaches 8 points: the largest
+  rate, and the pilot's report and this config say the stress target was not met. The choice
+  is recorded in this config, dated and with its command, before the first comparison run;
+  the comparison refuses to run without it.
+* **Knobs, the same grid {0.3, 3} in budget units for every constrained family:**
+  `cmdp_terminal` (the terminal penalty without the boundary term, `boundary_width = 0`: the
+  control), `cmdp` (the terminal penalty with the boundary term, `boundary_width = 0.1`: the
+  shipped default), `cmdp_hinge`, `soft_lagrangian` (`lambda d`); `dual_lagrangian` with the
+  rate target `1 - q`. Anchors: `grpo`, `gkd`, trained once per seed and read at both budgets.
+* **Runs.** 40 steps of 8 prompts x 8 samples (dynamic sampling, at most 4 generation batches
+  a step), the pilot's learning rate, temperature 0.7, 72 new characters at most; 5 paired
+  seeds (0-4); evaluation at the end, greedy and 2 samples per problem.
+* **Rules.** As version 1: *holds* (final sampled satisfaction >= initial - 2 points, every
+  seed), *informative* (grpo loses >= 5 points, seed mean), *beats* (a cmdp family's best
   holding setting more accurate than the best holding Lagrangian setting in every seed, or
-  holding where none does)."""
+  holding where none does), for `cmdp` and `cmdp_terminal` alike; `cmdp_hinge` beside them."""
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, small=False)
   c = ml_collections.ConfigDict()
-  c.name = "arith"  # report files: <output_dir>/<name>.md / .png / .json
-  c.title = "Evidence study: constrained distillation on generated arithmetic"
+  c.name = "arith_v2"  # report files: <output_dir>/<name>.md / .png / .json
+  c.title = ("Evidence study: constrained distillation on generated arithmetic, protocol "
+             "version 2 (the boundary term at a stressed budget)")
   c.description = (
       "Multi-step arithmetic word problems in the GSM8K format (2-3 operations, worked "
       "steps `a+b=<<a+b=c>>c`, final `#### n`). A character-level teacher and a student "
@@ -71,16 +110,12 @@ def get_config(arg=None):
       "teacher, beyond the KL budget.")
   c.protocol = PROTOCOL
   c.settings_note = (
-      "The shared settings were chosen once, before the study, from one-seed probes of "
-      "grpo, gkd, cmdp and soft_lagrangian@0.1 on 500 test problems "
-      "(docs/results/arith_tension.md, section E), and every method uses them unchanged: "
-      "rollout temperature 0.7 (at 1.0 a weaker student's samples were mostly wrong: 25% "
-      "sampled against 51% greedy); learning rate 2.5e-5 with batches of 8 prompts x 8 "
-      "samples (at 5e-5 for 60 steps grpo lost 10 points on the problems without a "
-      "multiplication, at 2e-5 under 1); 40 steps, set by the study's 90-minute limit. The "
-      "budgets follow the protocol (the 0.5 and 0.9 quantiles). "
-      + SMOLLM2.rerun_note("5c78892", "arith") + " " + SMOLLM2.SIGNAL_NOTE)
-  # Where the report goes: "" = <workdir>/results; the committed report was written with
+      "The shared settings other than the learning rate were chosen once, before version 1, "
+      "from one-seed probes (docs/results/arith_tension.md, section E), and every method uses "
+      "them unchanged: rollout temperature 0.7 (at 1.0 a weaker student's samples were mostly "
+      "wrong), batches of 8 prompts x 8 samples, 40 steps (the 90-minute limit). The learning "
+      "rate and the lower budget are the grpo-only pilot's (protocol). " + CHOICE_NOTE)
+  # Where the report goes: "" = <workdir>/results; a committed report is written with
   # `--output_dir docs/results` (python -m cmdp.study --help).
   c.output_dir = ""
   c.seeds = 5  # seeds 0..seeds-1, each shared by every method (paired)
@@ -118,7 +153,8 @@ def get_config(arg=None):
         seed=0,  # random init and data order
     ))
 
-  c.budget_quantiles = QUANTILES
+  c.pilot = ml_collections.ConfigDict(PILOT)
+  c.pilot.choice = CHOICE
   c.calibration = ml_collections.ConfigDict(dict(seed=0))
   c.rules = ml_collections.ConfigDict(dict(hold_margin=0.02, stress_points=0.05))
 
@@ -144,14 +180,14 @@ def get_config(arg=None):
   r.num_steps = 40
   r.calibration_prompts = 64  # x 8 = 512 samples
   r.calibration_batch_size = 0
-  r.optimizer.learning_rate = 2.5e-5
+  r.optimizer.learning_rate = 2.5e-5  # version 1's; the comparison's is the pilot's choice
   r.checkpoint_every = 0  # final checkpoint only: runs are short
   r.keep_checkpoints = 1
   r.log_every = 10
   r.progress_bar = False
   c.run = r
 
-  c.methods = protocol.methods(GRID, QUANTILES)
+  protocol.apply_choice(c, MEDIAN, GRID)  # the budgets, methods, learning rate and steps
   c.eval = ml_collections.ConfigDict(dict(
       num_examples=500,  # held-out problems (the test split)
       data_seed=0,  # generator seed of the test split
@@ -167,7 +203,8 @@ def get_config(arg=None):
 
 
 def _small(c):
-  """Tiny models, 1 seed, 2 methods, a few steps: the end-to-end test (2 CPU cores)."""
+  """Tiny models, 1 seed, 2 methods, a few steps, fixed budgets q50 and q30 (no pilot): the
+  end-to-end test (2 CPU cores)."""
   c.title += " (small smoke run)"
   c.output_dir = ""
   c.seeds = 1
@@ -189,8 +226,13 @@ def _small(c):
   c.run.rollout.max_new_tokens = 24
   c.run.rollout.group_size = 4
   c.run.batch_size = 8
-  c.run.num_steps = 2
   c.run.log_every = 1
+  # Fixed budgets and settings in place of a pilot's choice: the smoke run has no pilot.
+  c.pilot.choice = dict(quantile=0.3, learning_rate=c.run.optimizer.learning_rate,
+                        num_steps=2)
+  protocol.apply_choice(c, MEDIAN, GRID)
+  c.pilot.seeds = (1000,)  # a pilot smoke run: one seed, two settings of 2 steps
+  c.pilot.settings = tuple(dict(s, num_steps=2) for s in PILOT["settings"][:2])
   keep = ("cmdp@3/q50", "grpo")
   c.methods = [m for m in c.methods if m["name"] in keep]
   c.eval.num_examples = 48

@@ -14,4 +14,7 @@
 * `report`, `plot`: the analysis rendered: the markdown / JSON / PNG;
 * `quote`: the analysis in a few lines for the README (`cmdp.quote`);
 * `compare`: the whole study (shared stages, runs, resuming, then analysis and report).
+* `pilot`: a study's grpo-only pilot (`--pilot`): the same shared stages, grpo at each
+  declared setting on seeds of its own, and the choice its declared rule makes
+  (docs/studies.md).
 """

@@ -269,6 +269,7 @@ def enable_compilation_cache(path: str) -> None:
 
 def run_study(study: ml_collections.ConfigDict, workdir: str, command: str) -> dict:
   """Runs (or resumes) the comparison and writes its report; returns the JSON payload."""
+  protocol.require_choice(study)  # a declared pilot must have chosen before the comparison
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   if study.get("compilation_cache"):

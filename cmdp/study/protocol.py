@@ -6,8 +6,9 @@ the training temperature, so a method's satisfaction is the share of sampled res
 within `d`. Every constrained family gets the same grid of knobs in budget units (`g`);
 `FAMILIES` says how each family reads it:
 
-* `cmdp` per penalty form, and `cmdp_hinge`: `penalty_scale = g` (`penalty_units =
-  "budget"`, the default);
+* `cmdp` per penalty form (`cmdp_terminal`: the terminal penalty without the boundary term,
+  `boundary_width = 0`, the control for the term), and `cmdp_hinge`: `penalty_scale = g`
+  (`penalty_units = "budget"`, the default);
 * `soft_lagrangian`: `lambda d = g`, i.e. `soft_lambda = g / d` (`per_budget`);
 * `dual_lagrangian`: no knob; the rate target `P(C > d) <= violation_target`, the initial
   violation rate `1 - q` at the budget's quantile `q`;
@@ -40,6 +41,8 @@ import numpy as np
 #   role: "cmdp" (a contender the *beats* rule judges), "lagrangian" (its rivals) or
 #     "anchor" (no budget: trained once per seed, read at every budget).
 FAMILIES = {
+    "cmdp_terminal": dict(objective="cmdp", loss=dict(penalty="terminal", boundary_width=0.0),
+                          knob="penalty_scale", units="budget", rate_field=None, role="cmdp"),
     "cmdp": dict(objective="cmdp", loss=dict(penalty="terminal"), knob="penalty_scale",
                  units="budget", rate_field=None, role="cmdp"),
     "cmdp_scaled": dict(objective="cmdp", loss=dict(penalty="scaled"), knob="penalty_scale",
@@ -56,6 +59,13 @@ FAMILIES = {
     "gkd": dict(objective="gkd", loss={}, knob=None, units=None, rate_field=None,
                 role="anchor"),
 }
+
+
+# Protocol version 2 (issue 31: the boundary term, a stressed budget): cmdp without its
+# boundary term and with it (the shipped default), the hinge and the two Lagrangians, one
+# grid for all; the anchors. `cmdp_scaled` is left out.
+V2_FAMILIES = ("cmdp_terminal", "cmdp", "cmdp_hinge", "soft_lagrangian", "dual_lagrangian",
+               "grpo", "gkd")
 
 
 def of_role(role: str) -> tuple[str, ...]:
@@ -187,3 +197,29 @@ def at_budget(metrics: dict, budget: str) -> dict:
     if key in metrics:
       out[f"satisfaction_{kind}"] = metrics[key]
   return out
+
+
+def require_choice(study) -> None:
+  """Refuses a comparison whose config declares a pilot (`study.pilot`) before the pilot's
+  choice is recorded (`study.pilot.choice`): the lower budget and the run settings are the
+  pilot's to set (`python -m cmdp.study --pilot`); a config without a pilot passes."""
+  pilot = study.get("pilot")
+  if pilot is not None and not pilot.get("choice"):
+    raise ValueError(
+        f"config.pilot.choice is missing: the {study.name} comparison runs at the lower budget "
+        "quantile, learning rate and steps its grpo-only pilot chooses; run python -m "
+        "cmdp.study --config CONFIG --workdir DIR --pilot (a workdir of its own) and record its "
+        "choice in the config first.")
+
+
+def apply_choice(c, median: float, grid) -> None:
+  """A version-2 study config (`V2_FAMILIES`) set from its pilot's recorded choice
+  (`c.pilot.choice`: `quantile`, `learning_rate`, `num_steps`): the budgets (the `median`
+  and the chosen lower quantile), the run's learning rate and steps, and the methods on
+  `grid`. Without a choice: the median alone, and `require_choice` refuses the comparison."""
+  choice = c.pilot.choice
+  c.budget_quantiles = (median,) + ((choice.quantile,) if choice else ())
+  if choice:
+    c.run.optimizer.learning_rate = choice.learning_rate
+    c.run.num_steps = choice.num_steps
+  c.methods = methods(grid, c.budget_quantiles, V2_FAMILIES)

@@ -85,8 +85,10 @@ def test_every_method_of_the_smollm2_study_makes_a_valid_run_config():
   from cmdp.training import config as config_lib
   from tests.training.tiny import load_config_file
   study = load_config_file("study_smollm2.py")
-  assert study.seeds == 3 and tuple(study.budget_quantiles) == (0.5, 0.9)
-  budgets = {"q50": 0.2, "q90": 1.6}
+  study.pilot.choice = dict(quantile=0.3, learning_rate=6e-6, num_steps=24)  # a pilot's
+  protocol.apply_choice(study, 0.5, GRID)
+  assert study.seeds == 3 and tuple(study.budget_quantiles) == (0.5, 0.3)
+  budgets = {"q50": 0.2, "q30": 0.1}
   healed = llm.base_config(study, "/nonexistent")
   for m in study.methods:
     c = llm.run_config(study, healed, m, 0, budgets)
@@ -95,10 +97,13 @@ def test_every_method_of_the_smollm2_study_makes_a_valid_run_config():
     get_objective(c.objective).check_fields(hp)
     d = budgets[m["budget"] or "q50"]
     assert hp.budget == d and c.batch_size == 64 and hp.group_size == 8
+    assert (c.optimizer.learning_rate, c.num_steps) == (6e-6, 24)
     if m["family"] == "soft_lagrangian":
       assert hp.soft_lambda * d == pytest.approx(m["per_budget"]["soft_lambda"])
     if m["family"] == "dual_lagrangian":
-      assert (hp.dual_target, hp.violation_target) == ("rate", 0.5 if d == 0.2 else 0.1)
+      assert (hp.dual_target, hp.violation_target) == ("rate", 0.5 if d == 0.2 else 0.7)
+    if m["family"] in ("cmdp_terminal", "cmdp"):  # the term's control, and the shipped term
+      assert hp.boundary_width == (0.0 if m["family"] == "cmdp_terminal" else 0.1)
 
 
 def test_a_family_row_in_the_table_puts_its_methods_on_the_grid(monkeypatch):

@@ -16,16 +16,16 @@ from cmdp.models.char_tokenizer import char_tokenizer
 from cmdp.study import compare, pretrain, runner
 from tests.training.tiny import _ROOT, load_config_file
 
-BUDGETS = {"q50": 1.5, "q90": 4.0}
-# (accuracy greedy, sampled satisfaction at q50, at q90) of each run, seed 0
-RUNS = {"cmdp@3/q50": (0.30, 0.55, 0.92), "grpo": (0.40, 0.35, 0.80)}
+BUDGETS = {"q50": 1.5, "q30": 0.8}
+# (accuracy greedy, sampled satisfaction at q50, at q30) of each run, seed 0
+RUNS = {"cmdp@3/q50": (0.30, 0.55, 0.35), "grpo": (0.40, 0.35, 0.20)}
 
 
-def _metrics(accuracy: float, sat50: float, sat90: float) -> dict:
+def _metrics(accuracy: float, sat50: float, sat30: float) -> dict:
   return {"accuracy": accuracy, "accuracy_greedy": accuracy, "accuracy_sampled": accuracy / 2,
           "num_examples": 48, "satisfaction_sampled@q50": sat50,
-          "satisfaction_sampled@q90": sat90, "satisfaction_greedy@q50": sat50,
-          "satisfaction_greedy@q90": sat90}
+          "satisfaction_sampled@q30": sat30, "satisfaction_greedy@q50": sat50,
+          "satisfaction_greedy@q30": sat30}
 
 
 def _write(path: str, value) -> None:
@@ -48,7 +48,7 @@ def _finished_stages(study, workdir: str) -> int:
   stage = {role: {"num_params": pretrain.count_params(pretrain.hf_dir(workdir, role)),
                   "wall_s": 60.0} for role in pretrain.ROLES}
   _write(os.path.join(workdir, "initial_eval.json"), {
-      "teacher": _metrics(0.5, 0.9, 0.99), "student": _metrics(0.35, 0.5, 0.9),
+      "teacher": _metrics(0.5, 0.9, 0.8), "student": _metrics(0.35, 0.5, 0.3),
       "pretrain": stage, "wall_s": 1.0})
   for m in runner.method_list(study):
     _write(os.path.join(runner.run_dir(workdir, m["name"], 0), runner.RESULT_FILE), {
@@ -73,21 +73,21 @@ def test_the_study_config_writes_its_report_into_the_workdir(tmp_path):
 
   results = os.path.join(workdir, "results")
   assert compare.report_dir(study, workdir) == results
-  assert sorted(os.listdir(results)) == ["arith.json", "arith.md", "arith.png"]
-  saved = json.load(open(os.path.join(results, "arith.json")))
+  assert sorted(os.listdir(results)) == ["arith_v2.json", "arith_v2.md", "arith_v2.png"]
+  saved = json.load(open(os.path.join(results, "arith_v2.json")))
   assert saved["budgets"] == payload["budgets"] == BUDGETS
   assert sorted(r["method"] for r in saved["runs"]) == sorted(RUNS)
   # grpo loses 15 points of satisfaction at q50 (0.50 -> 0.35): q50 is informative, and
   # cmdp@3 holds it (0.55) where no Lagrangian runs.
   assert saved["decisions"]["q50"]["informative"] is True
   assert saved["decisions"]["q50"]["holds"] == {"cmdp@3/q50": True}
-  md = open(os.path.join(results, "arith.md")).read()
+  md = open(os.path.join(results, "arith_v2.md")).read()
   assert md.startswith(f"# {study.title}\n")
   assert "Command: `python -m cmdp.study (test)`. 2 runs" in md
-  assert "**Verdict at q50.**" in md and "**Verdict at q90.**" in md
-  assert "![accuracy against satisfaction](arith.png)" in md
+  assert "**Verdict at q50.**" in md and "**Verdict at q30.**" in md
+  assert "![accuracy against satisfaction](arith_v2.png)" in md
   assert f"The student: {num_params:,} parameters, trained from scratch in 1.0 min." in md
-  with open(os.path.join(results, "arith.png"), "rb") as f:
+  with open(os.path.join(results, "arith_v2.png"), "rb") as f:
     assert f.read(4) == b"\x89PNG"
   # Nothing was trained (the report holds the finished runs' results), and the committed
   # report is as it was.

@@ -12,7 +12,7 @@ def test_small_llm_study_end_to_end(tmp_path):
   workdir = str(tmp_path / "study")
   payload = llm.run_study(study, workdir, "python -m cmdp.study (test)")
   budgets = payload["budgets"]
-  assert list(budgets) == ["q50", "q90"] and 0 < budgets["q50"] <= budgets["q90"]
+  assert list(budgets) == ["q50", "q30"] and 0 < budgets["q30"] <= budgets["q50"]
   cal = json.load(open(f"{workdir}/calibration.json"))
   # Each held-out calibration question (at most calibration_prompts draws) group_size times.
   assert 0 < cal["num_questions"] <= study.run.calibration_prompts
@@ -28,7 +28,7 @@ def test_small_llm_study_end_to_end(tmp_path):
     m = r["metrics"]
     for b in budgets:  # every run is read at both budgets from the same responses
       assert 0 <= m[f"satisfaction_sampled@{b}"] <= 1
-    assert m["satisfaction_sampled@q50"] <= m["satisfaction_sampled@q90"]
+    assert m["satisfaction_sampled@q30"] <= m["satisfaction_sampled@q50"]
     assert "train/groups_mixed" in r["diagnostics"] and "probe/last_satisfaction" in r["diagnostics"]
   decisions = payload["decisions"]
   holds = decisions["q50"]["holds"]
@@ -42,9 +42,9 @@ def test_small_llm_study_end_to_end(tmp_path):
   # Lagrangian rival when it holds.
   assert decisions["q50"]["beats"]["cmdp"]["rivals"] == (
       ["dual_lagrangian/q50"] if holds["dual_lagrangian/q50"] else [])
-  md = open(f"{workdir}/results/smollm2.md").read()
+  md = open(f"{workdir}/results/smollm2_v2.md").read()
   assert "## Protocol (declared before the runs)" in md and "**Verdict at q50.**" in md
-  assert open(f"{workdir}/results/smollm2.png", "rb").read(4) == b"\x89PNG"
+  assert open(f"{workdir}/results/smollm2_v2.png", "rb").read(4) == b"\x89PNG"
   # A rerun reads every finished run.
   marker = tmp_path / "study" / "runs" / "grpo" / "seed0" / "result.json"
   stamp = marker.stat().st_mtime
