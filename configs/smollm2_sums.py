@@ -175,6 +175,8 @@ def get_config(arg=None):
     c.eval.batch_size = 4
     c.rollout.max_new_tokens = c.eval.max_new_tokens = 8
     c.calibration_prompts = 2
+    c.calibration_samples_per_prompt = 0  # group_size: the training sampler's program
+    c.probe_every = 0  # the probe set's sampler and scorer (tested on tiny models)
     c.calibration_batch_size = 0
     c.batch_size = 8
   return c
