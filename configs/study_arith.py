@@ -57,9 +57,24 @@ PILOT = dict(
     stress_points=0.08,  # 8 points of sampled satisfaction, seed mean
 )
 # The pilot's choice (`quantile`, `learning_rate`, `num_steps`), recorded with its date and
-# command in `CHOICE_NOTE` after it ran; None until then (the comparison refuses to run).
-CHOICE = None
-CHOICE_NOTE = ""
+# command in `CHOICE_NOTE` after it ran, by the declared rule (None until then: the
+# comparison refused to run).
+CHOICE = dict(quantile=0.4, learning_rate=5e-05, num_steps=40)
+CHOICE_NOTE = (
+    "The pilot ran on 2026-12-08 at commit 09e7f4c, after its declaration (commit d91b051): "
+    "`python -m cmdp.study --config configs/study_arith.py --workdir "
+    "/work/studies/arith_pilot --pilot` (12 grpo runs, seeds 1000-1002; report "
+    "docs/results/arith_v2_pilot.md). Its calibration: d = 0.7607, 0.9613, 1.144, 1.333 at "
+    "q20, q30, q40, q50; the initial student 79.2% greedy, 28.1 / 37.5 / 46.0 / 53.9% of "
+    "samples within d. grpo's seed-mean change in sampled satisfaction (points, ± 95% "
+    "t-interval, 3 seeds) at q20 / q30 / q40 / q50: lr 2.5e-5: -3.1 ± 3.7 / -1.9 ± 1.7 / "
+    "-2.9 ± 0.9 / -4.3 ± 2.1; lr 5e-5: -4.5 ± 0.8 / -4.5 ± 1.7 / -6.3 ± 2.3 / -8.3 ± 1.1; "
+    "lr 1e-4: -9.5 ± 4.1 / -10.4 ± 6.0 / -12.4 ± 3.8 / -15.0 ± 5.5; lr 2e-4: -20.4 ± 8.8 / "
+    "-26.8 ± 12.2 / -32.4 ± 15.3 / -36.8 ± 17.7. By the declared rule: learning rate 5e-5 "
+    "(the smallest whose seed-mean fall at q50 reaches 8 points: 8.3), 40 steps, and the "
+    "lower budget q40 (its largest fall of q20, q30, q40 at that rate: 6.3); the stress "
+    "target is met. The comparison runs on the pilot's models: copy "
+    "/work/studies/arith_pilot/pretrain into its workdir before it starts.")
 
 PROTOCOL = """\
 * **Version 2** (issue 31), declared before any of its runs, the pilot's included.
