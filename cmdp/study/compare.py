@@ -103,6 +103,9 @@ def prepare(study, workdir: str):
   from cmdp.training import trainer  # pylint: disable=g-import-not-at-top
   stage = ({role: pretrain.run_stage(study, workdir, role) for role in pretrain.ROLES}
            if "pretrain" in study else None)
+  if stage and None in stage.values():
+    raise runner.RunInterrupted("The supervised stage stopped (SIGTERM); rerun the study to "
+                                "resume it.")
   healed = trainer.heal(base_config(study, workdir), workdir)
   if healed is None:
     raise runner.RunInterrupted("The heal stopped (SIGTERM); rerun the study to resume it.")

@@ -69,9 +69,10 @@ def sft_config(study: ml_collections.ConfigDict, role: str) -> ml_collections.Co
   return c
 
 
-def run_stage(study: ml_collections.ConfigDict, workdir: str, role: str) -> dict:
+def run_stage(study: ml_collections.ConfigDict, workdir: str, role: str) -> dict | None:
   """Trains `role` unless its Hugging Face directory exists; returns `{"path", "wall_s",
-  "cached", "num_params"}`."""
+  "cached", "num_params"}`, or None when a SIGTERM stopped the training (its checkpoint is
+  saved: the same call resumes it; `wall_s` then counts the resumed part only)."""
   from cmdp.training import trainer  # pylint: disable=g-import-not-at-top
   out = hf_dir(workdir, role)
   if os.path.exists(os.path.join(out, "config.json")):
@@ -87,6 +88,8 @@ def run_stage(study: ml_collections.ConfigDict, workdir: str, role: str) -> dict
 
   trainer.train(config, os.path.join(workdir, "pretrain", role), evaluate_fn=save,
                 stage_name=f"pretrain {role}")
+  if not os.path.exists(os.path.join(out, "config.json")):  # stopped before its end
+    return None
   wall = time.perf_counter() - t0
   with open(os.path.join(out, "wall_s.txt"), "w") as f:
     f.write(f"{wall:.1f}\n")

@@ -1,4 +1,6 @@
 """The study's method list: checked before any run."""
+import os
+
 import pytest
 
 from cmdp.study import runner
@@ -26,3 +28,17 @@ def test_method_list_refuses_fields_the_objective_ignores():
   study.methods = [dict(name="a", objective="grpo", budget_scale=2.0)]
   with pytest.raises(ValueError, match=r"unknown: \['budget_scale'\]"):
     runner.method_list(study)
+
+
+def test_a_supervised_stage_stopped_by_sigterm_is_a_resumable_interruption(tmp_path,
+                                                                            monkeypatch):
+  """The trainer returns without the stage's final save (SIGTERM): no crash writing its
+  time, `run_stage` says None and the study stops with RunInterrupted (resumable)."""
+  from cmdp.study import compare, pretrain  # pylint: disable=import-outside-toplevel
+  from cmdp.training import trainer  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(trainer, "train", lambda *a, **k: {})
+  study = load_config_file("study_arith.py", "small")
+  assert pretrain.run_stage(study, str(tmp_path), "teacher") is None
+  assert not os.path.exists(pretrain.hf_dir(str(tmp_path), "teacher"))
+  with pytest.raises(runner.RunInterrupted, match="supervised stage"):
+    compare.prepare(study, str(tmp_path))
